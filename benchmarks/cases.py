@@ -1,0 +1,208 @@
+"""Benchmark cases for the fused interpolation linear and the baselines it is judged by.
+
+Every method computes the same thing on the same inputs: rows grouped by ``offsets``,
+group g through the interpolation ``sum_i coeffs[g, i] W_i`` of M stacked linears.
+
+Methods:
+    fused                 dawin_fast.interp_linear (one launch, no merged weight)
+    premerged_cublas      F.linear with one weight merged beforehand (the floor: a plain GEMM)
+    materialize_loop      per group: merge the weight (einsum), then F.linear (eager)
+    materialize_compiled  the same function under torch.compile(mode="max-autotune")
+    einsum_grouped_mm     one einsum into G merged weights, then torch._grouped_mm (sm90 bf16)
+
+On a GPU the shapes are the real ViT-B/32, B/16 and L/14 layers; on a CPU they shrink to a
+toy size so that the harness itself runs (and is tested) anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import dawin_fast
+
+# width, tokens per image, images per batch for one big group (>= 8k rows, DESIGN P1).
+VIT_SHAPES = {
+    "ViT-B-32": (768, 50, 256),
+    "ViT-B-16": (768, 197, 64),
+    "ViT-L-14": (1024, 257, 64),
+}
+LAYERS = ("qkv", "out_proj", "fc1", "fc2")
+PATTERNS = ("one_group", "clusters3", "per_sample")
+METHODS = ("fused", "premerged_cublas", "materialize_loop", "materialize_compiled",
+           "einsum_grouped_mm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    model: str
+    layer: str
+    pattern: str
+    images: int
+    tokens: int
+    in_features: int
+    out_features: int
+    num_models: int = 2
+    dtype: torch.dtype = torch.bfloat16
+    device: str = "cuda"
+
+    @property
+    def rows(self) -> int:
+        return self.images * self.tokens
+
+    @property
+    def id(self) -> str:
+        return (f"{self.model}-{self.layer}-{self.pattern}-M{self.num_models}-"
+                f"{self.images}x{self.tokens}")
+
+
+def layer_features(layer: str, width: int) -> tuple[int, int]:
+    """(in_features, out_features) of an open_clip ViT layer."""
+    return {
+        "qkv": (width, 3 * width),
+        "out_proj": (width, width),
+        "fc1": (width, 4 * width),
+        "fc2": (4 * width, width),
+    }[layer]
+
+
+def gpu_cases() -> list[Case]:
+    cases = []
+    for model, (width, tokens, images) in VIT_SHAPES.items():
+        for layer in LAYERS:
+            k_dim, n_dim = layer_features(layer, width)
+            for pattern in PATTERNS:
+                # Per-sample: 256 images, each its own coefficients (DESIGN P2).
+                n_images = 256 if pattern == "per_sample" else images
+                cases.append(Case(model, layer, pattern, n_images, tokens, k_dim, n_dim))
+    b32 = VIT_SHAPES["ViT-B-32"]
+    fc1 = layer_features("fc1", b32[0])
+    cases.append(Case("ViT-B-32", "fc1", "one_group", 8, b32[1], *fc1))  # P3: <= 512 rows
+    for model in VIT_SHAPES:  # P4: M = 8
+        width, tokens, images = VIT_SHAPES[model]
+        cases.append(Case(model, "fc1", "one_group", images, tokens,
+                          *layer_features("fc1", width), num_models=8))
+    return cases
+
+
+def cpu_cases() -> list[Case]:
+    """Toy sizes: the harness runs on any machine (absolute CPU times mean nothing here)."""
+    return [
+        Case("toy", layer, pattern, 8, 5, *layer_features(layer, 32),
+             dtype=torch.float32, device="cpu")
+        for layer in ("qkv", "fc2") for pattern in PATTERNS
+    ]
+
+
+def default_cases() -> list[Case]:
+    return gpu_cases() if torch.cuda.is_available() else cpu_cases()
+
+
+@dataclasses.dataclass
+class Inputs:
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    coeffs: torch.Tensor
+    offsets: torch.Tensor
+    bounds: list[int]  # offsets on the host, for the loops
+
+
+def group_lengths(pattern: str, images: int, tokens: int) -> list[int]:
+    """Rows per group: one group, three uneven clusters, or one group per image."""
+    if pattern == "one_group":
+        return [images * tokens]
+    if pattern == "clusters3":
+        sizes = [images // 2, images // 3]
+        sizes.append(images - sum(sizes))
+        return [s * tokens for s in sizes]
+    if pattern == "per_sample":
+        return [tokens] * images
+    raise ValueError(f"unknown pattern {pattern!r}")
+
+
+def make_inputs(case: Case, seed: int = 0) -> Inputs:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = group_lengths(case.pattern, case.images, case.tokens)
+    bounds = [0]
+    for n in lengths:
+        bounds.append(bounds[-1] + n)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(case.device, case.dtype)
+
+    coeffs = torch.rand(len(lengths), case.num_models, generator=gen)
+    coeffs = (coeffs / coeffs.sum(1, keepdim=True)).to(case.device)
+    return Inputs(
+        x=rand(case.rows, case.in_features),
+        weight=rand(case.num_models, case.out_features, case.in_features,
+                    scale=1 / math.sqrt(case.in_features)),
+        bias=rand(case.num_models, case.out_features),
+        coeffs=coeffs,
+        offsets=torch.tensor(bounds, device=case.device),
+        bounds=bounds,
+    )
+
+
+def materialize_loop(x, weight, bias, coeffs, bounds):
+    """Per group: merge weight and bias in x's dtype, then one F.linear."""
+    out = torch.empty(x.shape[0], weight.shape[1], device=x.device, dtype=x.dtype)
+    c = coeffs.to(x.dtype)
+    for g in range(c.shape[0]):
+        start, end = bounds[g], bounds[g + 1]
+        if start == end:
+            continue
+        merged = torch.einsum("m,mnk->nk", c[g], weight)
+        out[start:end] = F.linear(x[start:end], merged, c[g] @ bias)
+    return out
+
+
+def einsum_grouped_mm(x, weight, bias, coeffs, offsets):
+    """All G merged weights at once (G copies in memory), then one grouped GEMM."""
+    c = coeffs.to(x.dtype)
+    merged = torch.einsum("gm,mnk->gkn", c, weight)  # [G, K, N]: mat2 layout of _grouped_mm
+    out = torch._grouped_mm(x, merged, offs=offsets[1:].to(torch.int32))
+    return out + torch.repeat_interleave(c @ bias, offsets.diff(), dim=0,
+                                         output_size=x.shape[0])
+
+
+class Unavailable(Exception):
+    """A method that does not apply to a case (the reason is the message)."""
+
+
+def build(method: str, case: Case, inputs: Inputs) -> Callable[[], torch.Tensor]:
+    """A zero-argument callable running ``method`` on ``inputs``."""
+    x, w, b, c, off, bounds = (inputs.x, inputs.weight, inputs.bias, inputs.coeffs,
+                               inputs.offsets, inputs.bounds)
+    if method == "fused":
+        # On a CPU, time the PyTorch path, never the Triton interpreter.
+        backend = "auto" if x.is_cuda else "torch"
+
+        def fused():
+            # Modules validate their routing once per forward, then skip value checks.
+            with dawin_fast.skip_value_checks(), dawin_fast.use_backend(backend):
+                return dawin_fast.interp_linear(x, w, c, off, b)
+        return fused
+    if method == "premerged_cublas":
+        merged = torch.einsum("m,mnk->nk", c[0].to(x.dtype), w)
+        merged_bias = c[0].to(x.dtype) @ b
+        return lambda: F.linear(x, merged, merged_bias)
+    if method == "materialize_loop":
+        return lambda: materialize_loop(x, w, b, c, bounds)
+    if method == "materialize_compiled":
+        if len(bounds) - 1 > 8:
+            raise Unavailable("compiling the loop would unroll one merge + GEMM per group")
+        compiled = torch.compile(materialize_loop, mode="max-autotune", fullgraph=True)
+        return lambda: compiled(x, w, b, c, bounds)
+    if method == "einsum_grouped_mm":
+        if len(bounds) == 2:
+            raise Unavailable("one group: this is premerged_cublas plus a merge")
+        if not (x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
+                and torch.cuda.get_device_capability(x.device)[0] >= 9):
+            raise Unavailable("torch._grouped_mm needs bf16 on an sm90+ GPU")
+        return lambda: einsum_grouped_mm(x, w, b, c, off)
+    raise ValueError(f"unknown method {method!r}")

@@ -1,0 +1,335 @@
+"""``interp_linear``: the public fused-interpolation linear op.
+
+Contract (DESIGN §2)::
+
+    y[r] = x[r] @ (sum_i coeffs[g, i] * weight[i])^T + sum_i coeffs[g, i] * bias[i]
+
+for every row r of group g, where group g holds rows ``offsets[g] .. offsets[g+1]-1``.
+Interpolation and accumulation in float32, output in x's dtype (fp32, fp16 or bf16).
+
+Backends: CUDA tensors run the Triton kernels; CPU tensors run a pure-PyTorch
+implementation of the same contract, or the Triton kernels through the interpreter when
+``TRITON_INTERPRET=1``. ``use_backend`` forces one (tests use it to run both).
+
+The op is a ``torch.library`` custom op (``torch.ops.dawin_fast.interp_linear``), so
+``torch.compile`` traces it as one node. Autograd: gradients flow to ``x`` and ``coeffs``;
+asking for gradients of ``weight`` or ``bias`` raises (this is an inference library).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Iterator
+
+import torch
+
+from . import kernels
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+BACKENDS = ("auto", "triton", "torch")
+
+_state = threading.local()
+
+
+def _backend() -> str:
+    return getattr(_state, "backend", "auto")
+
+
+def _value_checks_enabled() -> bool:
+    return getattr(_state, "value_checks", True)
+
+
+@contextlib.contextmanager
+def use_backend(backend: str) -> Iterator[None]:
+    """Force the backend of ``interp_linear`` in this thread.
+
+    ``"auto"`` (default): Triton for CUDA tensors; for CPU tensors the PyTorch path, or
+    the Triton interpreter when ``TRITON_INTERPRET=1``. ``"triton"``: always the Triton
+    kernels (CPU tensors need ``TRITON_INTERPRET=1``). ``"torch"``: always the PyTorch path.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    previous = _backend()
+    _state.backend = backend
+    try:
+        yield
+    finally:
+        _state.backend = previous
+
+
+@contextlib.contextmanager
+def skip_value_checks() -> Iterator[None]:
+    """Skip the checks that read tensor *values* (offsets, finiteness of coeffs).
+
+    Those checks synchronise with the GPU. Modules that validated their routing once
+    (``dawin_fast.nn.Routing``) run their layers inside this context. Shape, dtype and
+    device checks always run.
+    """
+    previous = _value_checks_enabled()
+    _state.value_checks = False
+    try:
+        yield
+    finally:
+        _state.value_checks = previous
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_inputs(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> None:
+    """Raise a ``ValueError``/``TypeError`` naming the first violated rule of the contract.
+
+    Shape, dtype and device rules always; value rules (offsets start at 0, never
+    decrease, end at the row count; coeffs finite) unless ``skip_value_checks`` is active
+    or the tensors are fake (tracing).
+    """
+    _check_metadata(x, weight, coeffs, offsets, bias)
+    if _value_checks_enabled() and not _is_fake(x) and not _is_capturing(x):
+        check_values(math.prod(x.shape[:-1]), coeffs, offsets)
+
+
+def _check_metadata(x, weight, coeffs, offsets, bias) -> None:
+    for name, t in (("x", x), ("weight", weight), ("coeffs", coeffs), ("offsets", offsets)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"interp_linear: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise TypeError(
+            f"interp_linear: bias must be a torch.Tensor or None, got {type(bias).__name__}"
+        )
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"interp_linear: x must be float32, float16 or bfloat16, got {x.dtype}")
+    if x.dim() < 1:
+        raise ValueError("interp_linear: x must have at least 1 dimension [..., K]")
+    if weight.dim() != 3:
+        raise ValueError(
+            f"interp_linear: weight must be [M, N, K] (stacked nn.Linear weights), "
+            f"got shape {tuple(weight.shape)}"
+        )
+    num_models, out_features, in_features = weight.shape
+    if num_models < 1:
+        raise ValueError("interp_linear: weight must stack at least one model (M >= 1)")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"interp_linear: weight dtype {weight.dtype} != x dtype {x.dtype}")
+    if x.shape[-1] != in_features:
+        raise ValueError(
+            f"interp_linear: x has {x.shape[-1]} features, weight expects K={in_features}"
+        )
+    if bias is not None:
+        if bias.shape != (num_models, out_features):
+            raise ValueError(
+                f"interp_linear: bias must be [M, N] = [{num_models}, {out_features}], "
+                f"got {tuple(bias.shape)}"
+            )
+        if bias.dtype != x.dtype:
+            raise TypeError(f"interp_linear: bias dtype {bias.dtype} != x dtype {x.dtype}")
+    if coeffs.dim() != 2 or coeffs.shape[1] != num_models:
+        raise ValueError(
+            f"interp_linear: coeffs must be [G, M] with M={num_models}, got {tuple(coeffs.shape)}"
+        )
+    if not coeffs.is_floating_point():
+        raise TypeError(f"interp_linear: coeffs must be floating point, got {coeffs.dtype}")
+    if coeffs.shape[0] < 1:
+        raise ValueError("interp_linear: coeffs must have at least one group (G >= 1)")
+    if offsets.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"interp_linear: offsets must be int32 or int64, got {offsets.dtype}")
+    if offsets.dim() != 1 or offsets.numel() != coeffs.shape[0] + 1:
+        raise ValueError(
+            f"interp_linear: offsets must be [G+1] = [{coeffs.shape[0] + 1}] for "
+            f"{coeffs.shape[0]} coefficient rows, got shape {tuple(offsets.shape)}"
+        )
+    tensors = {"weight": weight, "coeffs": coeffs, "offsets": offsets}
+    if bias is not None:
+        tensors["bias"] = bias
+    for name, t in tensors.items():
+        if t.device != x.device:
+            raise ValueError(f"interp_linear: {name} is on {t.device}, x is on {x.device}")
+
+
+def check_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> None:
+    """Check offsets (start at 0, non-decreasing, end at ``num_rows``) and finite coeffs."""
+    # One host sync for every value check.
+    first, last, decreasing, finite = torch.stack([
+        offsets[0].to(torch.int64),
+        offsets[-1].to(torch.int64),
+        (offsets[1:] < offsets[:-1]).any().to(torch.int64),
+        torch.isfinite(coeffs).all().to(torch.int64),
+    ]).tolist()
+    if first != 0:
+        raise ValueError(f"interp_linear: offsets must start at 0, got {first}")
+    if decreasing:
+        raise ValueError("interp_linear: offsets must be non-decreasing")
+    if last != num_rows:
+        raise ValueError(f"interp_linear: offsets must end at the row count {num_rows}, got {last}")
+    if not finite:
+        raise ValueError("interp_linear: coeffs contain NaN or infinity")
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return isinstance(t, FakeTensor)
+
+
+def _is_capturing(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+# ------------------------------------------------------------------------- PyTorch path
+
+
+def interp_linear_torch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Pure-PyTorch implementation of the contract for 2-D ``x`` (the CPU path).
+
+    Few groups: one interpolated weight at a time, then a matmul per group. Many groups
+    (G > M): the row-scaled form y = sum_i diag(c_i) x W_i^T, M matmuls over all rows and
+    no merged weight at all. Both in float32. ``out``: optional [T, N] tensor to write.
+    """
+    num_rows = x.shape[0]
+    num_models, out_features, _ = weight.shape
+    num_groups = coeffs.shape[0]
+    if out is None:
+        out = torch.empty((num_rows, out_features), dtype=x.dtype, device=x.device)
+    if num_rows == 0:
+        return out
+    coeffs = coeffs.float()
+    x32 = x.float()
+    if num_groups > num_models:
+        lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
+        row_coeffs = torch.repeat_interleave(coeffs, lengths, dim=0, output_size=num_rows)
+        acc = torch.zeros((num_rows, out_features), dtype=torch.float32, device=x.device)
+        for i in range(num_models):
+            acc.addmm_(x32 * row_coeffs[:, i : i + 1], weight[i].float().t())
+        if bias is not None:
+            acc += row_coeffs @ bias.float()
+        return out.copy_(acc)
+    bounds = offsets.tolist()
+    for g in range(num_groups):
+        start, end = bounds[g], bounds[g + 1]
+        if start == end:
+            continue
+        merged = torch.einsum("m,mnk->nk", coeffs[g], weight.float())
+        merged_bias = coeffs[g] @ bias.float() if bias is not None else None
+        out[start:end] = torch.nn.functional.linear(x32[start:end], merged, merged_bias)
+    return out
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    backend = _backend()
+    if backend == "torch":
+        return False
+    if x.is_cuda:
+        return True
+    # CPU tensors: Triton only through the interpreter, whose tl.dot returns garbage for
+    # bf16 (triton 3.8, DESIGN §3), so bf16 stays on the PyTorch path.
+    usable = kernels.interpreting() and x.dtype != torch.bfloat16
+    if backend == "triton" and not usable:
+        raise RuntimeError(
+            "interp_linear: backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 and "
+            f"fp32/fp16 inputs (the interpreter's bf16 dot is broken), got {x.dtype}"
+        )
+    return usable
+
+
+# ---------------------------------------------------------------------------- custom op
+
+
+@torch.library.custom_op("dawin_fast::interp_linear", mutates_args=())
+def _interp_linear_op(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    if _use_triton(x):
+        return kernels.interp_matmul(
+            x, weight, coeffs.float(), offsets, bias
+        )
+    return interp_linear_torch(x, weight, coeffs, offsets, bias)
+
+
+@_interp_linear_op.register_fake
+def _(x, weight, coeffs, offsets, bias):
+    return x.new_empty((x.shape[0], weight.shape[1]))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, coeffs, offsets, bias = inputs
+    if weight.requires_grad or (bias is not None and bias.requires_grad):
+        raise RuntimeError(
+            "interp_linear computes gradients for x and coeffs only; weight/bias require "
+            "grad. Freeze them (requires_grad_(False)) or run under torch.no_grad()."
+        )
+    ctx.save_for_backward(x, weight, coeffs, offsets, bias)
+
+
+def _backward(ctx, grad_out):
+    x, weight, coeffs, offsets, bias = ctx.saved_tensors
+    grad_x = grad_coeffs = None
+    if ctx.needs_input_grad[0]:
+        # dx = dy @ W_g for each group: the same op with weight^T = [M, K, N].
+        grad_x = _interp_linear_op(grad_out, weight.transpose(1, 2), coeffs, offsets, None)
+    if ctx.needs_input_grad[2]:
+        # dc[g, i] = sum over rows r of g of <dy_r, W_i x_r + b_i>.
+        num_rows = x.shape[0]
+        lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
+        row_group = torch.repeat_interleave(
+            torch.arange(coeffs.shape[0], device=x.device), lengths, output_size=num_rows
+        )
+        dy = grad_out.float()
+        per_row = torch.stack(
+            [(dy * (x.float() @ weight[i].float().t())).sum(-1) for i in range(weight.shape[0])],
+            dim=1,
+        )
+        if bias is not None:
+            per_row = per_row + dy @ bias.float().t()
+        grad_coeffs = torch.zeros(coeffs.shape, dtype=torch.float32, device=x.device)
+        grad_coeffs.index_add_(0, row_group, per_row)
+        grad_coeffs = grad_coeffs.to(coeffs.dtype)
+    return grad_x, None, grad_coeffs, None, None
+
+
+_interp_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def interp_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Grouped linear layer on interpolated weights, fused: no merged weight in memory.
+
+    Args:
+        x: [..., K] input rows (leading dims flattened like ``F.linear``), fp32/fp16/bf16.
+            Rows ``offsets[g] .. offsets[g+1]-1`` of the flattened x form group g.
+        weight: [M, N, K] stacked ``nn.Linear`` weights of M models, x's dtype.
+        coeffs: [G, M] interpolation coefficients, any real values (computed in float32).
+        offsets: [G+1] int32/int64, starting at 0, non-decreasing, ending at the row count.
+            Empty groups are allowed.
+        bias: [M, N] stacked biases, or None.
+
+    Returns:
+        [..., N] in x's dtype: ``x[r] @ (sum_i c[g,i] W_i)^T + sum_i c[g,i] b_i``.
+    """
+    check_inputs(x, weight, coeffs, offsets, bias)
+    leading = x.shape[:-1]
+    y = _interp_linear_op(x.reshape(-1, x.shape[-1]), weight, coeffs, offsets, bias)
+    return y.reshape(*leading, weight.shape[1])

@@ -1,0 +1,31 @@
+"""dawin_fast: fused weight-interpolation kernels for DaWin.
+
+`kernels/` is installed as `dawin_fast.kernels` (never as a top-level `kernels`,
+a name another PyPI package owns).
+"""
+
+from setuptools import setup
+
+setup(
+    name="dawin_fast",
+    version="0.1.0",
+    description="Triton kernels and modules for fast DaWin (dynamic weight interpolation)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["dawin_fast", "dawin_fast.nn", "dawin_fast.kernels"],
+    package_dir={"dawin_fast": "dawin_fast", "dawin_fast.kernels": "kernels"},
+    package_data={"dawin_fast.kernels": ["configs/*.json"]},
+    install_requires=[
+        "torch>=2.4",
+        "triton>=3.0",
+        "numpy",
+        "scipy",
+        "open_clip_torch",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "timm"],
+        "demo": ["scikit-learn", "matplotlib", "tqdm", "safetensors"],
+    },
+    entry_points={"console_scripts": ["dawin-fast=dawin_fast.cli:main"]},
+)
