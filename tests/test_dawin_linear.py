@@ -104,7 +104,7 @@ def test_routing_single_row_and_nesting():
 
 def test_routing_errors():
     layer = DaWinLinear.from_linears(linears(2))
-    with pytest.raises(RuntimeError, match="needs coefficients"):
+    with pytest.raises(RuntimeError, match="DaWinLinear .* needs coefficients"):
         layer(torch.randn(3, 20))
     with pytest.raises(ValueError, match="offsets are required"):
         route(torch.ones(2, 2)).__enter__()

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..ops import interp_linear
-from .routing import current_routing
+from .routing import require_routing
 
 
 class DaWinLinear(nn.Module):
@@ -92,12 +92,7 @@ class DaWinLinear(nn.Module):
         if coeffs is None:
             if offsets is not None:
                 raise ValueError("DaWinLinear: offsets given without coeffs")
-            routing = current_routing()
-            if routing is None:
-                raise RuntimeError(
-                    "DaWinLinear needs coefficients: pass coeffs=[G, M] (and offsets), or call "
-                    "it inside `with dawin_fast.nn.route(coeffs, offsets):`"
-                )
+            routing = require_routing("DaWinLinear (without coeffs=[G, M] and offsets)")
             coeffs, offsets = routing.coeffs, routing.row_offsets(x)
         else:
             if coeffs.dim() == 1:

@@ -2,8 +2,8 @@
 
 Layers replaced by dawin_fast (``DaWinLinear`` and friends) called without explicit
 coefficients read the routing of the innermost active ``route(...)`` block. One routing
-serves every layer of a forward pass: it is validated once, and each layer derives its
-row offsets from it (a layer that sees L rows per sample scales the sample offsets by L).
+serves every layer of a forward pass: it is validated once, and each layer derives what
+it needs from it (a layer that sees L rows per sample scales the sample offsets by L).
 
 Rows must be sample-major: the rows of sample b are contiguous (batch-first tensors
 ``[B, ...]``). The samples of group g are ``offsets[g] .. offsets[g+1]-1``, so the caller
@@ -47,10 +47,10 @@ class Routing:
             raise ValueError(f"route: coeffs must be [G, M] or [M], got {tuple(coeffs.shape)}")
         self.coeffs = coeffs.float()
         self.offsets = offsets
+        self.num_samples: int | None = None
         if offsets is None:
             if coeffs.shape[0] != 1:
                 raise ValueError("route: offsets are required when coeffs has more than one row")
-            self.num_samples = None
             if not bool(torch.isfinite(self.coeffs).all()):
                 raise ValueError("route: coeffs contain NaN or infinity")
         else:
@@ -65,7 +65,9 @@ class Routing:
                 raise ValueError(f"route: offsets on {offsets.device}, coeffs on {coeffs.device}")
             self.num_samples = int(offsets[-1])
             check_values(self.num_samples, self.coeffs, offsets)
-        self._row_offsets: dict[int, torch.Tensor] = {}  # by row count
+        # Index tensors derived per row count, cached: every layer of a forward shares them.
+        self._offsets_cache: dict[int, torch.Tensor] = {}
+        self._groups_cache: dict[int, torch.Tensor] = {}
 
     @property
     def num_models(self) -> int:
@@ -73,39 +75,93 @@ class Routing:
 
     def row_offsets(self, x: torch.Tensor) -> torch.Tensor:
         """Offsets over the rows of ``x`` [..., K] (sample-major, batch-first)."""
-        num_rows = math.prod(x.shape[:-1])
         if self.offsets is not None and x.dim() >= 3 and x.shape[0] != self.num_samples:
             raise ValueError(
                 f"routing is for {self.num_samples} samples, but a layer's input has shape "
                 f"{tuple(x.shape)}: inputs must be batch-first [B, ...]"
             )
-        if num_rows in self._row_offsets:
-            return self._row_offsets[num_rows]
-        if self.offsets is None:
-            offsets = torch.tensor([0, num_rows], device=self.coeffs.device)
-        else:
-            offsets = self._sample_offsets_to_rows(num_rows)
-        self._row_offsets[num_rows] = offsets
-        return offsets
+        return self.row_offsets_for(math.prod(x.shape[:-1]))
 
-    def _sample_offsets_to_rows(self, num_rows: int) -> torch.Tensor:
-        num_samples = self.num_samples
-        if num_samples == 0:
+    def row_offsets_for(self, num_rows: int) -> torch.Tensor:
+        """Offsets over ``num_rows`` sample-major rows (a multiple of the sample count)."""
+        if num_rows not in self._offsets_cache:
+            self._offsets_cache[num_rows] = self._make_row_offsets(num_rows)
+        return self._offsets_cache[num_rows]
+
+    def _make_row_offsets(self, num_rows: int) -> torch.Tensor:
+        if self.offsets is None:
+            return torch.tensor([0, num_rows], device=self.coeffs.device)
+        if self.num_samples == 0:
             if num_rows:
                 raise ValueError(f"routing is for 0 samples, but a layer sees {num_rows} rows")
             return self.offsets
-        if num_rows % num_samples:
+        if num_rows % self.num_samples:
             raise ValueError(
-                f"routing is for {num_samples} samples, but a layer sees {num_rows} rows "
+                f"routing is for {self.num_samples} samples, but a layer sees {num_rows} rows "
                 f"(not a multiple)"
             )
-        return self.offsets * (num_rows // num_samples)
+        return self.offsets * (num_rows // self.num_samples)
+
+    def groups_of_rows(self, num_rows: int) -> torch.Tensor:
+        """Group index [num_rows] of every sample-major row."""
+        if num_rows not in self._groups_cache:
+            offsets = self.row_offsets_for(num_rows)
+            lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
+            groups = torch.arange(lengths.numel(), device=offsets.device)
+            self._groups_cache[num_rows] = torch.repeat_interleave(groups, lengths,
+                                                                   output_size=num_rows)
+        return self._groups_cache[num_rows]
+
+    def interpolate(self, stacked: torch.Tensor) -> torch.Tensor:
+        """Per-group interpolation [G, *S] of a stacked tensor [M, *S], in its dtype.
+
+        Computed in float32; meant for small parameters (norms, embeddings, scales).
+        """
+        if stacked.shape[0] != self.num_models:
+            raise ValueError(
+                f"routing has {self.num_models} coefficients per row, but the stacked "
+                f"tensor holds {stacked.shape[0]} models"
+            )
+        merged = self.coeffs.to(stacked.device) @ stacked.reshape(stacked.shape[0], -1).float()
+        return merged.reshape(self.coeffs.shape[0], *stacked.shape[1:]).to(stacked.dtype)
+
+    def for_input(self, table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Lay out per-group values ``table`` [G, *S] to broadcast against ``x``.
+
+        ``x`` is batch-first [B, ..., *S] (result [B, 1, ..., *S]) or flattened sample-major
+        rows [rows, *S] (result [rows, *S]). With one coefficient row for everything the
+        result is simply ``table[0]``.
+        """
+        if self.offsets is None:
+            return table[0]
+        lead = x.shape[: x.dim() - (table.dim() - 1)]
+        if len(lead) >= 1 and lead[0] == self.num_samples:
+            per_sample = table[self.groups_of_rows(self.num_samples)]
+            return per_sample.reshape(self.num_samples, *([1] * (len(lead) - 1)),
+                                      *table.shape[1:])
+        if len(lead) == 1:
+            return table[self.groups_of_rows(lead[0])]
+        raise ValueError(
+            f"routing is for {self.num_samples} samples, but an input has shape "
+            f"{tuple(x.shape)}: inputs must be batch-first [B, ...]"
+        )
 
 
 def current_routing() -> Routing | None:
     """The routing of the innermost active ``route`` block, or None."""
     stack = getattr(_state, "stack", None)
     return stack[-1] if stack else None
+
+
+def require_routing(layer: str) -> Routing:
+    """The active routing, or a clear error naming the layer that needed it."""
+    routing = current_routing()
+    if routing is None:
+        raise RuntimeError(
+            f"{layer} needs coefficients: call it inside "
+            "`with dawin_fast.nn.route(coeffs, offsets):` (DaWin models do this for you)"
+        )
+    return routing
 
 
 @contextlib.contextmanager

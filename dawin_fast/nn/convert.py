@@ -1,0 +1,182 @@
+"""``dawinize``: turn M models of one architecture into one interpolating model.
+
+The converted model has model 0's structure and code (its ``forward`` methods run
+unchanged); every layer holding parameters is replaced by its interpolating version:
+
+==========================================  ==============================================
+``nn.Linear``                               ``DaWinLinear`` (fused kernel)
+``nn.MultiheadAttention``                   ``DaWinMultiheadAttention`` (fused QKV/out)
+``nn.Conv2d`` with stride = kernel          ``DaWinPatchEmbed`` (fused kernel over patches)
+``nn.LayerNorm`` (and subclasses)           ``DaWinLayerNorm``
+``nn.Embedding``                            ``DaWinEmbedding``
+a ``LayerScale`` (``gamma``; open_clip/timm)  ``DaWinLayerScale``
+==========================================  ==============================================
+
+Parameters held directly by a container module (a class token, a positional embedding)
+are interpolated per group: a parameter whose leading dim is 1 (the batch-broadcast
+layout, e.g. timm's ``cls_token`` [1, 1, D]) becomes [B, ...] per sample; any other shape
+can only be interpolated with one coefficient row per forward, and asking for more raises.
+Parameters and buffers equal in all models stay shared. Any other layer type holding
+parameters (BatchNorm, a general convolution, ...) raises a clear error at conversion.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .grouped import GroupedModel
+from .layers import (
+    DaWinEmbedding,
+    DaWinLayerNorm,
+    DaWinLayerScale,
+    DaWinMultiheadAttention,
+    DaWinPatchEmbed,
+    InterpolatedTensor,
+)
+from .linear import DaWinLinear
+from .routing import require_routing
+
+
+def _is_layer_scale(module: nn.Module) -> bool:
+    return (type(module).__name__ == "LayerScale"
+            and set(dict(module.named_parameters(recurse=False))) == {"gamma"})
+
+
+def _linear(modules: Sequence[nn.Module], what: str) -> nn.Module:
+    try:
+        return DaWinLinear.from_linears(modules)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what}: {err}") from None
+
+
+# (predicate, converter) pairs, tried in order on model 0's module.
+CONVERTERS: list[tuple[Callable[[nn.Module], bool], Callable[..., nn.Module]]] = [
+    (lambda m: isinstance(m, nn.Linear), _linear),
+    (lambda m: isinstance(m, nn.MultiheadAttention), DaWinMultiheadAttention.from_modules),
+    (lambda m: isinstance(m, nn.Conv2d), DaWinPatchEmbed.from_modules),
+    (lambda m: isinstance(m, nn.LayerNorm), DaWinLayerNorm.from_modules),
+    (lambda m: isinstance(m, nn.Embedding), DaWinEmbedding.from_modules),
+    (_is_layer_scale, DaWinLayerScale.from_modules),
+]
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters()) or any(True for _ in module.buffers())
+
+
+def _per_sample_property(name: str, shape: torch.Size, what: str) -> property:
+    """Attribute ``name`` of a converted container: its interpolation under the routing."""
+    store = f"_dawin_{name}"
+
+    def get(module: nn.Module) -> torch.Tensor:
+        routing = require_routing(what)
+        table = routing.interpolate(getattr(module, store).stacked)
+        if routing.offsets is None:
+            return table[0]
+        if len(shape) == 0 or shape[0] != 1:
+            raise RuntimeError(
+                f"{what} {tuple(shape)} differs between the models and has no leading "
+                f"batch-broadcast dim of size 1, so dawinize can interpolate it only with one "
+                f"coefficient row per forward (WiSE-FT style), not per group. Write a "
+                f"dedicated module for this architecture (as DaWinViT does for open_clip)."
+            )
+        return table[routing.groups_of_rows(routing.num_samples)].reshape(-1, *shape[1:])
+
+    return property(get)
+
+
+def convert_modules(models: Sequence[nn.Module], path: str = "model") -> nn.Module:
+    """Model 0's structure with every layer holding parameters made interpolating.
+
+    The models must share one architecture; the first difference (a module type, a
+    parameter's shape or dtype, a buffer's value) raises a ``ValueError`` naming it.
+    """
+    first = models[0]
+    for i, m in enumerate(models[1:], start=1):
+        if type(m) is not type(first):
+            raise ValueError(f"{path}: model {i} is {type(m).__name__}, model 0 is "
+                             f"{type(first).__name__}")
+    if not _has_state(first):
+        return copy.deepcopy(first)  # stateless (activation, dropout, identity): a copy
+    for predicate, converter in CONVERTERS:
+        if predicate(first):
+            return converter(models, path)
+    children = dict(first.named_children())
+    if not children:
+        names = ", ".join(n for n, _ in first.named_parameters(recurse=False))
+        raise ValueError(f"{path}: layer type {type(first).__name__} (parameters: {names}) "
+                         f"is not supported by dawinize")
+    for i, m in enumerate(models[1:], start=1):
+        if dict(m.named_children()).keys() != children.keys():
+            raise ValueError(f"{path}: model {i} has children {list(dict(m.named_children()))},"
+                             f" model 0 has {list(children)}")
+
+    converted = copy.copy(first)
+    converted.__dict__ = dict(first.__dict__)
+    converted._modules = {
+        name: convert_modules([m._modules[name] for m in models], f"{path}.{name}")
+        for name in children
+    }
+    converted._buffers = dict(first._buffers)
+    for name, buf in first._buffers.items():
+        for i, m in enumerate(models[1:], start=1):
+            other = m._buffers.get(name)
+            if (buf is None) != (other is None) or (buf is not None and not torch.equal(
+                    buf, other.to(buf.device))):
+                raise ValueError(f"{path}.{name}: buffer differs between model 0 and model {i}")
+    converted._parameters = {}
+    properties: dict[str, property] = {}
+    for name, param in first._parameters.items():
+        others = [m._parameters.get(name) for m in models]
+        if param is None or all(
+            o is not None and o.shape == param.shape and o.dtype == param.dtype
+            and o.device == param.device and torch.equal(o, param) for o in others
+        ):
+            converted._parameters[name] = param  # identical in every model: shared
+            continue
+        interpolated = InterpolatedTensor.from_tensors(others, f"{path}.{name}")
+        converted._modules[f"_dawin_{name}"] = interpolated
+        properties[name] = _per_sample_property(name, param.shape, f"{path}.{name}")
+    if properties:
+        cls = type(first)
+        converted.__class__ = type(f"DaWin{cls.__name__}", (cls,), properties)
+    return converted
+
+
+class DaWinModel(GroupedModel):
+    """What ``dawinize`` returns: ``forward(x, coeffs, labels=None, **kwargs)``.
+
+    ``x`` [B, ...] is the batch (sorted by group internally; other arguments are passed
+    through unchanged to the wrapped model); outputs come back in the caller's order.
+    """
+
+    def __init__(self, module: nn.Module, num_models: int) -> None:
+        super().__init__()
+        self.module = module
+        self.num_models = num_models
+
+    def forward_routed(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        return self.module(x, **kwargs)
+
+
+def dawinize(models: Sequence[nn.Module]) -> DaWinModel:
+    """One module running any interpolation of M same-architecture models, fused.
+
+    Example::
+
+        merged = dawinize([zero_shot, fine_tuned])
+        logits = merged(images, coeffs=torch.tensor([0.5, 0.5]))   # WiSE-FT
+        logits = merged(images, coeffs=per_sample_rows)             # [B, 2] DaWin
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("dawinize: need at least one model")
+    for i, m in enumerate(models):
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"dawinize: item {i} is {type(m).__name__}, not an nn.Module")
+    return DaWinModel(convert_modules(models), len(models)).eval()

@@ -1,0 +1,81 @@
+"""Run a batch through an interpolated model: group, sort, route, unsort.
+
+``GroupedModel`` is the base of every DaWin model (``DaWinViT``, ``DaWinClassifier``, the
+modules ``dawinize`` returns). Its ``forward(x, coeffs, labels=None)`` accepts:
+
+* ``coeffs`` [M] or [1, M]: one row for the whole batch (static interpolation, WiSE-FT);
+* ``coeffs`` [B, M]: a row per sample (exact per-sample DaWin); samples with identical rows
+  share a group;
+* ``coeffs`` [G, M] with ``labels`` [B]: mixture clusters; sample b uses row labels[b].
+
+The batch is sorted by group once at the input, every layer reads the routing, and the
+outputs come back in the caller's order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..grouping import Grouping, group_by_labels, group_by_rows
+from .routing import Routing, route
+
+
+def make_grouping(coeffs: torch.Tensor, labels: torch.Tensor | None, batch: int,
+                  num_models: int) -> Grouping | None:
+    """The grouping for a call, or None for one row for the whole batch."""
+    if not isinstance(coeffs, torch.Tensor) or not coeffs.is_floating_point():
+        raise TypeError("coeffs must be a floating-point tensor")
+    if coeffs.shape[-1] != num_models or coeffs.dim() not in (1, 2):
+        raise ValueError(f"coeffs must be [M], [B, M] or [G, M] with M={num_models}, "
+                         f"got {tuple(coeffs.shape)}")
+    if labels is not None:
+        if coeffs.dim() != 2:
+            raise ValueError("with labels, coeffs must be the [G, M] table of cluster rows")
+        if labels.shape != (batch,):
+            raise ValueError(f"labels must be [B]=[{batch}], got {tuple(labels.shape)}")
+        return group_by_labels(labels.to(coeffs.device), coeffs)
+    if coeffs.dim() == 1 or coeffs.shape[0] == 1:
+        return None
+    if coeffs.shape[0] != batch:
+        raise ValueError(f"coeffs has {coeffs.shape[0]} rows for a batch of {batch}: pass one "
+                         f"row per sample, one row for all, or [G, M] rows with labels")
+    return group_by_rows(coeffs)
+
+
+def _map_batch(out: Any, fn) -> Any:
+    """Apply fn to every tensor of an output (tensors, tuples, lists, dicts)."""
+    if isinstance(out, torch.Tensor):
+        return fn(out)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_map_batch(o, fn) for o in out)
+    if isinstance(out, dict):
+        return {k: _map_batch(v, fn) for k, v in out.items()}
+    return out
+
+
+class GroupedModel(nn.Module):
+    """Base class: subclasses implement ``forward_routed(x, **kwargs)`` for a sorted batch."""
+
+    num_models: int
+
+    def forward(self, x: torch.Tensor, coeffs: torch.Tensor,
+                labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """Run ``x`` [B, ...] with per-sample, per-cluster or whole-batch coefficients."""
+        coeffs = torch.as_tensor(coeffs, dtype=torch.float32, device=x.device) \
+            if not isinstance(coeffs, torch.Tensor) else coeffs.to(x.device)
+        grouping = make_grouping(coeffs, labels, x.shape[0], self.num_models)
+        if x.shape[0] == 0:  # nothing to group; any row runs the empty batch
+            with route(torch.zeros(self.num_models, device=x.device)):
+                return self.forward_routed(x, **kwargs)
+        if grouping is None:
+            with route(coeffs.reshape(1, -1)):
+                return self.forward_routed(x, **kwargs)
+        with route(Routing(grouping.coeffs, grouping.offsets)):
+            out = self.forward_routed(grouping.permute(x), **kwargs)
+        return _map_batch(out, grouping.unpermute)
+
+    def forward_routed(self, x: torch.Tensor, **kwargs: Any) -> Any:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,355 @@
+"""``DaWin``: the end-to-end method on M models.
+
+Per batch: M expert passes (one fused forward over the batch repeated M times, each copy
+under one model's one-hot coefficient row), per-sample coefficients from the experts'
+uncertainty, optionally a mixture over them, then one fused forward of every sample
+through its interpolation. Logits come back in the caller's order.
+
+Two usage patterns:
+
+* per batch: ``dawin.predict(images)`` fits the mixture (and the offset statistics) on
+  each batch;
+* calibrated: ``dawin.calibrate(batches)`` fits them once over a dataset, then
+  ``dawin.predict(images)`` applies the fitted mixture batch by batch.
+
+Two weight layouts:
+
+* ``DaWin``: M models to interpolate convexly (M=2: zero-shot and fine-tuned). Coefficient
+  rows p = softmax_i(-H_i) (for M=2, [1-λ, λ] with λ = e^{-H_1}/(e^{-H_0}+e^{-H_1})); Beta
+  mixture on λ for M=2, Dirichlet mixture on p for M>2.
+* ``DaWinMultiTask``: task arithmetic, weights stacked as [θ_pre, τ_1, ..., τ_T] (see
+  ``task_vectors``); rows [1, s·p_1, ..., s·p_T]; each task keeps its own head.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .coefficients import coefficients_from_entropies, offset_terms
+from .expertise import entropy, max_logit, max_softmax
+from .grouping import two_model_rows
+from .mixture import BetaMixture, DirichletMixture
+from .nn.grouped import GroupedModel
+
+EXPERTISE = ("entropy", "max_logit", "max_softmax")
+
+
+@dataclasses.dataclass
+class DaWinOutput:
+    """What ``predict(..., return_details=True)`` returns (all in the caller's order)."""
+
+    logits: torch.Tensor  #: [B, C] of the interpolated models
+    coefficients: torch.Tensor  #: [B, M] per-sample rows from the experts
+    applied: torch.Tensor  #: [B, M] rows actually used (cluster means in mixture mode)
+    labels: torch.Tensor | None  #: [B] cluster of each sample (mixture mode), else None
+    expert_logits: torch.Tensor  #: [M, B, C] each expert's logits (task: [T] list)
+
+
+def uncertainty(logits: torch.Tensor, expertise: str, temperature: float) -> torch.Tensor:
+    """Per-sample uncertainty (lower = more expert) under one of ``EXPERTISE``."""
+    if expertise == "entropy":
+        return entropy(logits, temperature)
+    if expertise == "max_logit":
+        return -max_logit(logits)
+    if expertise == "max_softmax":
+        return -max_softmax(logits, temperature)
+    raise ValueError(f"expertise must be one of {EXPERTISE}, got {expertise!r}")
+
+
+def _check_mode(mode) -> None:
+    if isinstance(mode, str):
+        if mode not in ("mixture", "per_sample"):
+            raise ValueError(f"mode must be 'mixture', 'per_sample', or a fixed coefficient "
+                             f"(λ or a row), got {mode!r}")
+
+
+class _Base:
+    """Mode handling shared by DaWin and DaWinMultiTask."""
+
+    def __init__(self, num_experts: int, temperatures, mode, n_clusters: int, expertise: str,
+                 seed: int) -> None:
+        _check_mode(mode)
+        if expertise not in EXPERTISE:
+            raise ValueError(f"expertise must be one of {EXPERTISE}, got {expertise!r}")
+        if temperatures is None:
+            temperatures = [1.0] * num_experts
+        temperatures = [float(t) for t in temperatures]
+        if len(temperatures) != num_experts or any(not t > 0 for t in temperatures):
+            raise ValueError(f"temperatures must be {num_experts} positive numbers, "
+                             f"got {temperatures}")
+        if not isinstance(n_clusters, int) or n_clusters < 1:
+            raise ValueError(f"n_clusters must be an int >= 1, got {n_clusters!r}")
+        self.temperatures = temperatures
+        self.mode = mode
+        self.n_clusters = n_clusters
+        self.expertise = expertise
+        self.seed = seed
+        self.mixture = None  # fitted by calibrate()
+
+    def _uncertainties(self, expert_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([uncertainty(z.float(), self.expertise, t)
+                            for z, t in zip(expert_logits, self.temperatures, strict=True)])
+
+    def _new_mixture(self, num_components: int):
+        cls = BetaMixture if self._mixture_on_lambda else DirichletMixture
+        return cls(n_components=num_components, seed=self.seed)
+
+    def _mixture_input(self, weights: torch.Tensor) -> np.ndarray:
+        """Beta mixture on λ (the weight on model 1) or Dirichlet on the weights p."""
+        w = weights.detach().double().cpu().numpy()
+        return w[:, 1] if self._mixture_on_lambda else w
+
+    def _mixture_means(self, mixture) -> torch.Tensor:
+        means = torch.as_tensor(mixture.means_, dtype=torch.float32)
+        return two_model_rows(means) if self._mixture_on_lambda else means
+
+    def _cluster(self, weights: torch.Tensor):
+        """(labels [B], component weights [G, ·]) for the mixture mode, or None."""
+        mixture = self.mixture
+        if mixture is None:
+            if weights.shape[0] <= self.n_clusters:
+                return None  # no fewer clusters than samples: per-sample is exact DaWin
+            mixture = self._new_mixture(self.n_clusters).fit(self._mixture_input(weights))
+        labels = torch.as_tensor(mixture.predict(self._mixture_input(weights)))
+        return labels, self._mixture_means(mixture)
+
+
+class DaWin(_Base):
+    """DaWin on a ``DaWinClassifier`` (or any ``GroupedModel`` returning logits) of M models.
+
+    Args:
+        model: the interpolating classifier, e.g.
+            ``DaWinClassifier(DaWinViT.from_open_clip([zs.visual, ft.visual]), [h_zs, h_ft])``.
+        temperatures: M softmax temperatures for the expertise (default 1.0 each); see
+            ``dawin_fast.coefficients.TEMPERATURES`` for the authors' CLIP values.
+        mode: ``"mixture"`` (K clusters, each at its component mean), ``"per_sample"``
+            (exact: every sample its own coefficients), a float λ (static: [1-λ, λ]), or a
+            fixed row of M coefficients (static: WiSE-FT, weight averaging).
+        n_clusters: K of the mixture (a batch of at most K samples runs per-sample).
+        offset_adjustment: M=2 only: the paper's offset adjustment (from each batch's
+            entropies, or from the calibration set after ``calibrate``).
+        expertise: ``"entropy"`` (the paper's default), ``"max_logit"`` or ``"max_softmax"``.
+        seed: seed of the mixture's k-means initialisation.
+    """
+
+    def __init__(self, model: GroupedModel, temperatures: Sequence[float] | None = None,
+                 mode: str | float | Sequence[float] = "mixture", n_clusters: int = 3,
+                 offset_adjustment: bool = False, expertise: str = "entropy",
+                 seed: int = 0) -> None:
+        if not isinstance(model, GroupedModel):
+            raise TypeError("DaWin: model must be a dawin_fast GroupedModel (DaWinClassifier, "
+                            "DaWinViT, or what dawinize returns)")
+        super().__init__(model.num_models, temperatures, mode, n_clusters, expertise, seed)
+        if model.num_models < 2:
+            raise ValueError("DaWin: needs at least two models")
+        if offset_adjustment and (model.num_models != 2 or expertise != "entropy"):
+            raise ValueError("DaWin: offset_adjustment is defined for two models scored by "
+                             "entropy (its statistics assume non-negative uncertainties)")
+        self.model = model
+        self.num_models = model.num_models
+        self.offset_adjustment = offset_adjustment
+        self.offset = None  # (b, w) fitted by calibrate()
+        self._mixture_on_lambda = self.num_models == 2
+        self._static = None if isinstance(mode, str) else self._static_row(mode)
+
+    def _static_row(self, mode) -> torch.Tensor:
+        row = torch.as_tensor(mode, dtype=torch.float32).reshape(-1)
+        if row.numel() == 1 and self.num_models == 2:
+            row = torch.cat([1 - row, row])
+        if row.numel() != self.num_models or not bool(torch.isfinite(row).all()):
+            raise ValueError(f"DaWin: a fixed mode needs λ (two models) or {self.num_models} "
+                             f"finite coefficients, got {mode!r}")
+        return row
+
+    @torch.no_grad()
+    def expert_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """[M, B, C]: each model's own logits, from one fused pass over M copies."""
+        batch = images.shape[0]
+        stacked = images.unsqueeze(0).expand(self.num_models, *images.shape)
+        labels = torch.arange(self.num_models, device=images.device).repeat_interleave(batch)
+        eye = torch.eye(self.num_models, device=images.device)
+        logits = self.model(stacked.reshape(-1, *images.shape[1:]), eye, labels=labels)
+        return logits.reshape(self.num_models, batch, -1)
+
+    def weights(self, expert_logits: torch.Tensor) -> torch.Tensor:
+        """Per-sample coefficient rows [B, M] (rows sum to 1) from the experts' logits."""
+        return self._weights_from(self._uncertainties(expert_logits))
+
+    def _weights_from(self, u: torch.Tensor) -> torch.Tensor:
+        """Rows [B, M] from the experts' uncertainties u [M, B]."""
+        if self.offset_adjustment:
+            offset = self.offset if self.offset is not None else True
+            return two_model_rows(coefficients_from_entropies(u[0], u[1], offset))
+        return torch.softmax(-u.double(), dim=0).t().float()
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[torch.Tensor]) -> DaWin:
+        """Fit the offset statistics and the mixture on a whole calibration set."""
+        self.offset, self.mixture = None, None
+        all_u = [self._uncertainties(self.expert_logits(images)).cpu() for images in batches]
+        if not all_u:
+            raise ValueError("DaWin.calibrate: no batches")
+        u = torch.cat(all_u, dim=1)
+        if self.offset_adjustment:
+            self.offset = offset_terms(u[0], u[1])
+        w = self._weights_from(u)
+        if self.mode == "mixture":
+            self.mixture = self._new_mixture(self.n_clusters).fit(self._mixture_input(w))
+        return self
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, return_details: bool = False
+                ) -> torch.Tensor | DaWinOutput:
+        """Logits [B, C] of every image under its DaWin interpolation."""
+        device = images.device
+        if self._static is not None and not return_details:
+            return self.model(images, self._static.to(device))
+        expert = self.expert_logits(images)
+        rows = self.weights(expert)
+        labels = None
+        if self._static is not None:
+            applied = self._static.expand(images.shape[0], -1)
+            logits = self.model(images, self._static.to(device))
+        else:
+            clustered = self._cluster(rows) if self.mode == "mixture" else None
+            if clustered is None:
+                applied = rows
+                logits = self.model(images, rows.to(device))
+            else:
+                labels, table = clustered
+                applied = table[labels]
+                logits = self.model(images, table.to(device), labels=labels.to(device))
+        if not return_details:
+            return logits
+        return DaWinOutput(logits, rows, applied, labels, expert)
+
+    __call__ = predict
+
+
+def task_vectors(pretrained: nn.Module, finetuned: Sequence[nn.Module]) -> list[nn.Module]:
+    """[θ_pre, τ_1, ..., τ_T] as modules (τ_t = θ_t - θ_pre), for task-arithmetic stacks.
+
+    Floating-point parameters and buffers become differences; others must be equal.
+    """
+    base = pretrained.state_dict()
+    out = [pretrained]
+    for t, model in enumerate(finetuned):
+        state = model.state_dict()
+        if state.keys() != base.keys():
+            missing = sorted(base.keys() ^ state.keys())[:3]
+            raise ValueError(f"task_vectors: task model {t} has other parameters: {missing}")
+        diff = {}
+        for name, value in base.items():
+            if value.is_floating_point():
+                diff[name] = state[name] - value
+            elif not torch.equal(state[name], value):
+                raise ValueError(f"task_vectors: non-float '{name}' differs in task model {t}")
+            else:
+                diff[name] = value
+        vector = copy.deepcopy(pretrained)
+        vector.load_state_dict(diff)
+        out.append(vector)
+    return out
+
+
+class DaWinMultiTask(_Base):
+    """Multi-task DaWin by task arithmetic: θ(x) = θ_pre + s Σ_t p_t(x) τ_t.
+
+    Args:
+        encoder: an interpolating encoder over [θ_pre, τ_1, ..., τ_T] (build it from
+            ``task_vectors(pretrained, finetuned)``), returning features.
+        heads: T task heads (``nn.Linear`` or [C_t, D] tensors), not interpolated: task t's
+            expert pass and the evaluation on task t use head t.
+        normalize: L2-normalise features before the heads (CLIP zero-shot heads).
+        scale: s (default 0.3·T). Other arguments as in ``DaWin``; the mixture is a
+            Dirichlet mixture on p.
+    """
+
+    def __init__(self, encoder: GroupedModel, heads: Sequence[torch.Tensor | nn.Linear],
+                 temperatures: Sequence[float] | None = None, mode: str = "mixture",
+                 n_clusters: int = 3, scale: float | None = None, normalize: bool = True,
+                 expertise: str = "entropy", seed: int = 0) -> None:
+        heads = list(heads)
+        if encoder.num_models != len(heads) + 1:
+            raise ValueError(f"DaWinMultiTask: an encoder of {encoder.num_models} stacked "
+                             f"models needs {encoder.num_models - 1} heads, got {len(heads)}")
+        if not isinstance(mode, str):
+            raise ValueError("DaWinMultiTask: mode must be 'mixture' or 'per_sample'")
+        super().__init__(len(heads), temperatures, mode, n_clusters, expertise, seed)
+        self.encoder = encoder
+        self.heads = [h.weight if isinstance(h, nn.Linear) else h for h in heads]
+        self.biases = [h.bias if isinstance(h, nn.Linear) else None for h in heads]
+        self.normalize = normalize
+        self.num_tasks = len(heads)
+        self.scale = 0.3 * self.num_tasks if scale is None else float(scale)
+        self._mixture_on_lambda = False
+
+    def _head(self, features: torch.Tensor, task: int) -> torch.Tensor:
+        if self.normalize:
+            features = F.normalize(features, dim=-1)
+        weight = self.heads[task]
+        return F.linear(features.to(weight.dtype), weight, self.biases[task])
+
+    def _rows(self, p: torch.Tensor) -> torch.Tensor:
+        ones = torch.ones(p.shape[0], 1, dtype=p.dtype, device=p.device)
+        return torch.cat([ones, self.scale * p], dim=1)
+
+    @torch.no_grad()
+    def expert_logits(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """T tensors [B, C_t]: task model t (θ_pre + τ_t) through head t, one fused pass."""
+        batch, tasks = images.shape[0], self.num_tasks
+        stacked = images.unsqueeze(0).expand(tasks, *images.shape).reshape(-1, *images.shape[1:])
+        rows = torch.zeros(tasks, tasks + 1, device=images.device)
+        rows[:, 0] = 1.0
+        rows[torch.arange(tasks), torch.arange(tasks) + 1] = 1.0
+        labels = torch.arange(tasks, device=images.device).repeat_interleave(batch)
+        features = _pooled(self.encoder(stacked, rows, labels=labels)).reshape(tasks, batch, -1)
+        return [self._head(features[t], t) for t in range(tasks)]
+
+    def weights(self, expert_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-sample task weights p [B, T] = softmax over tasks of the negated uncertainty."""
+        return torch.softmax(-self._uncertainties(expert_logits).double(), dim=0).t().float()
+
+    @torch.no_grad()
+    def calibrate(self, batches: Iterable[torch.Tensor]) -> DaWinMultiTask:
+        """Fit the Dirichlet mixture on the task weights of a whole calibration set."""
+        self.mixture = None
+        p = torch.cat([self.weights(self.expert_logits(images)).cpu() for images in batches])
+        if self.mode == "mixture":
+            self.mixture = self._new_mixture(self.n_clusters).fit(self._mixture_input(p))
+        return self
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, task: int, return_details: bool = False
+                ) -> torch.Tensor | DaWinOutput:
+        """Logits of task ``task``'s head on the per-sample merged encoder."""
+        if not 0 <= task < self.num_tasks:
+            raise ValueError(f"task must be in [0, {self.num_tasks}), got {task}")
+        device = images.device
+        expert = self.expert_logits(images)
+        p = self.weights(expert)
+        clustered = self._cluster(p) if self.mode == "mixture" else None
+        labels = None
+        if clustered is None:
+            applied = self._rows(p)
+            features = self.encoder(images, applied.to(device))
+        else:
+            labels, table = clustered
+            rows = self._rows(table)
+            applied = rows[labels]
+            features = self.encoder(images, rows.to(device), labels=labels.to(device))
+        logits = self._head(_pooled(features), task)
+        if not return_details:
+            return logits
+        return DaWinOutput(logits, self._rows(p), applied, labels, expert)
+
+
+def _pooled(features):
+    return features[0] if isinstance(features, tuple) else features

@@ -1,0 +1,174 @@
+"""DaWinViT and DaWinClassifier against open_clip models with interpolated state dicts.
+
+Backends: "torch" (the PyTorch path) and "triton" (the Triton kernels, through the
+interpreter on a CPU). fp32 on the CPU; on a GPU also bf16.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import dawin_fast
+from dawin_fast import DaWinClassifier, DaWinViT
+from tests.models import interpolate_model, per_sample_reference, tiny_open_clip_visual
+
+BACKENDS = ["torch", "triton"]
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def images(batch=5, seed=0):
+    return torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("num_models", [2, 4])
+@torch.no_grad()
+def test_one_row_equals_interpolated_open_clip(backend, num_models):
+    visuals = [tiny_open_clip_visual(seed) for seed in range(num_models)]
+    model = DaWinViT.from_open_clip(visuals)
+    row = torch.randn(num_models, generator=torch.Generator().manual_seed(1))
+    x = images()
+    with dawin_fast.use_backend(backend):
+        got = model(x, row)
+    torch.testing.assert_close(got, interpolate_model(visuals, row)(x), **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@torch.no_grad()
+def test_per_sample_rows(backend):
+    visuals = [tiny_open_clip_visual(seed) for seed in range(2)]
+    model = DaWinViT.from_open_clip(visuals)
+    lam = torch.tensor([0.9, 0.1, 0.5, 0.1, 0.3])  # a repeated row shares a group
+    rows = torch.stack([1 - lam, lam], dim=1)
+    x = images()
+    with dawin_fast.use_backend(backend):
+        got = model(x, rows)
+    torch.testing.assert_close(got, per_sample_reference(visuals, rows, x), **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@torch.no_grad()
+def test_mixture_equals_per_sample_with_component_means(backend):
+    visuals = [tiny_open_clip_visual(seed) for seed in range(3)]
+    model = DaWinViT.from_open_clip(visuals)
+    table = torch.tensor([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5], [2.0, -1.0, 0.0]])
+    labels = torch.tensor([3, 0, 2, 0, 3, 1, 0])  # unsorted, group 1 and 3 share samples
+    x = images(7)
+    with dawin_fast.use_backend(backend):
+        got = model(x, table, labels=labels)
+        per_sample = model(x, table[labels])
+    torch.testing.assert_close(got, per_sample, **TOL)
+    torch.testing.assert_close(got, per_sample_reference(visuals, table[labels], x), **TOL)
+
+
+@torch.no_grad()
+def test_batch_order_is_preserved_for_any_clustering():
+    visuals = [tiny_open_clip_visual(seed) for seed in range(2)]
+    model = DaWinViT.from_open_clip(visuals)
+    x = images(9)
+    table = torch.tensor([[0.7, 0.3], [0.1, 0.9]])
+    labels = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0, 1])
+    got = model(x, table, labels=labels)
+    for b in range(9):
+        alone = model(x[b : b + 1], table[labels[b]])
+        torch.testing.assert_close(got[b : b + 1], alone, **TOL)
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model(x[perm], table, labels=labels[perm]), got[perm], **TOL)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(pool_type="avg"),
+    dict(final_ln_after_pool=True),
+    dict(ls_init_value=0.5),
+    dict(no_ln_pre=True),
+    dict(output_tokens=True),
+], ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+@torch.no_grad()
+def test_open_clip_variants(overrides):
+    visuals = [tiny_open_clip_visual(seed, **overrides) for seed in range(2)]
+    model = DaWinViT.from_open_clip(visuals)
+    rows = torch.tensor([[0.6, 0.4], [0.1, 0.9], [0.6, 0.4]])
+    x = images(3)
+    got = model(x, rows)
+    if overrides.get("output_tokens"):
+        pooled, tokens = got
+        ref = [interpolate_model(visuals, rows[b])(x[b : b + 1]) for b in range(3)]
+        torch.testing.assert_close(pooled, torch.cat([r[0] for r in ref]), **TOL)
+        torch.testing.assert_close(tokens, torch.cat([r[1] for r in ref]), **TOL)
+    else:
+        torch.testing.assert_close(got, per_sample_reference(visuals, rows, x), **TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@torch.no_grad()
+def test_classifier_interpolates_heads_too(backend):
+    visuals = [tiny_open_clip_visual(seed) for seed in range(2)]
+    gen = torch.Generator().manual_seed(3)
+    zero_shot_head = torch.randn(10, 12, generator=gen)  # [C, D] from text embeddings
+    fine_tuned_head = nn.Linear(12, 10, bias=False)
+    with torch.no_grad():
+        fine_tuned_head.weight.copy_(torch.randn(10, 12, generator=gen))
+    clf = DaWinClassifier(DaWinViT.from_open_clip(visuals), [zero_shot_head, fine_tuned_head])
+    lam = torch.tensor([0.2, 0.8, 0.5, 0.0])
+    rows = torch.stack([1 - lam, lam], dim=1)
+    x = images(4)
+    with dawin_fast.use_backend(backend):
+        got = clf(x, rows)
+    for b in range(4):
+        visual = interpolate_model(visuals, rows[b])
+        head = rows[b, 0] * zero_shot_head + rows[b, 1] * fine_tuned_head.weight
+        features = torch.nn.functional.normalize(visual(x[b : b + 1]), dim=-1)
+        torch.testing.assert_close(got[b : b + 1], features @ head.T, **TOL)
+
+
+@torch.no_grad()
+def test_empty_batch():
+    model = DaWinViT.from_open_clip([tiny_open_clip_visual(s) for s in range(2)])
+    assert model(images(0), torch.zeros(0, 2)).shape == (0, 12)
+    assert model(images(0), torch.tensor([0.5, 0.5])).shape == (0, 12)
+
+
+def test_rejects_mismatched_models_and_bad_input():
+    a, b = tiny_open_clip_visual(0), tiny_open_clip_visual(1, width=48)
+    with pytest.raises(ValueError, match="'class_embedding' differs"):
+        DaWinViT.from_open_clip([a, b])
+    with pytest.raises(ValueError, match="patch_size|differs"):
+        DaWinViT.from_open_clip([a, tiny_open_clip_visual(1, patch_size=8)])
+    with pytest.raises(TypeError, match="not an open_clip VisionTransformer"):
+        DaWinViT.from_open_clip([a, nn.Linear(3, 3)])
+    with pytest.raises(ValueError, match="at least one"):
+        DaWinViT.from_open_clip([])
+    model = DaWinViT.from_open_clip([a, tiny_open_clip_visual(1)])
+    x = images(4)
+    with pytest.raises(ValueError, match="coeffs must be"):
+        model(x, torch.ones(4, 3))
+    with pytest.raises(ValueError, match="rows for a batch of 4"):
+        model(x, torch.ones(3, 2))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\)"):
+        model(x, torch.ones(2, 2), labels=torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match=r"labels must be \[B\]"):
+        model(x, torch.ones(2, 2), labels=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="NaN"):
+        model(x, torch.tensor([[float("nan"), 1.0]] * 4))
+    with pytest.raises(ValueError, match=r"images must be \[B, C, H, W\]"):
+        model(torch.randn(4, 3, 16), torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="heads for an encoder of 2"):
+        DaWinClassifier(model, [torch.randn(3, 12)])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="bf16 and the compiled kernels "
+                    "need a GPU (CPU runs cover fp32 through the interpreter)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@torch.no_grad()
+def test_gpu_equivalence(dtype):
+    visuals = [tiny_open_clip_visual(seed).cuda().to(dtype) for seed in range(2)]
+    model = DaWinViT.from_open_clip(visuals)
+    x = images(6).cuda().to(dtype)
+    lam = torch.rand(6, generator=torch.Generator().manual_seed(0))
+    rows = torch.stack([1 - lam, lam], dim=1).cuda()
+    got = model(x, rows).float()
+    ref = per_sample_reference([v.float() for v in visuals], rows.float(), x.float()).float()
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(got, ref, **tol)
