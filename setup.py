@@ -15,17 +15,17 @@ setup(
     python_requires=">=3.10",
     packages=["dawin_fast", "dawin_fast.nn", "dawin_fast.kernels"],
     package_dir={"dawin_fast": "dawin_fast", "dawin_fast.kernels": "kernels"},
-    package_data={"dawin_fast.kernels": ["configs/*.json"]},
     install_requires=[
         "torch>=2.4",
         "triton>=3.0",
         "numpy",
         "scipy",
         "open_clip_torch",
+        "tqdm",
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "timm"],
-        "demo": ["scikit-learn", "matplotlib", "tqdm", "safetensors"],
+        "demo": ["scikit-learn", "matplotlib", "safetensors"],
     },
     entry_points={"console_scripts": ["dawin-fast=dawin_fast.cli:main"]},
 )

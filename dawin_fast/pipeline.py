@@ -192,26 +192,34 @@ class DaWin(_Base):
     @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor]) -> DaWin:
         """Fit the offset statistics and the mixture on a whole calibration set."""
-        self.offset, self.mixture = None, None
-        all_u = [self._uncertainties(self.expert_logits(images)).cpu() for images in batches]
-        if not all_u:
+        expert = [self.expert_logits(images).cpu() for images in batches]
+        if not expert:
             raise ValueError("DaWin.calibrate: no batches")
-        u = torch.cat(all_u, dim=1)
+        return self.calibrate_from_logits(torch.cat(expert, dim=1))
+
+    def calibrate_from_logits(self, expert_logits: torch.Tensor) -> DaWin:
+        """``calibrate`` from the experts' logits [M, N, C] on the calibration set."""
+        self.offset, self.mixture = None, None
+        u = self._uncertainties(expert_logits)
         if self.offset_adjustment:
             self.offset = offset_terms(u[0], u[1])
-        w = self._weights_from(u)
         if self.mode == "mixture":
-            self.mixture = self._new_mixture(self.n_clusters).fit(self._mixture_input(w))
+            weights = self._weights_from(u)
+            self.mixture = self._new_mixture(self.n_clusters).fit(self._mixture_input(weights))
         return self
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, return_details: bool = False
-                ) -> torch.Tensor | DaWinOutput:
-        """Logits [B, C] of every image under its DaWin interpolation."""
+    def predict(self, images: torch.Tensor, return_details: bool = False,
+                expert_logits: torch.Tensor | None = None) -> torch.Tensor | DaWinOutput:
+        """Logits [B, C] of every image under its DaWin interpolation.
+
+        ``expert_logits`` [M, B, C]: the experts' logits if already computed (skips the
+        expert pass).
+        """
         device = images.device
         if self._static is not None and not return_details:
             return self.model(images, self._static.to(device))
-        expert = self.expert_logits(images)
+        expert = self.expert_logits(images) if expert_logits is None else expert_logits
         rows = self.weights(expert)
         labels = None
         if self._static is not None:

@@ -31,6 +31,8 @@ class DaWinClassifier(GroupedModel):
             raise ValueError(f"DaWinClassifier: {len(heads)} heads for an encoder of "
                              f"{encoder.num_models} models")
         linears = [_as_linear(h, i) for i, h in enumerate(heads)]
+        if any(lin.bias is not None for lin in linears):  # a head without bias has bias 0
+            linears = [_with_bias(lin) for lin in linears]
         self.encoder = encoder
         self.head = DaWinLinear.from_linears(linears)
         self.normalize = normalize
@@ -56,3 +58,14 @@ def _as_linear(head: torch.Tensor | nn.Linear, index: int) -> nn.Linear:
         return linear
     raise TypeError(f"DaWinClassifier: head {index} must be an nn.Linear or a [C, D] tensor, "
                     f"got {type(head).__name__}")
+
+
+def _with_bias(linear: nn.Linear) -> nn.Linear:
+    if linear.bias is not None:
+        return linear
+    out = nn.Linear(linear.in_features, linear.out_features, bias=True,
+                    device=linear.weight.device, dtype=linear.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(linear.weight)
+        out.bias.zero_()
+    return out

@@ -1,5 +1,7 @@
 """Benchmark cases for the fused interpolation linear and the baselines it is judged by.
 
+Used by ``benchmarks/`` (pytest-benchmark) and by ``dawin-fast bench`` (a plain runner).
+
 Every method computes the same thing on the same inputs: rows grouped by ``offsets``,
 group g through the interpolation ``sum_i coeffs[g, i] W_i`` of M stacked linears.
 
@@ -23,7 +25,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-import dawin_fast
+from .ops import interp_linear, skip_value_checks, use_backend
 
 # width, tokens per image, images per batch for one big group (>= 8k rows, DESIGN P1).
 VIT_SHAPES = {
@@ -184,8 +186,8 @@ def build(method: str, case: Case, inputs: Inputs) -> Callable[[], torch.Tensor]
 
         def fused():
             # Modules validate their routing once per forward, then skip value checks.
-            with dawin_fast.skip_value_checks(), dawin_fast.use_backend(backend):
-                return dawin_fast.interp_linear(x, w, c, off, b)
+            with skip_value_checks(), use_backend(backend):
+                return interp_linear(x, w, c, off, b)
         return fused
     if method == "premerged_cublas":
         merged = torch.einsum("m,mnk->nk", c[0].to(x.dtype), w)
@@ -206,3 +208,89 @@ def build(method: str, case: Case, inputs: Inputs) -> Callable[[], torch.Tensor]
             raise Unavailable("torch._grouped_mm needs bf16 on an sm90+ GPU")
         return lambda: einsum_grouped_mm(x, w, b, c, off)
     raise ValueError(f"unknown method {method!r}")
+
+
+def time_ms(fn: Callable[[], torch.Tensor], device: str) -> float:
+    """Median milliseconds per call: ``triton.testing.do_bench`` on a GPU (CUDA events,
+    L2 flushed between runs), wall clock over repeated calls on a CPU."""
+    if device == "cuda":
+        import triton.testing
+
+        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    import statistics
+    import time
+
+    fn()
+    samples = []
+    for _ in range(10):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def check_against_fused(method: str, inputs: Inputs, got: torch.Tensor,
+                        fused: torch.Tensor) -> None:
+    """Raise if a baseline computes something other than the fused op (so it cannot win
+    by doing less). The baselines merge in the input dtype, so allow its roundoff."""
+    if method == "premerged_cublas":  # one weight for all rows: compare group 0 only
+        rows = slice(inputs.bounds[0], inputs.bounds[1])
+        got, fused = got[rows], fused[rows]
+    scale = fused.float().abs().mean().item() + 1e-6
+    err = (got.float() - fused.float()).abs().max().item() if got.numel() else 0.0
+    if err > 0.05 * scale + 1e-3:
+        raise AssertionError(f"{method} disagrees with fused: max error {err:.3g}")
+
+
+def run(cases: list[Case] | None = None, methods: tuple[str, ...] = METHODS,
+        progress: bool = False) -> list[dict]:
+    """Time every method on every case; one record per (case, method) that applies."""
+    cases = default_cases() if cases is None else cases
+    records = []
+    iterator = cases
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(cases, desc="benchmark cases")
+    for case in iterator:
+        inputs = make_inputs(case)
+        fused = build("fused", case, inputs)()
+        for method in methods:
+            try:
+                fn = build(method, case, inputs)
+            except Unavailable:
+                continue
+            check_against_fused(method, inputs, fn(), fused)
+            records.append(dict(case=case.id, method=method,
+                                median_ms=time_ms(fn, case.device)))
+    return records
+
+
+def render_markdown(records: list[dict], header: list[str]) -> str:
+    """One table per case: each method's median time, × premerged_cublas and × fused."""
+    by_case: dict[str, dict[str, float]] = {}
+    for r in records:
+        by_case.setdefault(r["case"], {})[r["method"]] = r["median_ms"]
+    lines = list(header) + [""]
+    for case, times in by_case.items():
+        floor, fused = times.get("premerged_cublas"), times.get("fused")
+        lines += [f"### {case}", "", "| method | median ms | × premerged_cublas | × fused |",
+                  "|---|---|---|---|"]
+        for method, ms in sorted(times.items(), key=lambda kv: kv[1]):
+            vs_floor = f"{ms / floor:.2f}" if floor else "–"
+            vs_fused = f"{ms / fused:.2f}" if fused else "–"
+            lines.append(f"| {method} | {ms:.4f} | {vs_floor} | {vs_fused} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def environment_header(command: str) -> list[str]:
+    """Device, versions, date and command: the head of every results table."""
+    import datetime
+
+    import triton
+
+    device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+              else "cpu (no GPU: toy sizes, PyTorch path; times mean nothing)")
+    return [f"Device: {device}; torch {torch.__version__}, triton {triton.__version__}; "
+            f"{datetime.date.today().isoformat()}", f"Command: `{command}`"]

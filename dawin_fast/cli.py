@@ -1,0 +1,193 @@
+"""The ``dawin-fast`` command.
+
+    dawin-fast demo        DaWin on two small ViTs trained on scikit-learn's digits
+    dawin-fast eval        DaWin on your own open_clip checkpoints and dataset
+    dawin-fast bench       the fused-kernel benchmarks on this machine
+    dawin-fast selfcheck   the fused op against a float64 reference
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _temperatures(value: str) -> tuple[float, ...] | str:
+    """"0.96,1.0066" or an open_clip name from the paper ("ViT-B-16")."""
+    from .coefficients import TEMPERATURES
+
+    if value in TEMPERATURES:
+        return TEMPERATURES[value]
+    try:
+        temps = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"temperatures must be comma-separated numbers or one of {sorted(TEMPERATURES)}"
+        ) from None
+    if any(not t > 0 for t in temps):
+        raise argparse.ArgumentTypeError("temperatures must be positive")
+    return temps
+
+
+def _device(value: str | None) -> str:
+    if value is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if value.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {value!r} requested but CUDA is not available")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dawin-fast", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="DaWin on two small ViTs trained on digits (no download)")
+    demo.add_argument("--temperatures", type=_temperatures, default=(1.0, 1.0),
+                      help="T_0,T_1 for the entropies (default 1,1)")
+    demo.add_argument("--offset-adjustment", action="store_true",
+                      help="the paper's offset adjustment of λ")
+    demo.add_argument("--clusters", type=int, default=3, help="mixture components (default 3)")
+    demo.add_argument("--plot", metavar="PNG", help="save accuracy and coefficient plots")
+    demo.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--output", metavar="JSON", help="also write the report as JSON")
+
+    ev = sub.add_parser("eval", help="DaWin on your open_clip checkpoints")
+    ev.add_argument("--arch", required=True, help="open_clip architecture, e.g. ViT-B-32")
+    ev.add_argument("--model-config", metavar="JSON",
+                    help="an open_clip model config file for a custom architecture "
+                         "(its file name, without .json, is the --arch name)")
+    ev.add_argument("--checkpoints", nargs="+", required=True, metavar="PATH",
+                    help="M state dicts (.pt weights-only pickles or .safetensors), model 0 "
+                         "first (e.g. zero-shot, then fine-tuned); full CLIP or visual only")
+    ev.add_argument("--heads", nargs="+", required=True, metavar="PATH",
+                    help="M heads: a [C, D] tensor (zero-shot, logit scale folded in) or a "
+                         "{'weight', 'bias'} linear head")
+    ev.add_argument("--data", required=True, metavar="PATH",
+                    help="an ImageFolder directory, or a .pt file {'images', 'labels'}")
+    ev.add_argument("--clusters", type=int, default=3)
+    ev.add_argument("--temperatures", type=_temperatures, default=None)
+    ev.add_argument("--offset-adjustment", action="store_true")
+    ev.add_argument("--wise-lambda", type=float, default=0.5)
+    ev.add_argument("--per-batch", action="store_true",
+                    help="fit the mixture on each batch (default: on the whole dataset)")
+    ev.add_argument("--no-normalize", action="store_true",
+                    help="do not L2-normalise features before the heads")
+    ev.add_argument("--batch-size", type=int, default=256)
+    ev.add_argument("--workers", type=int, default=2)
+    ev.add_argument("--device")
+    ev.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    ev.add_argument("--output", default="dawin_report.json", metavar="JSON")
+
+    bench = sub.add_parser("bench", help="the fused-kernel benchmarks on this machine")
+    bench.add_argument("--output", metavar="MD", help="also write the markdown tables here")
+
+    sub.add_parser("selfcheck", help="the fused op against a float64 reference")
+    return parser
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    report = run_demo(temperatures=args.temperatures, offset_adjustment=args.offset_adjustment,
+                      n_clusters=args.clusters, device=_device(args.device), seed=args.seed,
+                      plot=args.plot)
+    if args.output:
+        _write_json(report, args.output)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from open_clip.transform import image_transform
+
+    from .checkpoints import CheckpointError, load_dataset, load_head, load_visuals
+    from .evaluate import EvalConfig, evaluate, format_table
+    from .nn.classifier import DaWinClassifier
+    from .vit import DaWinViT
+
+    if len(args.checkpoints) < 2:
+        raise CheckpointError("eval needs at least two checkpoints")
+    if len(args.heads) != len(args.checkpoints):
+        raise CheckpointError(f"{len(args.checkpoints)} checkpoints but {len(args.heads)} heads")
+    device, dtype = _device(args.device), DTYPES[args.dtype]
+    visuals = load_visuals(args.arch, args.checkpoints, args.model_config)
+    heads = [load_head(path) for path in args.heads]
+    classifier = DaWinClassifier(DaWinViT.from_open_clip(visuals), heads,
+                                 normalize=not args.no_normalize).to(device=device, dtype=dtype)
+    dataset = load_dataset(args.data, image_transform(visuals[0].image_size, is_train=False))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
+                                         num_workers=args.workers)
+    batches = _on_device(loader, device, dtype)
+    config = EvalConfig(temperatures=args.temperatures, offset_adjustment=args.offset_adjustment,
+                        n_clusters=args.clusters, wise_lambda=args.wise_lambda,
+                        calibrated=not args.per_batch, batch_size=args.batch_size)
+    results = evaluate(classifier, batches, config, progress=True)
+    print(format_table({"accuracy": results}))
+    report = {"arch": args.arch, "checkpoints": args.checkpoints, "heads": args.heads,
+              "data": args.data, "n": len(dataset), "device": device, "dtype": args.dtype,
+              "config": dataclasses.asdict(config),
+              "methods": {k: v for k, v in results.items() if not k.startswith("_")},
+              "mixture": results.get("_mixture")}
+    _write_json(report, args.output)
+    return 0
+
+
+class _on_device:
+    """Re-iterable view of a loader, moving batches to the device and dtype."""
+
+    def __init__(self, loader, device, dtype):
+        self.loader, self.device, self.dtype = loader, device, dtype
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield images.to(self.device, self.dtype), labels.to(self.device)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    command = "dawin-fast bench" + (f" --output {args.output}" if args.output else "")
+    table = bench.render_markdown(bench.run(progress=True), bench.environment_header(command))
+    print(table)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(table + "\n")
+    return 0
+
+
+def cmd_selfcheck(args: argparse.Namespace) -> int:
+    from .selfcheck import main
+
+    return main()
+
+
+def _write_json(report: dict, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, default=str)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .checkpoints import CheckpointError
+
+    try:
+        return {"demo": cmd_demo, "eval": cmd_eval, "bench": cmd_bench,
+                "selfcheck": cmd_selfcheck}[args.command](args)
+    except (CheckpointError, ValueError) as err:
+        print(f"dawin-fast {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Evaluate DaWin and its baselines on a labelled dataset.
+
+``evaluate(classifier, batches, config)`` makes two passes over ``batches`` (any
+re-iterable of ``(images, labels)``: a list, a DataLoader):
+
+1. the expert pass: every model's logits on every image (one fused forward per batch);
+   from them, calibrated mode fits the mixture (and the offset statistics) on the whole
+   set, as the paper does for an evaluation set;
+2. per batch: each model alone, WiSE-FT, the dynamic output ensemble and classifier
+   selection (from the expert logits), DaWin per-sample and DaWin mixture.
+
+Each method's time counts what it needs: its own forward, plus the expert pass for the
+methods built on the experts' logits, plus the mixture fit for the mixture.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable
+
+import torch
+from tqdm import tqdm
+
+from .coefficients import dynamic_classifier_selection, dynamic_output_ensemble
+from .nn.grouped import GroupedModel
+from .pipeline import DaWin
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    temperatures: tuple[float, ...] | None = None
+    offset_adjustment: bool = False
+    n_clusters: int = 3
+    wise_lambda: float = 0.5
+    calibrated: bool = True  # fit the mixture on the whole set, else on each batch
+    seed: int = 0
+    batch_size: int = 256
+
+
+class _Meter:
+    def __init__(self) -> None:
+        self.correct = 0
+        self.count = 0
+        self.seconds = 0.0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, seconds: float) -> None:
+        self.correct += int((logits.argmax(-1) == labels.to(logits.device)).sum())
+        self.count += labels.numel()
+        self.seconds += seconds
+
+    def report(self) -> dict:
+        return {"accuracy": self.correct / max(self.count, 1), "correct": self.correct,
+                "n": self.count, "seconds": self.seconds,
+                "images_per_s": self.count / self.seconds if self.seconds > 0 else None}
+
+
+def _timed(fn, *args, **kwargs):
+    """(fn(*args, **kwargs), seconds), synchronised with the GPU on both ends."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def method_names(num_models: int, wise_lambda: float = 0.5,
+                 model_names: tuple[str, ...] | None = None) -> list[str]:
+    names = list(model_names or [f"model {i}" for i in range(num_models)])
+    if num_models == 2:
+        names += [f"WiSE-FT (λ={wise_lambda:g})", "output ensemble", "classifier selection"]
+    else:
+        names += ["weight average"]
+    return names + ["DaWin per-sample", "DaWin mixture"]
+
+
+@torch.no_grad()
+def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             config: EvalConfig = EvalConfig(), progress: bool = False) -> dict:
+    """Accuracy and throughput of every method; see the module docstring.
+
+    ``progress``: tqdm bars over both passes (on stderr).
+    """
+    if iter(batches) is batches:  # a one-shot iterator: keep it for the second pass
+        batches = list(batches)
+    m = classifier.num_models
+    temps = config.temperatures or (1.0,) * m
+    per_sample = DaWin(classifier, temperatures=temps, mode="per_sample",
+                       offset_adjustment=config.offset_adjustment, seed=config.seed)
+    mixture = DaWin(classifier, temperatures=temps, mode="mixture",
+                    n_clusters=config.n_clusters, offset_adjustment=config.offset_adjustment,
+                    seed=config.seed)
+    names = method_names(m, config.wise_lambda)
+    meters = {name: _Meter() for name in names}
+
+    def bar(iterable, desc):
+        return tqdm(iterable, desc=desc, leave=False, disable=not progress)
+
+    expert_all, expert_seconds = [], []
+    for images, _ in bar(batches, "expert pass"):
+        expert, seconds = _timed(per_sample.expert_logits, images)
+        expert_all.append(expert.cpu())
+        expert_seconds.append(seconds)
+    if not expert_all:
+        raise ValueError("evaluate: the dataset is empty")
+    fit_seconds = 0.0
+    if config.calibrated:
+        logits = torch.cat(expert_all, dim=1)
+        _, fit_seconds = _timed(mixture.calibrate_from_logits, logits)
+        per_sample.offset = mixture.offset
+
+    coefficients, cluster_labels = [], []
+    for b, (images, labels) in enumerate(bar(batches, "merged passes")):
+        expert = expert_all[b].to(images.device)
+        t_expert = expert_seconds[b]
+        for i in range(m):
+            row = torch.eye(m)[i]
+            out, s = _timed(classifier, images, row)
+            meters[names[i]].add(out, labels, s)
+        static = ([1 - config.wise_lambda, config.wise_lambda] if m == 2 else [1.0 / m] * m)
+        out, s = _timed(classifier, images, torch.tensor(static))
+        meters[names[m]].add(out, labels, s)
+        if m == 2:
+            lam = per_sample.weights(expert)[:, 1]
+            out, s = _timed(dynamic_output_ensemble, expert[0], expert[1], lam, temps)
+            meters["output ensemble"].add(out, labels, s + t_expert)
+            (_, out), s = _timed(dynamic_classifier_selection, expert[0], expert[1], temps)
+            meters["classifier selection"].add(out, labels, s + t_expert)
+        details, s = _timed(per_sample.predict, images, True, expert_logits=expert)
+        meters["DaWin per-sample"].add(details.logits, labels, s + t_expert)
+        coefficients.append(details.coefficients.cpu())
+        details, s = _timed(mixture.predict, images, True, expert_logits=expert)
+        meters["DaWin mixture"].add(details.logits, labels, s + t_expert)
+        if details.labels is not None:
+            cluster_labels.append(details.labels.cpu())
+    meters["DaWin mixture"].seconds += fit_seconds
+
+    report = {name: meter.report() for name, meter in meters.items()}
+    report["_coefficients"] = torch.cat(coefficients).tolist()
+    if mixture.mixture is not None:
+        report["_mixture"] = {"means": mixture.mixture.means_.tolist(),
+                              "weights": mixture.mixture.weights_.tolist()}
+        if hasattr(mixture.mixture, "alphas_") and m == 2:
+            report["_mixture"].update(alphas=mixture.mixture.alphas_.tolist(),
+                                      betas=mixture.mixture.betas_.tolist())
+    return report
+
+
+def format_table(sets: dict[str, dict], model_names: tuple[str, ...] | None = None) -> str:
+    """A text table: one row per method, accuracy per set and throughput."""
+    set_names = list(sets)
+    first = sets[set_names[0]]
+    methods = [k for k in first if not k.startswith("_")]
+    labels = dict(zip(methods, methods, strict=True))
+    if model_names:
+        for i, name in enumerate(model_names):
+            labels[f"model {i}"] = f"model {i} ({name})"
+    width = max(len(v) for v in labels.values()) + 2
+    header = f"{'method':<{width}}" + "".join(f"{s:>18}" for s in set_names) + f"{'images/s':>12}"
+    lines = [header, "-" * len(header)]
+    for method in methods:
+        accs = "".join(f"{100 * sets[s][method]['accuracy']:>17.2f}%" for s in set_names)
+        seconds = sum(sets[s][method]["seconds"] for s in set_names)
+        count = sum(sets[s][method]["n"] for s in set_names)
+        speed = f"{count / seconds:>12.0f}" if seconds > 0 else f"{'-':>12}"
+        lines.append(f"{labels[method]:<{width}}{accs}{speed}")
+    return "\n".join(lines)

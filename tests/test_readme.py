@@ -1,0 +1,59 @@
+"""The README's Python examples run as written (given the names they leave to the reader)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dawin_fast import use_backend
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+
+
+def prelude(block: str) -> dict:
+    """The free names a block leaves to the reader, made small and concrete."""
+    torch.manual_seed(0)
+    names: dict = {"torch": torch}
+    if "lin_zero_shot" in block:
+        names.update(lin_zero_shot=nn.Linear(8, 6), lin_fine_tuned=nn.Linear(8, 6),
+                     x=torch.randn(12, 8))
+    if "zero_shot_head" in block:
+        names.update(zero_shot_head=torch.randn(10, 512), fine_tuned_head=nn.Linear(512, 10),
+                     images=torch.randn(4, 3, 224, 224), rows=torch.rand(4, 2).softmax(1),
+                     table=torch.tensor([[0.7, 0.3], [0.2, 0.8]]),
+                     labels=torch.tensor([0, 1, 1, 0]),
+                     calibration_batches=[torch.randn(4, 3, 224, 224)])
+    if "zero_shot(images)" in block:
+        models = [nn.Sequential(nn.Flatten(), nn.Linear(12, 5)) for _ in range(2)]
+        names.update(zero_shot=models[0], fine_tuned=models[1], images=torch.randn(8, 3, 2, 2))
+    if "my_coefficient_rows" in block:
+        names.update(my_coefficient_rows=torch.tensor([[0.5, 0.5], [0.1, 0.9], [0.5, 0.5]]),
+                     batch_tokens=torch.randn(3, 4, 8), stacked_w=torch.randn(2, 6, 8),
+                     stacked_b=torch.randn(2, 6))
+    if "interp_linear(x, weight, coeffs, offsets" in block:
+        names.update(x=torch.randn(5, 8), weight=torch.randn(2, 6, 8),
+                     coeffs=torch.tensor([[1.0, 0.0]]), offsets=torch.tensor([0, 5]))
+    return names
+
+
+BLOCKS = python_blocks()
+
+
+def test_readme_has_examples():
+    assert len(BLOCKS) >= 5
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_readme_example_runs(index):
+    block = BLOCKS[index]
+    namespace = prelude(block)
+    with use_backend("torch"), torch.no_grad():
+        exec(compile(block, f"README.md block {index}", "exec"), namespace)
