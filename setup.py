@@ -24,7 +24,7 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "timm"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "timm", "transformers"],
         "demo": ["scikit-learn", "matplotlib", "safetensors"],
     },
     entry_points={"console_scripts": ["dawin-fast=dawin_fast.cli:main"]},

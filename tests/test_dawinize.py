@@ -122,3 +122,38 @@ def test_dawinize_keeps_originals_untouched():
         for k, v in m.state_dict().items():
             assert torch.equal(v, state[k])
         assert not isinstance(m.mlp[0], dawin_fast.DaWinLinear)
+
+
+def hf_clip_visions(num_models):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=16, patch_size=4)
+    models = []
+    for seed in range(num_models):
+        torch.manual_seed(0)
+        models.append(perturb(CLIPVisionModel(config), seed))
+    return models
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@torch.no_grad()
+def test_hugging_face_clip_vision_model(backend):
+    models = hf_clip_visions(2)
+    merged = dawinize(models)
+    x = torch.randn(3, 3, 16, 16)
+    lam = torch.tensor([0.1, 0.6, 0.9])
+    rows = torch.stack([1 - lam, lam], dim=1)
+
+    def pooled(model, images):
+        return model(pixel_values=images).pooler_output
+
+    with dawin_fast.use_backend(backend):
+        out = merged(x, rows)
+    assert type(out).__name__ == "BaseModelOutputWithPooling"
+    torch.testing.assert_close(out.pooler_output,
+                               per_sample_reference(models, rows, x, pooled), **TOL)
+    torch.testing.assert_close(
+        out.last_hidden_state,
+        per_sample_reference(models, rows, x, lambda m, i: m(pixel_values=i).last_hidden_state),
+        **TOL)

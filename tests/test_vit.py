@@ -172,3 +172,79 @@ def test_gpu_equivalence(dtype):
     ref = per_sample_reference([v.float() for v in visuals], rows.float(), x.float()).float()
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)
     torch.testing.assert_close(got, ref, **tol)
+
+
+class ShapeRecorder:
+    """Records the shape of every tensor that an aten op produces while active (and its
+    storage, so views of existing tensors, e.g. the stacked weights, can be told apart)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        recorder = self
+        self.shapes = []
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in out if isinstance(out, (tuple, list)) else [out]:
+                    if isinstance(t, torch.Tensor):
+                        recorder.shapes.append((str(func), tuple(t.shape),
+                                                t.untyped_storage().data_ptr()))
+                return out
+
+        self.mode = Mode()
+
+    def __enter__(self):
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.mode.__exit__(*exc)
+
+    def matching(self, shapes, existing=()):
+        """Produced tensors whose last two dims are in ``shapes``, except views of the
+        tensors in ``existing``."""
+        skip = {t.untyped_storage().data_ptr() for t in existing}
+        return [(f, s) for f, s, ptr in self.shapes
+                if len(s) >= 2 and s[-2:] in shapes and ptr not in skip]
+
+
+@torch.no_grad()
+def test_vit_forward_never_materializes_a_merged_weight():
+    """Around the fused op (an opaque custom op here), the ViT's own code never produces a
+    tensor shaped like a layer's weight [N, K]: no merged or stacked weight is built."""
+    visuals = [tiny_open_clip_visual(seed) for seed in range(2)]
+    model = DaWinViT.from_open_clip(visuals)
+    weight_shapes = {tuple(m.weight.shape[-2:]) for m in model.modules()
+                     if isinstance(m, dawin_fast.DaWinLinear)}
+    assert {(96, 32), (32, 32), (64, 32), (32, 64)} <= weight_shapes  # qkv, out, fc1, fc2
+    lam = torch.tensor([0.9, 0.1, 0.5])
+    for coeffs in (torch.stack([1 - lam, lam], dim=1), torch.tensor([0.5, 0.5])):
+        with ShapeRecorder() as recorder:
+            model(images(3), coeffs)
+        assert len(recorder.shapes) > 50, "the recorder saw too few ops"
+        found = recorder.matching(weight_shapes, list(model.parameters()))
+        assert not found, found[:5]
+
+
+@pytest.mark.parametrize("strategy", ["combine", "rowscaled"])
+@pytest.mark.parametrize("lengths", [[40], [10, 0, 30]])
+@torch.no_grad()
+def test_kernel_launcher_never_materializes_a_merged_weight(strategy, lengths):
+    """Inside the fused path: the launcher's torch ops (the schedule) never produce a
+    weight-shaped tensor. Positive control: the PyTorch path with few groups does merge
+    one weight per group, and the recorder sees it."""
+    from dawin_fast import kernels
+    from dawin_fast.ops import interp_linear_torch
+    from tests.reference import offsets_from_lengths
+
+    x, weight = torch.randn(40, 24), torch.randn(2, 56, 24)
+    coeffs = torch.rand(len(lengths), 2)
+    offsets = offsets_from_lengths(lengths)
+    with ShapeRecorder() as recorder:
+        kernels.interp_matmul(x, weight, coeffs, offsets, None, strategy=strategy)
+    assert not recorder.matching({(56, 24)}, [weight])
+    with ShapeRecorder() as control:
+        interp_linear_torch(x, weight, coeffs[:1], torch.tensor([0, 40]))
+    assert control.matching({(56, 24)}, [weight]), "the recorder cannot see a merged weight"

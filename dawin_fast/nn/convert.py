@@ -10,6 +10,7 @@ unchanged); every layer holding parameters is replaced by its interpolating vers
 ``nn.LayerNorm`` (and subclasses)           ``DaWinLayerNorm``
 ``nn.Embedding``                            ``DaWinEmbedding``
 a ``LayerScale`` (``gamma``; open_clip/timm)  ``DaWinLayerScale``
+HF ``CLIPVisionEmbeddings``                 ``DaWinCLIPVisionEmbeddings``
 ==========================================  ==============================================
 
 Parameters held directly by a container module (a class token, a positional embedding)
@@ -30,6 +31,7 @@ import torch
 from torch import nn
 
 from .grouped import GroupedModel
+from .hf_clip import DaWinCLIPVisionEmbeddings, is_hf_clip_vision_embeddings
 from .layers import (
     DaWinEmbedding,
     DaWinLayerNorm,
@@ -56,6 +58,7 @@ def _linear(modules: Sequence[nn.Module], what: str) -> nn.Module:
 
 # (predicate, converter) pairs, tried in order on model 0's module.
 CONVERTERS: list[tuple[Callable[[nn.Module], bool], Callable[..., nn.Module]]] = [
+    (is_hf_clip_vision_embeddings, DaWinCLIPVisionEmbeddings.from_modules),
     (lambda m: isinstance(m, nn.Linear), _linear),
     (lambda m: isinstance(m, nn.MultiheadAttention), DaWinMultiheadAttention.from_modules),
     (lambda m: isinstance(m, nn.Conv2d), DaWinPatchEmbed.from_modules),

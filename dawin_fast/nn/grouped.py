@@ -46,13 +46,20 @@ def make_grouping(coeffs: torch.Tensor, labels: torch.Tensor | None, batch: int,
 
 
 def _map_batch(out: Any, fn) -> Any:
-    """Apply fn to every tensor of an output (tensors, tuples, lists, dicts)."""
+    """Apply fn to every tensor of an output (tensors, tuples, namedtuples, lists, dicts
+    and dict subclasses such as Hugging Face's ModelOutput), keeping container types."""
     if isinstance(out, torch.Tensor):
         return fn(out)
+    if isinstance(out, tuple) and hasattr(out, "_fields"):
+        return type(out)(*(_map_batch(o, fn) for o in out))
     if isinstance(out, (tuple, list)):
         return type(out)(_map_batch(o, fn) for o in out)
     if isinstance(out, dict):
-        return {k: _map_batch(v, fn) for k, v in out.items()}
+        mapped = {k: _map_batch(v, fn) for k, v in out.items()}
+        try:
+            return type(out)(**mapped)
+        except TypeError:  # non-string keys, or a constructor of another shape
+            return mapped
     return out
 
 
