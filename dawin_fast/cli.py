@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="the fused-kernel benchmarks on this machine")
     bench.add_argument("--output", metavar="MD", help="also write the markdown tables here")
+    bench.add_argument("--methods", nargs="+", metavar="METHOD",
+                       help="methods to time (default: all; materialize_compiled runs "
+                            "torch.compile max-autotune, minutes per shape on a GPU)")
+    bench.add_argument("--filter", metavar="TEXT",
+                       help="only cases whose id contains TEXT (e.g. ViT-B-32-fc1)")
 
     sub.add_parser("selfcheck", help="the fused op against a float64 reference")
     return parser
@@ -156,8 +161,19 @@ class _on_device:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    command = "dawin-fast bench" + (f" --output {args.output}" if args.output else "")
-    table = bench.render_markdown(bench.run(progress=True), bench.environment_header(command))
+    methods = tuple(args.methods or bench.METHODS)
+    unknown = sorted(set(methods) - set(bench.METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(bench.METHODS)}")
+    if "fused" not in methods:
+        methods = ("fused", *methods)
+    cases = [c for c in bench.default_cases() if not args.filter or args.filter in c.id]
+    if not cases:
+        raise ValueError(f"no benchmark case id contains {args.filter!r}")
+    command = " ".join(["dawin-fast", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] \
+        else "dawin-fast bench"
+    table = bench.render_markdown(bench.run(cases, methods, progress=True),
+                                  bench.environment_header(command))
     print(table)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:

@@ -219,11 +219,12 @@ def interp_linear_torch(
             acc += row_coeffs @ bias.float()
         return out.copy_(acc)
     bounds = offsets.tolist()
+    weight32 = weight.float()
     for g in range(num_groups):
         start, end = bounds[g], bounds[g + 1]
         if start == end:
             continue
-        merged = torch.einsum("m,mnk->nk", coeffs[g], weight.float())
+        merged = torch.einsum("m,mnk->nk", coeffs[g], weight32)
         merged_bias = coeffs[g] @ bias.float() if bias is not None else None
         out[start:end] = torch.nn.functional.linear(x32[start:end], merged, merged_bias)
     return out

@@ -208,6 +208,13 @@ def test_bench_and_selfcheck(tmp_path, capsys):
     assert main(["bench", "--output", str(output)]) == 0
     table = output.read_text()
     assert "Device:" in table and "| fused |" in table and "premerged_cublas" in table
+    assert main(["bench", "--output", str(output), "--filter", "fc2-per_sample",
+                 "--methods", "materialize_loop"]) == 0
+    table = output.read_text()
+    assert table.count("### ") == 1 and "| materialize_loop |" in table
+    assert "| premerged_cublas |" not in table
+    assert "no benchmark case" in run_error(["bench", "--filter", "nothing"], capsys)
+    assert "unknown methods" in run_error(["bench", "--methods", "magic"], capsys)
     assert main(["selfcheck"]) == 0
     assert "all checks passed" in capsys.readouterr().out
 

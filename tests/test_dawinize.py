@@ -114,10 +114,12 @@ def test_unsupported_layers_and_mismatches_raise():
 
 @torch.no_grad()
 def test_dawinize_keeps_originals_untouched():
-    models = customs(2)
+    models = customs(2, share_gain=True)  # the shared gain and buffer must not be aliased
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
     merged = dawinize(models)
     merged(torch.randint(0, 20, (2, 3)), torch.tensor([0.5, 0.5]))
+    merged.to(torch.float64)
+    assert models[0].gain.dtype == torch.float32 and models[0].shift.dtype == torch.float32
     for m, state in zip(models, before, strict=True):
         for k, v in m.state_dict().items():
             assert torch.equal(v, state[k])

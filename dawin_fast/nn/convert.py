@@ -119,19 +119,23 @@ def convert_modules(models: Sequence[nn.Module], path: str = "model") -> nn.Modu
             raise ValueError(f"{path}: model {i} has children {list(dict(m.named_children()))},"
                              f" model 0 has {list(children)}")
 
+    # A shallow copy of model 0 with its own registries: the originals stay untouched, and
+    # what is shared (equal in every model) is cloned, so .to() never moves model 0's state.
     converted = copy.copy(first)
     converted.__dict__ = dict(first.__dict__)
     converted._modules = {
-        name: convert_modules([m._modules[name] for m in models], f"{path}.{name}")
-        for name in children
+        name: None if child is None else
+        convert_modules([m._modules[name] for m in models], f"{path}.{name}")
+        for name, child in first._modules.items()
     }
-    converted._buffers = dict(first._buffers)
+    converted._buffers = {}
     for name, buf in first._buffers.items():
         for i, m in enumerate(models[1:], start=1):
             other = m._buffers.get(name)
             if (buf is None) != (other is None) or (buf is not None and not torch.equal(
                     buf, other.to(buf.device))):
                 raise ValueError(f"{path}.{name}: buffer differs between model 0 and model {i}")
+        converted._buffers[name] = None if buf is None else buf.clone()
     converted._parameters = {}
     properties: dict[str, property] = {}
     for name, param in first._parameters.items():
@@ -140,7 +144,9 @@ def convert_modules(models: Sequence[nn.Module], path: str = "model") -> nn.Modu
             o is not None and o.shape == param.shape and o.dtype == param.dtype
             and o.device == param.device and torch.equal(o, param) for o in others
         ):
-            converted._parameters[name] = param  # identical in every model: shared
+            converted._parameters[name] = (  # identical in every model: one frozen copy
+                None if param is None else nn.Parameter(param.detach().clone(),
+                                                        requires_grad=False))
             continue
         interpolated = InterpolatedTensor.from_tensors(others, f"{path}.{name}")
         converted._modules[f"_dawin_{name}"] = interpolated

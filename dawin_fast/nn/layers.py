@@ -293,22 +293,21 @@ def _sdpa_mask(attn_mask, key_padding_mask, batch, num_heads, q_len, k_len, dtyp
     """nn.MultiheadAttention's masks (bool True = masked out, or additive float) for SDPA."""
     mask = None
     if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            mask = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device)
-            mask = mask.masked_fill(attn_mask, float("-inf"))
-        else:
-            mask = attn_mask.to(dtype)
+        mask = _additive(attn_mask, dtype)
         if mask.dim() == 3:  # [B * heads, L, S]
             mask = mask.reshape(batch, num_heads, q_len, k_len)
     if key_padding_mask is not None:
-        if key_padding_mask.dtype == torch.bool:
-            pad = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
-            pad = pad.masked_fill(key_padding_mask, float("-inf"))
-        else:
-            pad = key_padding_mask.to(dtype)
-        pad = pad.reshape(batch, 1, 1, k_len)
+        pad = _additive(key_padding_mask, dtype).reshape(batch, 1, 1, k_len)
         mask = pad if mask is None else mask + pad
     return mask
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask (True = masked out) as an additive one (-inf); a float mask as is."""
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            mask, float("-inf"))
+    return mask.to(dtype)
 
 
 def is_patch_conv(conv: nn.Conv2d) -> bool:
