@@ -213,6 +213,7 @@ def test_bench_and_selfcheck(tmp_path, capsys):
     table = output.read_text()
     assert table.count("### ") == 1 and "| materialize_loop |" in table
     assert "| premerged_cublas |" not in table
+    capsys.readouterr()  # drop the progress bars
     assert "no benchmark case" in run_error(["bench", "--filter", "nothing"], capsys)
     assert "unknown methods" in run_error(["bench", "--methods", "magic"], capsys)
     assert main(["selfcheck"]) == 0
