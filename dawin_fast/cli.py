@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "torch.compile max-autotune, minutes per shape on a GPU)")
     bench.add_argument("--filter", metavar="TEXT",
                        help="only cases whose id contains TEXT (e.g. ViT-B-32-fc1)")
+    bench.add_argument("--e2e", action="store_true",
+                       help="the end-to-end DaWin benchmark (whole ViT, rebuild loops) "
+                            "instead of the layer benchmarks")
 
     sub.add_parser("selfcheck", help="the fused op against a float64 reference")
     return parser
@@ -161,6 +164,18 @@ class _on_device:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
+    command = " ".join(["dawin-fast", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] \
+        else "dawin-fast bench"
+    if args.e2e:
+        from . import bench_e2e
+
+        methods = tuple(args.methods or bench_e2e.METHODS)
+        unknown = sorted(set(methods) - set(bench_e2e.METHODS))
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; choose from {list(bench_e2e.METHODS)}")
+        table = bench_e2e.render_markdown(bench_e2e.run(methods),
+                                          bench.environment_header(command))
+        return _print_table(table, args.output)
     methods = tuple(args.methods or bench.METHODS)
     unknown = sorted(set(methods) - set(bench.METHODS))
     if unknown:
@@ -170,13 +185,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cases = [c for c in bench.default_cases() if not args.filter or args.filter in c.id]
     if not cases:
         raise ValueError(f"no benchmark case id contains {args.filter!r}")
-    command = " ".join(["dawin-fast", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] \
-        else "dawin-fast bench"
     table = bench.render_markdown(bench.run(cases, methods, progress=True),
                                   bench.environment_header(command))
+    return _print_table(table, args.output)
+
+
+def _print_table(table: str, output: str | None) -> int:
     print(table)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
+    if output:
+        with open(output, "w", encoding="utf-8") as f:
             f.write(table + "\n")
     return 0
 

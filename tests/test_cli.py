@@ -216,6 +216,10 @@ def test_bench_and_selfcheck(tmp_path, capsys):
     capsys.readouterr()  # drop the progress bars
     assert "no benchmark case" in run_error(["bench", "--filter", "nothing"], capsys)
     assert "unknown methods" in run_error(["bench", "--methods", "magic"], capsys)
+    assert main(["bench", "--e2e", "--output", str(output), "--methods", "plain_forward",
+                 "dawin_mixture"]) == 0
+    table = output.read_text()
+    assert "| plain_forward |" in table and "| dawin_mixture |" in table
     assert main(["selfcheck"]) == 0
     assert "all checks passed" in capsys.readouterr().out
 

@@ -1,0 +1,52 @@
+"""End-to-end DaWin (P5/P6): dawin_fast vs one plain forward and the authors' rebuild loops.
+
+    python -m pytest benchmarks/test_bench_dawin.py --benchmark-enable \\
+        --benchmark-json benchmarks/e2e.json
+    dawin-fast bench --e2e        # the same, printed as a table
+
+Before timing, the fused results are checked against the rebuild loops (the exact
+per-sample and per-cluster references), so the comparison is between equal computations.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dawin_fast import bench_e2e
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return bench_e2e.make_setup(bench_e2e.default_case())
+
+
+@torch.no_grad()
+def test_fused_dawin_matches_the_rebuild_loops(setup):
+    case = setup.case
+    tol = dict(rtol=1e-3, atol=1e-3) if case.dtype == torch.float32 else dict(rtol=0.1, atol=0.5)
+    fused, _ = bench_e2e.build("dawin_per_sample", setup)
+    rebuilt, count = bench_e2e.build("rebuild_per_sample", setup)
+    torch.testing.assert_close(fused()[:count].float(), rebuilt().float(), **tol)
+    fused, _ = bench_e2e.build("dawin_mixture", setup)
+    rebuilt, _ = bench_e2e.build("rebuild_per_cluster", setup)
+    torch.testing.assert_close(fused().float(), rebuilt().float(), **tol)
+
+
+@pytest.mark.parametrize("method", bench_e2e.METHODS)
+def test_e2e(benchmark, setup, method):
+    fn, count = bench_e2e.build(method, setup)
+    benchmark.group = setup.case.id
+    benchmark.extra_info.update(case=setup.case.id, method=method, images=count)
+    if not benchmark.disabled:
+        result = bench_e2e.measure(fn, setup.case.device,
+                                   repeats=1 if method.startswith("rebuild") else 3)
+        benchmark.extra_info.update(result, ms_per_image=result["median_ms"] / count)
+
+    def run():
+        with torch.no_grad():
+            fn()
+        if setup.case.device == "cuda":
+            torch.cuda.synchronize()
+
+    benchmark.pedantic(run, rounds=1 if method.startswith("rebuild") else 3, warmup_rounds=1)
