@@ -23,6 +23,9 @@ CASES = bench.default_cases()
 @pytest.mark.parametrize("method", bench.METHODS)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_interp_linear(benchmark, case, method):
+    if method == "materialize_compiled" and case.device == "cuda" and benchmark.disabled:
+        pytest.skip("max-autotune compiles take minutes per shape on a GPU: only when timing "
+                    "(the CPU run covers this harness path)")
     inputs = bench.make_inputs(case)
     try:
         fn = bench.build(method, case, inputs)

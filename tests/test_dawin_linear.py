@@ -7,11 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import dawin_fast
 from dawin_fast import DaWinLinear, route
 from dawin_fast.nn import current_routing
-
-BACKENDS = ["torch", "triton"]
+from tests.devices import BACKENDS, run_backend
 
 
 def linears(num_models, in_features=20, out_features=12, bias=True, seed=0):
@@ -36,8 +34,7 @@ def test_one_group_equals_linear_on_interpolated_weight(backend, bias, num_model
     row = torch.randn(num_models) * 1.5
     x = torch.randn(3, 7, 20)
     weight, b = interpolated_linear(lins, row)
-    with dawin_fast.use_backend(backend):
-        got = layer(x, row)
+    got = run_backend(backend, lambda layer, x, row: layer(x, row), layer, x, row)
     torch.testing.assert_close(got, F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layer.merged(row)(x), F.linear(x, weight, b), rtol=1e-5, atol=1e-5)
 
@@ -50,8 +47,7 @@ def test_copies_of_one_linear_give_that_linear(backend):
     coeffs[:, -1] = 1 - coeffs[:, :-1].sum(1)  # rows sum to 1; entries negative and > 1
     offsets = torch.tensor([0, 5, 5, 11])
     x = torch.randn(11, 20)
-    with dawin_fast.use_backend(backend):
-        got = layer(x, coeffs, offsets)
+    got = run_backend(backend, lambda *a: a[0](*a[1:]), layer, x, coeffs, offsets)
     torch.testing.assert_close(got, lin(x).detach(), rtol=1e-4, atol=1e-5)
 
 
@@ -62,8 +58,7 @@ def test_groups_use_their_own_rows(backend):
     coeffs = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5], [-0.5, 2.0, -0.5]])
     offsets = torch.tensor([0, 2, 6, 7], dtype=torch.int32)
     x = torch.randn(7, 20)
-    with dawin_fast.use_backend(backend):
-        got = layer(x, coeffs, offsets)
+    got = run_backend(backend, lambda *a: a[0](*a[1:]), layer, x, coeffs, offsets)
     for g in range(3):
         rows = slice(int(offsets[g]), int(offsets[g + 1]))
         weight, b = interpolated_linear(lins, coeffs[g])

@@ -8,6 +8,7 @@ from torch import nn
 
 import dawin_fast
 from dawin_fast import dawinize
+from tests.devices import run_backend
 from tests.models import interpolate_model, per_sample_reference, perturb
 
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -35,9 +36,8 @@ def test_timm_vit_static_and_per_sample(backend):
     row = torch.tensor([0.25, 0.75])
     lam = torch.tensor([0.0, 0.4, 1.0, 0.4])
     rows = torch.stack([1 - lam, lam], dim=1)
-    with dawin_fast.use_backend(backend):
-        static = merged(x, row)
-        dynamic = merged(x, rows)
+    static = run_backend(backend, lambda *a: a[0](*a[1:]), merged, x, row)
+    dynamic = run_backend(backend, lambda *a: a[0](*a[1:]), merged, x, rows)
     torch.testing.assert_close(static, interpolate_model(models, row)(x), **TOL)
     torch.testing.assert_close(dynamic, per_sample_reference(models, rows, x), **TOL)
 
@@ -150,8 +150,7 @@ def test_hugging_face_clip_vision_model(backend):
     def pooled(model, images):
         return model(pixel_values=images).pooler_output
 
-    with dawin_fast.use_backend(backend):
-        out = merged(x, rows)
+    out = run_backend(backend, lambda *a: a[0](*a[1:]), merged, x, rows)
     assert type(out).__name__ == "BaseModelOutputWithPooling"
     torch.testing.assert_close(out.pooler_output,
                                per_sample_reference(models, rows, x, pooled), **TOL)

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-import dawin_fast
 from dawin_fast.nn import (
     DaWinEmbedding,
     DaWinLayerNorm,
@@ -16,6 +15,7 @@ from dawin_fast.nn import (
     DaWinPatchEmbed,
     route,
 )
+from tests.devices import run_backend
 from tests.models import interpolate_model, perturb
 
 TOL = dict(rtol=1e-4, atol=1e-5)
@@ -43,8 +43,11 @@ def test_multihead_self_attention(backend, batch_first):
     fused = DaWinMultiheadAttention.from_modules(attns)
     x = torch.randn(3, 5, 16)
     xin = x if batch_first else x.transpose(0, 1)
-    with dawin_fast.use_backend(backend), route(ROWS, OFFSETS):
-        got, weights = fused(xin, xin, xin, need_weights=False)
+    def call(fused, xin, rows, offsets):
+        with route(rows, offsets):
+            return fused(xin, xin, xin, need_weights=False)
+
+    got, weights = run_backend(backend, call, fused, xin, ROWS, OFFSETS)
     assert weights is None
     got = got if batch_first else got.transpose(0, 1)
 

@@ -12,9 +12,9 @@ from torch import nn
 
 import dawin_fast
 from dawin_fast import DaWinClassifier, DaWinViT
+from tests.devices import BACKENDS, backend_device, run_backend
 from tests.models import interpolate_model, per_sample_reference, tiny_open_clip_visual
 
-BACKENDS = ["torch", "triton"]
 TOL = dict(rtol=1e-4, atol=1e-4)
 
 
@@ -30,8 +30,7 @@ def test_one_row_equals_interpolated_open_clip(backend, num_models):
     model = DaWinViT.from_open_clip(visuals)
     row = torch.randn(num_models, generator=torch.Generator().manual_seed(1))
     x = images()
-    with dawin_fast.use_backend(backend):
-        got = model(x, row)
+    got = run_backend(backend, lambda *a: a[0](*a[1:]), model, x, row)
     torch.testing.assert_close(got, interpolate_model(visuals, row)(x), **TOL)
 
 
@@ -43,8 +42,7 @@ def test_per_sample_rows(backend):
     lam = torch.tensor([0.9, 0.1, 0.5, 0.1, 0.3])  # a repeated row shares a group
     rows = torch.stack([1 - lam, lam], dim=1)
     x = images()
-    with dawin_fast.use_backend(backend):
-        got = model(x, rows)
+    got = run_backend(backend, lambda *a: a[0](*a[1:]), model, x, rows)
     torch.testing.assert_close(got, per_sample_reference(visuals, rows, x), **TOL)
 
 
@@ -56,9 +54,8 @@ def test_mixture_equals_per_sample_with_component_means(backend):
     table = torch.tensor([[0.2, 0.3, 0.5], [1.0, 0.0, 0.0], [0.0, 0.5, 0.5], [2.0, -1.0, 0.0]])
     labels = torch.tensor([3, 0, 2, 0, 3, 1, 0])  # unsorted, group 1 and 3 share samples
     x = images(7)
-    with dawin_fast.use_backend(backend):
-        got = model(x, table, labels=labels)
-        per_sample = model(x, table[labels])
+    got = run_backend(backend, lambda m, *a: m(*a[:2], labels=a[2]), model, x, table, labels)
+    per_sample = run_backend(backend, lambda *a: a[0](*a[1:]), model, x, table[labels])
     torch.testing.assert_close(got, per_sample, **TOL)
     torch.testing.assert_close(got, per_sample_reference(visuals, table[labels], x), **TOL)
 
@@ -114,8 +111,7 @@ def test_classifier_interpolates_heads_too(backend):
     lam = torch.tensor([0.2, 0.8, 0.5, 0.0])
     rows = torch.stack([1 - lam, lam], dim=1)
     x = images(4)
-    with dawin_fast.use_backend(backend):
-        got = clf(x, rows)
+    got = run_backend(backend, lambda *a: a[0](*a[1:]), clf, x, rows)
     for b in range(4):
         visual = interpolate_model(visuals, rows[b])
         head = rows[b, 0] * zero_shot_head + rows[b, 1] * fine_tuned_head.weight
@@ -219,10 +215,12 @@ def test_vit_forward_never_materializes_a_merged_weight():
     weight_shapes = {tuple(m.weight.shape[-2:]) for m in model.modules()
                      if isinstance(m, dawin_fast.DaWinLinear)}
     assert {(96, 32), (32, 32), (64, 32), (32, 64)} <= weight_shapes  # qkv, out, fc1, fc2
+    device = backend_device("triton")
+    model = model.to(device)
     lam = torch.tensor([0.9, 0.1, 0.5])
     for coeffs in (torch.stack([1 - lam, lam], dim=1), torch.tensor([0.5, 0.5])):
-        with ShapeRecorder() as recorder:
-            model(images(3), coeffs)
+        with dawin_fast.use_backend("triton"), ShapeRecorder() as recorder:
+            model(images(3).to(device), coeffs.to(device))
         assert len(recorder.shapes) > 50, "the recorder saw too few ops"
         found = recorder.matching(weight_shapes, list(model.parameters()))
         assert not found, found[:5]
@@ -239,12 +237,13 @@ def test_kernel_launcher_never_materializes_a_merged_weight(strategy, lengths):
     from dawin_fast.ops import interp_linear_torch
     from tests.reference import offsets_from_lengths
 
-    x, weight = torch.randn(40, 24), torch.randn(2, 56, 24)
-    coeffs = torch.rand(len(lengths), 2)
-    offsets = offsets_from_lengths(lengths)
+    device = backend_device("triton")
+    x, weight = torch.randn(40, 24, device=device), torch.randn(2, 56, 24, device=device)
+    coeffs = torch.rand(len(lengths), 2, device=device)
+    offsets = offsets_from_lengths(lengths, device=device)
     with ShapeRecorder() as recorder:
         kernels.interp_matmul(x, weight, coeffs, offsets, None, strategy=strategy)
     assert not recorder.matching({(56, 24)}, [weight])
     with ShapeRecorder() as control:
-        interp_linear_torch(x, weight, coeffs[:1], torch.tensor([0, 40]))
+        interp_linear_torch(x, weight, coeffs[:1], torch.tensor([0, 40], device=device))
     assert control.matching({(56, 24)}, [weight]), "the recorder cannot see a merged weight"
