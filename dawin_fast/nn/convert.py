@@ -78,17 +78,15 @@ def _per_sample_property(name: str, shape: torch.Size, what: str) -> property:
 
     def get(module: nn.Module) -> torch.Tensor:
         routing = require_routing(what)
-        table = routing.interpolate(getattr(module, store).stacked)
-        if routing.offsets is None:
-            return table[0]
-        if len(shape) == 0 or shape[0] != 1:
+        if routing.offsets is not None and (len(shape) == 0 or shape[0] != 1):
             raise RuntimeError(
                 f"{what} {tuple(shape)} differs between the models and has no leading "
                 f"batch-broadcast dim of size 1, so dawinize can interpolate it only with one "
                 f"coefficient row per forward (WiSE-FT style), not per group. Write a "
                 f"dedicated module for this architecture (as DaWinViT does for open_clip)."
             )
-        return table[routing.groups_of_rows(routing.num_samples)].reshape(-1, *shape[1:])
+        value = getattr(module, store)()  # [1 or B, *shape]: InterpolatedTensor's layout
+        return value[0] if routing.offsets is None else value.reshape(-1, *shape[1:])
 
     return property(get)
 
