@@ -13,7 +13,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["dawin_fast", "dawin_fast.nn", "dawin_fast.kernels"],
+    packages=[
+        "dawin_fast", "dawin_fast.algorithm", "dawin_fast.nn", "dawin_fast.integrations",
+        "dawin_fast.bench", "dawin_fast.app", "dawin_fast.kernels",
+    ],
     package_dir={"dawin_fast": "dawin_fast", "dawin_fast.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
@@ -27,5 +30,5 @@ setup(
         "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "timm", "transformers"],
         "demo": ["scikit-learn", "matplotlib", "safetensors"],
     },
-    entry_points={"console_scripts": ["dawin-fast=dawin_fast.cli:main"]},
+    entry_points={"console_scripts": ["dawin-fast=dawin_fast.app.cli:main"]},
 )

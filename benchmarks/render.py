@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from dawin_fast.bench import render_markdown
+from dawin_fast.bench.layers import render_markdown
 
 
 def records(data: dict) -> list[dict]:

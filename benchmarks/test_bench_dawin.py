@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dawin_fast import bench_e2e
+from dawin_fast.bench import e2e as bench_e2e
 
 
 @pytest.fixture(scope="module")

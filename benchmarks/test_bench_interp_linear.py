@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dawin_fast import bench
+from dawin_fast.bench import layers as bench
 
 CASES = bench.default_cases()
 

@@ -4,9 +4,20 @@ Layers: ``interp_linear`` (the fused op), ``DaWinLinear`` and the other modules 
 ``dawin_fast.nn``. Models: ``DaWinViT`` (open_clip), ``dawinize`` (any architecture),
 ``DaWinClassifier``. The method: ``DaWin`` / ``DaWinMultiTask``, built on the expertise,
 coefficient, mixture and grouping functions, which are usable on their own.
+
+Package layout, bottom to top (each floor imports only the floors below it; a test,
+``tests/test_layering.py``, holds the rule):
+
+* ``kernels`` (installed from ``kernels/``): Triton kernels, no DaWin semantics.
+* ``ops``, ``reference``: the public op ``interp_linear`` and its float64 reference.
+* ``algorithm/``: expertise, coefficients, mixtures, grouping (imports nothing above).
+* ``nn/``: interpolating layers, routing, whole models.
+* ``pipeline``: the DaWin method on those models.
+* ``integrations/``, ``bench/``: front-end plug-ins, benchmark harnesses.
+* ``app/``: the command line, demo and evaluation; the only floor that does I/O.
 """
 
-from .coefficients import (
+from .algorithm.coefficients import (
     TEMPERATURES,
     coefficients_from_entropies,
     coefficients_multi,
@@ -15,13 +26,27 @@ from .coefficients import (
     dynamic_output_ensemble,
     offset_terms,
 )
-from .expertise import cross_entropy, entropy, max_logit, max_softmax
-from .grouping import Grouping, group_by_labels, group_by_rows, single_group, two_model_rows
-from .mixture import BetaMixture, DirichletMixture
-from .nn import DaWinClassifier, DaWinLinear, DaWinModel, GroupedModel, Routing, dawinize, route
+from .algorithm.expertise import cross_entropy, entropy, max_logit, max_softmax
+from .algorithm.grouping import (
+    Grouping,
+    group_by_labels,
+    group_by_rows,
+    single_group,
+    two_model_rows,
+)
+from .algorithm.mixture import BetaMixture, DirichletMixture
+from .nn import (
+    DaWinClassifier,
+    DaWinLinear,
+    DaWinModel,
+    DaWinViT,
+    GroupedModel,
+    Routing,
+    dawinize,
+    route,
+)
 from .ops import interp_linear, interp_linear_torch, skip_value_checks, use_backend
 from .pipeline import DaWin, DaWinMultiTask, DaWinOutput, task_vectors
-from .vit import DaWinViT
 
 __all__ = [
     "TEMPERATURES",

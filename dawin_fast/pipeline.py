@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .coefficients import coefficients_from_entropies, offset_terms
-from .expertise import entropy, max_logit, max_softmax
-from .grouping import two_model_rows
-from .mixture import BetaMixture, DirichletMixture
+from .algorithm.coefficients import coefficients_from_entropies, offset_terms
+from .algorithm.expertise import entropy, max_logit, max_softmax
+from .algorithm.grouping import two_model_rows
+from .algorithm.mixture import BetaMixture, DirichletMixture
 from .nn.grouped import GroupedModel
 
 EXPERTISE = ("entropy", "max_logit", "max_softmax")
@@ -128,7 +128,7 @@ class DaWin(_Base):
         model: the interpolating classifier, e.g.
             ``DaWinClassifier(DaWinViT.from_open_clip([zs.visual, ft.visual]), [h_zs, h_ft])``.
         temperatures: M softmax temperatures for the expertise (default 1.0 each); see
-            ``dawin_fast.coefficients.TEMPERATURES`` for the authors' CLIP values.
+            ``dawin_fast.TEMPERATURES`` for the authors' CLIP values.
         mode: ``"mixture"`` (K clusters, each at its component mean), ``"per_sample"``
             (exact: every sample its own coefficients), a float λ (static: [1-λ, λ]), or a
             fixed row of M coefficients (static: WiSE-FT, weight averaging).

@@ -1,4 +1,12 @@
-"""Modules: drop-in replacements that run M models' interpolation through fused kernels."""
+"""Modules: drop-in replacements that run M models' interpolation through fused kernels.
+
+Layers (``DaWinLinear``, attention, norms, embeddings), the routing that tells them which
+coefficients each sample uses, whole models (``DaWinViT``, ``dawinize``,
+``DaWinClassifier``) and the group-sort-unsort wrapper they share (``GroupedModel``).
+
+May import: ``dawin_fast.ops`` (the op and its checks), ``dawin_fast.algorithm`` (grouping)
+and this folder; never ``kernels`` directly, ``pipeline``, ``bench`` or ``app``. No I/O.
+"""
 
 from .classifier import DaWinClassifier
 from .convert import DaWinModel, convert_modules, dawinize
@@ -13,6 +21,7 @@ from .layers import (
 )
 from .linear import DaWinLinear
 from .routing import Routing, current_routing, route
+from .vit import DaWinViT
 
 __all__ = [
     "DaWinClassifier",
@@ -23,6 +32,7 @@ __all__ = [
     "DaWinModel",
     "DaWinMultiheadAttention",
     "DaWinPatchEmbed",
+    "DaWinViT",
     "GroupedModel",
     "InterpolatedTensor",
     "Routing",

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..grouping import Grouping, group_by_labels, group_by_rows
+from ..algorithm.grouping import Grouping, group_by_labels, group_by_rows
 from .routing import Routing, route
 
 

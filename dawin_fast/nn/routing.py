@@ -7,7 +7,7 @@ it needs from it (a layer that sees L rows per sample scales the sample offsets 
 
 Rows must be sample-major: the rows of sample b are contiguous (batch-first tensors
 ``[B, ...]``). The samples of group g are ``offsets[g] .. offsets[g+1]-1``, so the caller
-sorts the batch by group once at the input (see ``dawin_fast.grouping``).
+sorts the batch by group once at the input (see ``dawin_fast.algorithm.grouping``).
 
 Example::
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dawin_fast.expertise import cross_entropy, entropy, max_logit, max_softmax
+from dawin_fast.algorithm.expertise import cross_entropy, entropy, max_logit, max_softmax
 
 
 def np_log_softmax(z, t=1.0):

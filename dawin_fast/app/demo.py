@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nn.classifier import DaWinClassifier
+from ..nn.vit import DaWinViT
 from .evaluate import EvalConfig, evaluate, format_table
-from .nn.classifier import DaWinClassifier
-from .vit import DaWinViT
 
 IMAGE = 8
 PATCH = 2

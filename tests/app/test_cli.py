@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dawin_fast import use_backend
-from dawin_fast.cli import main
+from dawin_fast.app.cli import main
 from tests.models import perturb
 
 

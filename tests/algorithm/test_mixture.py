@@ -10,7 +10,7 @@ from scipy import stats
 from scipy.optimize import minimize
 from scipy.special import gammaln
 
-from dawin_fast.mixture import BetaMixture, DirichletMixture, kmeans
+from dawin_fast.algorithm.mixture import BetaMixture, DirichletMixture, kmeans
 
 BETA_MEANS = np.array([0.15, 0.5, 0.85])
 

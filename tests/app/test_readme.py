@@ -11,7 +11,7 @@ from torch import nn
 
 from dawin_fast import use_backend
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def python_blocks() -> list[str]:

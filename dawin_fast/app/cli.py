@@ -20,7 +20,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def _temperatures(value: str) -> tuple[float, ...] | str:
     """"0.96,1.0066" or an open_clip name from the paper ("ViT-B-16")."""
-    from .coefficients import TEMPERATURES
+    from ..algorithm.coefficients import TEMPERATURES
 
     if value in TEMPERATURES:
         return TEMPERATURES[value]
@@ -115,10 +115,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from open_clip.transform import image_transform
 
+    from ..nn.classifier import DaWinClassifier
+    from ..nn.vit import DaWinViT
     from .checkpoints import CheckpointError, load_dataset, load_head, load_visuals
     from .evaluate import EvalConfig, evaluate, format_table
-    from .nn.classifier import DaWinClassifier
-    from .vit import DaWinViT
 
     if len(args.checkpoints) < 2:
         raise CheckpointError("eval needs at least two checkpoints")
@@ -162,12 +162,14 @@ class _on_device:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from tqdm import tqdm
+
+    from ..bench import layers as bench
 
     command = " ".join(["dawin-fast", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] \
         else "dawin-fast bench"
     if args.e2e:
-        from . import bench_e2e
+        from ..bench import e2e as bench_e2e
 
         methods = tuple(args.methods or bench_e2e.METHODS)
         unknown = sorted(set(methods) - set(bench_e2e.METHODS))
@@ -185,8 +187,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cases = [c for c in bench.default_cases() if not args.filter or args.filter in c.id]
     if not cases:
         raise ValueError(f"no benchmark case id contains {args.filter!r}")
-    table = bench.render_markdown(bench.run(cases, methods, progress=True),
-                                  bench.environment_header(command))
+    records = bench.run(cases, methods, progress=lambda c: tqdm(c, desc="benchmark cases"))
+    table = bench.render_markdown(records, bench.environment_header(command))
     return _print_table(table, args.output)
 
 

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dawin_fast.coefficients import (
+from dawin_fast.algorithm.coefficients import (
     TEMPERATURES,
     coefficients_from_entropies,
     coefficients_multi,
@@ -17,7 +17,7 @@ from dawin_fast.coefficients import (
     dynamic_output_ensemble,
     offset_terms,
 )
-from dawin_fast.expertise import entropy, max_logit
+from dawin_fast.algorithm.expertise import entropy, max_logit
 
 
 def np_softmax(z, t=1.0):

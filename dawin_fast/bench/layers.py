@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
-from .ops import interp_linear, skip_value_checks, use_backend
+from ..ops import interp_linear, skip_value_checks, use_backend
 
 # width, tokens per image, images per batch for one big group (>= 8k rows, DESIGN P1).
 VIT_SHAPES = {
@@ -243,16 +243,14 @@ def check_against_fused(method: str, inputs: Inputs, got: torch.Tensor,
 
 
 def run(cases: list[Case] | None = None, methods: tuple[str, ...] = METHODS,
-        progress: bool = False) -> list[dict]:
-    """Time every method on every case; one record per (case, method) that applies."""
+        progress: Callable[[list[Case]], Iterable[Case]] | None = None) -> list[dict]:
+    """Time every method on every case; one record per (case, method) that applies.
+
+    ``progress`` wraps the case list for display (the CLI passes a tqdm bar).
+    """
     cases = default_cases() if cases is None else cases
     records = []
-    iterator = cases
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(cases, desc="benchmark cases")
-    for case in iterator:
+    for case in (progress(cases) if progress else cases):
         inputs = make_inputs(case)
         fused = build("fused", case, inputs)()
         for method in methods:
@@ -287,10 +285,9 @@ def render_markdown(records: list[dict], header: list[str]) -> str:
 def environment_header(command: str) -> list[str]:
     """Device, versions, date and command: the head of every results table."""
     import datetime
-
-    import triton
+    from importlib.metadata import version
 
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else "cpu (no GPU: toy sizes, PyTorch path; times mean nothing)")
-    return [f"Device: {device}; torch {torch.__version__}, triton {triton.__version__}; "
+    return [f"Device: {device}; torch {torch.__version__}, triton {version('triton')}; "
             f"{datetime.date.today().isoformat()}", f"Command: `{command}`"]

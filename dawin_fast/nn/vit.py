@@ -15,15 +15,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .nn.convert import convert_modules
-from .nn.grouped import GroupedModel
-from .nn.layers import (
+from .convert import convert_modules
+from .grouped import GroupedModel
+from .layers import (
     DaWinMultiheadAttention,
     DaWinPatchEmbed,
     InterpolatedTensor,
     stack_tensors,
 )
-from .nn.linear import DaWinLinear
+from .linear import DaWinLinear
 
 
 def check_same_architecture(models: Sequence[nn.Module], what: str = "models") -> None:

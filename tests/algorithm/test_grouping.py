@@ -6,16 +6,15 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dawin_fast.grouping import (
+from dawin_fast.algorithm.grouping import (
     Grouping,
     group_by_labels,
     group_by_rows,
     single_group,
     two_model_rows,
 )
-from dawin_fast.mixture import BetaMixture
-
-from .conftest import DEVICES
+from dawin_fast.algorithm.mixture import BetaMixture
+from tests.conftest import DEVICES
 
 
 def check_layout(g: Grouping, labels: torch.Tensor, rows: torch.Tensor | None = None) -> None:

@@ -22,9 +22,9 @@ from collections.abc import Iterable
 import torch
 from tqdm import tqdm
 
-from .coefficients import dynamic_classifier_selection, dynamic_output_ensemble
-from .nn.grouped import GroupedModel
-from .pipeline import DaWin
+from ..algorithm.coefficients import dynamic_classifier_selection, dynamic_output_ensemble
+from ..nn.grouped import GroupedModel
+from ..pipeline import DaWin
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .coefficients import coefficients_two
-from .mixture import BetaMixture
-from .nn.classifier import DaWinClassifier
-from .ops import use_backend
-from .pipeline import DaWin
-from .vit import DaWinViT
+from ..algorithm.coefficients import coefficients_two
+from ..algorithm.mixture import BetaMixture
+from ..nn.classifier import DaWinClassifier
+from ..nn.vit import DaWinViT
+from ..ops import use_backend
+from ..pipeline import DaWin
 
 METHODS = ("plain_forward", "wise_ft", "dawin_mixture", "dawin_per_sample",
            "rebuild_per_cluster", "rebuild_per_sample")

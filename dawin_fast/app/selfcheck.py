@@ -1,6 +1,6 @@
 """Quick self-check: ``interp_linear`` against a float64 reference on this machine.
 
-    python -m dawin_fast.selfcheck
+    python -m dawin_fast.app.selfcheck
 
 Runs one group, three clusters and per-sample groups on the best available device (CUDA:
 the Triton kernels in fp32/fp16/bf16; CPU: the PyTorch path) and prints the worst error
@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from .ops import interp_linear
-from .reference import error_ratio, interp_linear_reference
+from ..ops import interp_linear
+from ..reference import error_ratio, interp_linear_reference
 
 
 def check(lengths: list[int], num_models: int, dtype: torch.dtype, device: str,
