@@ -36,8 +36,11 @@ def check_plot_path(path: str, option: str = "--plot") -> str:
     return check_writable(path, option)
 
 
-def save_plot(sets: dict[str, dict], path: str) -> None:
-    """Left: accuracy of each method per data set. Right: λ histogram + Beta mixture."""
+def make_figure(sets: dict[str, dict]):
+    """Left: accuracy of each method per data set. Right: λ histogram + Beta mixture.
+
+    ``sets``: data set name -> ``evaluate``'s report. The caller closes the figure.
+    """
     from scipy.stats import beta as beta_dist
 
     plt = _pyplot()
@@ -75,6 +78,13 @@ def save_plot(sets: dict[str, dict], path: str) -> None:
     ax_lam.legend(fontsize=8)
     ax_lam.set_title("per-sample coefficients and fitted mixture", pad=22)
     fig.tight_layout()
+    return fig
+
+
+def save_plot(sets: dict[str, dict], path: str) -> None:
+    """``make_figure(sets)`` written to ``path`` atomically (its extension picks the format)."""
+    plt = _pyplot()
+    fig = make_figure(sets)
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110)
