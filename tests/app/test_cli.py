@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from dawin_fast import use_backend
-from dawin_fast.app.cli import COMMANDS, build_parser, main
+from dawin_fast.app.cli import build_parser, main
 from tests.app.cli_files import ARCH, FEATURES, eval_args, make_files, run_error, save_png
 
 
@@ -546,6 +546,8 @@ def test_usage_errors_are_one_line_with_code_2(capsys):
 def test_internal_errors_are_one_line_unless_debug(capsys, monkeypatch):
     def crash(args):
         raise RuntimeError("something broke\nwith a second line")
+
+    from dawin_fast.app.cli import COMMANDS
 
     monkeypatch.setitem(COMMANDS, "selfcheck", crash)
     err = run_error(["selfcheck"], capsys, "internal error: RuntimeError: something broke",
