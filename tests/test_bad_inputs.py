@@ -320,7 +320,7 @@ LIBRARY = [
                                                 torch.ones(2).long()),
      TypeError, "coeffs must be a floating-point tensor"),
     ("DaWinViT image size", lambda: classifier()(torch.randn(2, 3, 32, 32), torch.ones(2) / 2),
-     ValueError, "DaWinViT: images must be [B, 3, 16, 16], got [2, 3, 32, 32]"),
+     ValueError, "DaWinViT: images must be [B, C, H, W] = [B, 3, 16, 16], got [2, 3, 32, 32]"),
     # DaWin / DaWinMultiTask
     ("DaWin model type", lambda: DaWin(nn.Linear(2, 2)), TypeError,
      "DaWin: model must be a dawin_fast GroupedModel"),

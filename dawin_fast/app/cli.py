@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import __version__
 from . import options
 from .errors import (
     DEBUG_ENV,
@@ -48,13 +47,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dawin_fast")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..bench import e2e as bench_e2e
     from ..bench import layers as bench_layers
 
     parser = _Parser(prog="dawin-fast", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=_Formatter)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--debug", action="store_true",
                         help=f"show tracebacks (or set {DEBUG_ENV}=1)")
     common = argparse.ArgumentParser(add_help=False)

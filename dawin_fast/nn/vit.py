@@ -99,7 +99,7 @@ class DaWinViT(GroupedModel):
     def forward_routed(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape:
             expected = ", ".join(map(str, self.image_shape))
-            raise ValueError(f"DaWinViT: images must be [B, {expected}], got "
+            raise ValueError(f"DaWinViT: images must be [B, C, H, W] = [B, {expected}], got "
                              f"{list(images.shape)}")
         batch = images.shape[0]
         x = self.patch_embed.tokens(images)  # [B, P, width]
