@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=options.epochs, default="40,25",
                       metavar="GENERAL,FINETUNED",
                       help="training epochs of the general model and of its fine-tuned copy")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the data split, the "
-                      "training and the mixture")
+    demo.add_argument("--seed", type=options.seed, default=0, help="seed of the data split, "
+                      "the training and the mixture")
     demo.add_argument("--device", type=options.device, metavar="DEVICE",
                       help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     demo.add_argument("--plot", metavar="PNG",

@@ -87,6 +87,8 @@ def prepare_eval(args: argparse.Namespace,
     if len(args.heads) != m:
         raise UserError(f"--heads: {m} checkpoints but {len(args.heads)} heads; expected one "
                         f"head per checkpoint")
+    if args.offset_adjustment and m != 2:
+        raise UserError(f"--offset-adjustment: defined for two models, got {m} checkpoints")
     if args.temperatures is not None and len(args.temperatures) != m:
         raise UserError(f"--temperatures: {len(args.temperatures)} values for {m} models; "
                         f"expected {m}")

@@ -38,6 +38,14 @@ def non_negative_int(value: str) -> int:
     return number
 
 
+def seed(value: str) -> int:
+    """An integer in [0, 2**63): what both torch's and NumPy's generators take."""
+    number = _int(value)
+    if not 0 <= number < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {value!r}")
+    return number
+
+
 def unit_float(value: str) -> float:
     """A number in [0, 1] (NaN and infinities rejected)."""
     try:

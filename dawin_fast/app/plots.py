@@ -62,9 +62,16 @@ def make_figure(sets: dict[str, dict]):
     ax_acc.set_title("accuracy per method", pad=22)
 
     grid = np.linspace(0.001, 0.999, 400)
+    two_models = True
     for name in names:
         coefficients = np.asarray(sets[name]["_coefficients"])
-        if coefficients.ndim != 2 or coefficients.shape[1] != 2:
+        if coefficients.ndim != 2 or coefficients.shape[0] == 0:
+            continue
+        if coefficients.shape[1] != 2:  # M > 2: each model's weight (Dirichlet rows)
+            two_models = False
+            for i in range(coefficients.shape[1]):
+                ax_lam.hist(coefficients[:, i], bins=40, range=(0, 1), density=True,
+                            alpha=0.45, label=f"model {i}, {name}")
             continue
         lam = coefficients[:, 1]
         ax_lam.hist(lam, bins=40, range=(0, 1), density=True, alpha=0.45, label=f"λ, {name}")
@@ -73,7 +80,7 @@ def make_figure(sets: dict[str, dict]):
             pdf = sum(w * beta_dist.pdf(grid, a, b) for w, a, b in
                       zip(mixture["weights"], mixture["alphas"], mixture["betas"], strict=True))
             ax_lam.plot(grid, pdf, label=f"Beta mixture, {name}")
-    ax_lam.set_xlabel("λ (weight on model 1)")
+    ax_lam.set_xlabel("λ (weight on model 1)" if two_models else "per-sample weight of each model")
     ax_lam.set_ylabel("density")
     ax_lam.legend(fontsize=8)
     ax_lam.set_title("per-sample coefficients and fitted mixture", pad=22)

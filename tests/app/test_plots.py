@@ -57,3 +57,17 @@ def test_a_failed_save_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="renderer crashed"):
         save_plot(SETS, str(tmp_path / "plot.png"))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_more_than_two_models_plot_each_weight_without_warnings(tmp_path):
+    import warnings
+
+    three = {m: {"accuracy": 0.5} for m in METHODS[:2] + ["model 2", "weight average",
+                                                           "DaWin per-sample", "DaWin mixture"]}
+    rows = np.random.default_rng(0).dirichlet([2, 3, 4], 50)
+    three["_coefficients"] = rows.tolist()
+    three["_mixture"] = {"means": rows[:3].tolist(), "weights": [0.3, 0.3, 0.4]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_plot({"data": three}, str(tmp_path / "three.png"))
+    assert (tmp_path / "three.png").stat().st_size > 10_000
