@@ -46,6 +46,7 @@ def files(tmp_path_factory):
     torch.save({"images": torch.randn(4, 3, 8, 8), "labels": torch.zeros(4, dtype=torch.long)},
                root / "data_small.pt")
     (root / "notes.txt").write_text("not a config")
+    torch.save({"weight": torch.full((3, FEATURES), float("nan"))}, root / "head_nan.pt")
     return root
 
 
@@ -102,6 +103,8 @@ CLI = [
     ("eval", {"--heads": ["{f}/head_zs.pt", "{f}/head_wide.pt"]},
      ["head {f}/head_wide.pt", f"expected [C, {FEATURES}]"]),
     ("eval", {"--heads": ["{f}/head_zs.pt", "{f}/zs.pt"]}, ["head {f}/zs.pt", "expected a [C, D]"]),
+    ("eval", {"--heads": ["{f}/head_zs.pt", "{f}/head_nan.pt"]},
+     ["head {f}/head_nan.pt", "'weight' contains NaN or infinity"]),
     ("eval", {"--data": "{f}/gone"}, ["dataset not found: {f}/gone"]),
     ("eval", {"--data": "{f}/empty"}, ["dataset {f}/empty", "Couldn't find any class folder"]),
     ("eval", {"--data": "{f}/data_small.pt"}, ["dataset {f}/data_small.pt", "[4, 3, 8, 8]",
@@ -113,7 +116,9 @@ CLI = [
     ("eval", {"--temperatures": "1,nan"}, ["--temperatures", "numbers > 0"]),
     ("eval", {"--temperatures": "1,1,1"}, ["--temperatures", "3 values for 2 models"]),
     ("eval", {"--offset-adjustment": True, "--per-batch": True, "--batch-size": "8",
-              "--clusters": "1"}, ["--offset-adjustment", "the last batch would hold 1 image"]),
+              "--clusters": "1"}, ["--offset-adjustment", "a batch would hold 1 image"]),
+    ("eval", {"--per-batch": True, "--batch-size": "1", "--clusters": "1"},
+     ["--clusters 1", "each batch of 1 images", "use a larger --batch-size"]),
     ("eval", {"--offset-adjustment": True, "--checkpoints": ["{f}/zs.pt"] * 3,
               "--heads": ["{f}/head_zs.pt"] * 3},
      ["--offset-adjustment", "defined for two models, got 3 checkpoints"]),

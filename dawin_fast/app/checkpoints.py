@@ -317,6 +317,9 @@ def load_visuals(arch: str, paths: Sequence[str], model_config: str | None = Non
     for path in paths:
         check_checkpoint(path, info)
         state = visual_state(load_state_dict(path))
+        for key, value in state.items():  # read once here, while loading
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise CheckpointError(f"checkpoint {path}: '{key}' contains NaN or infinity")
         visual = meta_visual(arch)
         visual.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
         meta = [n for n, t in [*visual.named_parameters(), *visual.named_buffers()] if t.is_meta]
@@ -343,6 +346,7 @@ def inspect_head(path: str) -> HeadInfo:
         if obj.dim() != 2 or not obj.is_floating_point():
             raise CheckpointError(f"head {path}: expected a floating-point [C, D] tensor, got "
                                   f"{obj.dtype} {list(obj.shape)}")
+        _check_finite(obj, path)
         return HeadInfo(path, tuple(obj.shape), False)
     if isinstance(obj, Mapping) and isinstance(obj.get("weight"), torch.Tensor):
         weight, bias = obj["weight"], obj.get("bias")
@@ -354,9 +358,17 @@ def inspect_head(path: str) -> HeadInfo:
             got = list(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__
             raise CheckpointError(f"head {path}: 'bias' must be [C] = [{weight.shape[0]}] "
                                   f"for weight {list(weight.shape)}, got {got}")
+        _check_finite(weight, path, "'weight' ")
+        if bias is not None:
+            _check_finite(bias, path, "'bias' ")
         return HeadInfo(path, tuple(weight.shape), bias is not None)
     raise CheckpointError(f"head {path}: expected a [C, D] tensor or a dict with 'weight' "
                           f"[C, D] (and 'bias' [C])")
+
+
+def _check_finite(tensor: torch.Tensor, path: str, what: str = "") -> None:
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise CheckpointError(f"head {path}: {what}contains NaN or infinity")
 
 
 def check_heads(heads: Sequence[HeadInfo], arch: ArchInfo) -> int:

@@ -62,14 +62,15 @@ def check_clusters(clusters: int, n: int, batch_size: int, per_batch: bool,
     if per_batch:
         per_fit = min(batch_size, n)
         if clusters >= per_fit:
+            fix = f"use --clusters < {per_fit}, " if per_fit > 1 else ""
             raise UserError(
                 f"--clusters {clusters}: with --per-batch the mixture is fitted on each batch "
-                f"of {per_fit} images and needs more images than clusters; use --clusters "
-                f"< {per_fit}, a larger --batch-size, or drop --per-batch")
-        if offset_adjustment and n % batch_size == 1:
+                f"of {per_fit} images and needs more images than clusters; {fix}use a larger "
+                f"--batch-size, or drop --per-batch")
+        if offset_adjustment and (per_fit < 2 or n % batch_size == 1):
             raise UserError(
-                f"--offset-adjustment with --per-batch: the last batch would hold 1 image and "
-                f"the offset statistics need 2; choose another --batch-size than {batch_size}")
+                f"--offset-adjustment with --per-batch: a batch would hold 1 image and the "
+                f"offset statistics need 2; choose another --batch-size than {batch_size}")
     else:
         if clusters >= n:
             raise UserError(f"--clusters {clusters}: the mixture is fitted on the {n} images "

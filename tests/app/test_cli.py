@@ -413,6 +413,17 @@ def test_eval_rejects_mismatched_checkpoint(files, tmp_path, capsys, no_work):
               "not a plain state dict")
 
 
+def test_checkpoint_with_nan_weights_is_named(files, tmp_path, capsys):
+    state = torch.load(files / "zs.pt", weights_only=True)
+    state["visual.proj"] = torch.full_like(state["visual.proj"], float("nan"))
+    torch.save(state, tmp_path / "nan.pt")
+    run_error(eval_args(files, **{"--checkpoints": [str(files / "zs.pt"),
+                                                    str(tmp_path / "nan.pt")],
+                                  "--output": out(tmp_path)}), capsys,
+              f"checkpoint {tmp_path / 'nan.pt'}", "'proj' contains NaN or infinity",
+              no_files_in=tmp_path)
+
+
 @pytest.mark.parametrize("command", ["demo", "eval"])
 @pytest.mark.parametrize("device, fragment", [
     ("tpu", "expected cpu, cuda or cuda:N, got 'tpu'"),
