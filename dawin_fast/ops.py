@@ -12,8 +12,10 @@ implementation of the same contract, or the Triton kernels through the interpret
 ``TRITON_INTERPRET=1``. ``use_backend`` forces one (tests use it to run both).
 
 The op is a ``torch.library`` custom op (``torch.ops.dawin_fast.interp_linear``), so
-``torch.compile`` traces it as one node. Autograd: gradients flow to ``x`` and ``coeffs``;
-asking for gradients of ``weight`` or ``bias`` raises (this is an inference library).
+``torch.compile`` traces it as one node. Autograd: gradients flow to ``x`` (the same op on
+the transposed weights) and ``coeffs`` (``coeff_grad``: per-row or per-group, picked by a
+cost model); asking for gradients of ``weight`` or ``bias`` raises (the stacked weights
+are frozen).
 """
 
 from __future__ import annotations
@@ -184,6 +186,29 @@ def _is_capturing(t: torch.Tensor) -> bool:
 
 # ------------------------------------------------------------------------- PyTorch path
 
+# CPU cost model of the PyTorch path, in units of one fp32 multiply-add of a large matmul.
+# Moving one fp32 element through memory (a merge reads M weights and writes one) costs
+# about this many: the matmul peak over the memory bandwidth. Calibrated on the developer
+# CPU (2 cores shared, fp32; see README "CPU dispatch"): rows per group at which the
+# per-group loop overtook the row-scaled form at ViT-B/32 fc1 shapes.
+CPU_ELEMENT_COST = 16.0
+PATH_STRATEGIES = ("loop", "rowscaled")
+
+
+def cpu_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
+    """The PyTorch path's strategy for ``num_groups`` non-empty groups over ``num_rows``.
+
+    ``"loop"``: per group, merge the weight (M reads and a write of N*K elements, the
+    ``CPU_ELEMENT_COST`` each) and one matmul over its rows (rows*N*K). ``"rowscaled"``:
+    y = sum_i diag(c_i) x W_i^T, M matmuls over all rows (M*rows*N*K) and no merge. Both
+    costs scale with N*K, so the choice depends on the rows per group and M only.
+    """
+    if num_groups == 0 or num_rows == 0:
+        return "loop"
+    loop = num_groups * (num_models + 1) * CPU_ELEMENT_COST + num_rows
+    rowscaled = num_models * num_rows
+    return "rowscaled" if rowscaled < loop else "loop"
+
 
 def interp_linear_torch(
     x: torch.Tensor,
@@ -193,23 +218,31 @@ def interp_linear_torch(
     bias: torch.Tensor | None = None,
     *,
     out: torch.Tensor | None = None,
+    strategy: str | None = None,
 ) -> torch.Tensor:
     """Pure-PyTorch implementation of the contract for 2-D ``x`` (the CPU path).
 
-    Few groups: one interpolated weight at a time, then a matmul per group. Many groups
-    (G > M): the row-scaled form y = sum_i diag(c_i) x W_i^T, M matmuls over all rows and
-    no merged weight at all. Both in float32. ``out``: optional [T, N] tensor to write.
+    Two strategies (``cpu_strategy`` picks by rows per group and M; ``strategy`` forces
+    one): ``"loop"`` merges one weight per non-empty group and runs one matmul over its
+    rows; ``"rowscaled"`` computes y = sum_i diag(c_i) x W_i^T, M matmuls over all rows and
+    no merged weight, which wins when groups are a few rows each. Both in float32.
+    ``out``: optional [T, N] tensor to write.
     """
     num_rows = x.shape[0]
     num_models, out_features, _ = weight.shape
-    num_groups = coeffs.shape[0]
     if out is None:
         out = torch.empty((num_rows, out_features), dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return out
     coeffs = coeffs.float()
     x32 = x.float()
-    if num_groups > num_models:
+    bounds = offsets.tolist()
+    groups = [g for g in range(coeffs.shape[0]) if bounds[g + 1] > bounds[g]]
+    if strategy is None:
+        strategy = cpu_strategy(num_rows, len(groups), num_models)
+    if strategy not in PATH_STRATEGIES:
+        raise ValueError(f"strategy must be one of {PATH_STRATEGIES}, got {strategy!r}")
+    if strategy == "rowscaled":
         lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
         row_coeffs = torch.repeat_interleave(coeffs, lengths, dim=0, output_size=num_rows)
         acc = torch.zeros((num_rows, out_features), dtype=torch.float32, device=x.device)
@@ -218,16 +251,85 @@ def interp_linear_torch(
         if bias is not None:
             acc += row_coeffs @ bias.float()
         return out.copy_(acc)
-    bounds = offsets.tolist()
     weight32 = weight.float()
-    for g in range(num_groups):
+    for g in groups:
         start, end = bounds[g], bounds[g + 1]
-        if start == end:
-            continue
         merged = torch.einsum("m,mnk->nk", coeffs[g], weight32)
         merged_bias = coeffs[g] @ bias.float() if bias is not None else None
         out[start:end] = torch.nn.functional.linear(x32[start:end], merged, merged_bias)
     return out
+
+
+# Coefficient gradient dc[g, i] = sum_{r in g} <dy_r, W_i x_r + b_i>, two ways:
+# "rowwise": M matmuls over all rows (M*T*N*K); "pergroup": dW_g = dy_g^T x_g for every
+# group (T*N*K), then <dW_g, W_i> (G*M*N*K, plus writing and reading dW_g).
+GRAD_STRATEGIES = ("rowwise", "pergroup")
+# Per-group weight-gradient buffers are built in chunks of at most this many elements.
+_DW_CHUNK_ELEMENTS = 1 << 24
+
+
+def coeff_grad_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
+    """``"pergroup"`` when T + G*(M + 2*CPU_ELEMENT_COST) < M*T, else ``"rowwise"``."""
+    pergroup = num_rows + num_groups * (num_models + 2 * CPU_ELEMENT_COST)
+    return "pergroup" if pergroup < num_models * num_rows else "rowwise"
+
+
+def coeff_grad(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+    strategy: str | None = None,
+) -> torch.Tensor:
+    """dL/dcoeffs [G, M] (float32) of ``interp_linear`` given dL/dy ``grad_out`` [T, N]."""
+    num_groups, num_models = coeffs.shape
+    num_rows = x.shape[0]
+    lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
+    grad = torch.zeros((num_groups, num_models), dtype=torch.float32, device=x.device)
+    if num_rows == 0:
+        return grad
+    dy = grad_out.float()
+    x32 = x.float()
+    row_group = torch.repeat_interleave(
+        torch.arange(num_groups, device=x.device), lengths, output_size=num_rows
+    )
+    if bias is not None:  # sum_{r in g} <dy_r, b_i> = <sum_{r in g} dy_r, b_i>
+        dy_sum = torch.zeros((num_groups, dy.shape[1]), dtype=torch.float32, device=x.device)
+        dy_sum.index_add_(0, row_group, dy)
+        grad += dy_sum @ bias.float().t()
+    if strategy is None:
+        # Tracing (fake tensors) cannot read the offsets the per-group path loops over.
+        strategy = "rowwise" if _is_fake(x) else coeff_grad_strategy(num_rows, num_groups,
+                                                                     num_models)
+    if strategy not in GRAD_STRATEGIES:
+        raise ValueError(f"strategy must be one of {GRAD_STRATEGIES}, got {strategy!r}")
+    if strategy == "rowwise":
+        per_row = torch.stack(
+            [(dy * (x32 @ weight[i].float().t())).sum(-1) for i in range(num_models)], dim=1
+        )
+        return grad.index_add_(0, row_group, per_row)
+    flat = weight.reshape(num_models, -1).float()  # [M, N*K]
+    bounds = offsets.tolist()
+    out_features, in_features = weight.shape[1], weight.shape[2]
+    chunk = max(1, _DW_CHUNK_ELEMENTS // max(1, out_features * in_features))
+    groups = [g for g in range(num_groups) if bounds[g + 1] > bounds[g]]
+    for first in range(0, len(groups), chunk):
+        ids = groups[first : first + chunk]
+        sizes = {bounds[g + 1] - bounds[g] for g in ids}
+        if len(sizes) == 1:  # equal groups (per-sample): one batched matmul
+            # Non-empty groups are contiguous in the rows, so the chunk is one span.
+            rows, start = sizes.pop(), bounds[ids[0]]
+            span = slice(start, start + rows * len(ids))
+            d_w = torch.bmm(dy[span].reshape(len(ids), rows, -1).transpose(1, 2),
+                            x32[span].reshape(len(ids), rows, -1))
+        else:
+            d_w = torch.stack([dy[bounds[g]:bounds[g + 1]].t() @ x32[bounds[g]:bounds[g + 1]]
+                               for g in ids])
+        index = torch.tensor(ids, device=x.device)
+        grad.index_add_(0, index, d_w.reshape(len(ids), -1) @ flat.t())
+    return grad
 
 
 def _use_triton(x: torch.Tensor) -> bool:
@@ -287,22 +389,7 @@ def _backward(ctx, grad_out):
         # dx = dy @ W_g for each group: the same op with weight^T = [M, K, N].
         grad_x = _interp_linear_op(grad_out, weight.transpose(1, 2), coeffs, offsets, None)
     if ctx.needs_input_grad[2]:
-        # dc[g, i] = sum over rows r of g of <dy_r, W_i x_r + b_i>.
-        num_rows = x.shape[0]
-        lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
-        row_group = torch.repeat_interleave(
-            torch.arange(coeffs.shape[0], device=x.device), lengths, output_size=num_rows
-        )
-        dy = grad_out.float()
-        per_row = torch.stack(
-            [(dy * (x.float() @ weight[i].float().t())).sum(-1) for i in range(weight.shape[0])],
-            dim=1,
-        )
-        if bias is not None:
-            per_row = per_row + dy @ bias.float().t()
-        grad_coeffs = torch.zeros(coeffs.shape, dtype=torch.float32, device=x.device)
-        grad_coeffs.index_add_(0, row_group, per_row)
-        grad_coeffs = grad_coeffs.to(coeffs.dtype)
+        grad_coeffs = coeff_grad(x, grad_out, weight, coeffs, offsets, bias).to(coeffs.dtype)
     return grad_x, None, grad_coeffs, None, None
 
 
