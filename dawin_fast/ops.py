@@ -186,28 +186,39 @@ def _is_capturing(t: torch.Tensor) -> bool:
 
 # ------------------------------------------------------------------------- PyTorch path
 
-# CPU cost model of the PyTorch path, in units of one fp32 multiply-add of a large matmul.
-# Moving one fp32 element through memory (a merge reads M weights and writes one) costs
-# about this many: the matmul peak over the memory bandwidth. Calibrated on the developer
-# CPU (2 cores shared, fp32; see README "CPU dispatch"): rows per group at which the
-# per-group loop overtook the row-scaled form at ViT-B/32 fc1 shapes.
-CPU_ELEMENT_COST = 16.0
+# CPU cost model of the PyTorch path, in units of one row through one model's weight in a
+# large matmul (N*K multiply-adds). Per-row strategies ("rowscaled" forward, "rowwise"
+# coefficient gradient) cost M units per row. Per-group strategies ("loop" forward,
+# "pergroup" gradient) cost, per non-empty group, GROUP_COST_PER_MODEL * M +
+# GROUP_COST (streaming N*K weights: a merge, or dW_g and its contraction with the M
+# weights), plus GROUP_ROW_COST per row (a matmul on a group's few rows runs below peak).
+# Fitted on the developer CPU (one thread, fp32, K=768, N=3072, M in {2, 4, 9}, 1 to 100
+# rows per group; see README "CPU dispatch"): forward 11.2*M + 9 and 1.2 per row, gradient
+# 9.3*M + 8 and 1.2 per row.
+GROUP_COST_PER_MODEL = 10.0
+GROUP_COST = 9.0
+GROUP_ROW_COST = 1.2
 PATH_STRATEGIES = ("loop", "rowscaled")
+
+
+def per_group_cheaper(num_rows: int, num_groups: int, num_models: int) -> bool:
+    """Whether a per-group strategy beats a per-row one by the CPU cost model above."""
+    per_group = (num_groups * (GROUP_COST_PER_MODEL * num_models + GROUP_COST)
+                 + GROUP_ROW_COST * num_rows)
+    return per_group <= num_models * num_rows
 
 
 def cpu_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
     """The PyTorch path's strategy for ``num_groups`` non-empty groups over ``num_rows``.
 
-    ``"loop"``: per group, merge the weight (M reads and a write of N*K elements, the
-    ``CPU_ELEMENT_COST`` each) and one matmul over its rows (rows*N*K). ``"rowscaled"``:
-    y = sum_i diag(c_i) x W_i^T, M matmuls over all rows (M*rows*N*K) and no merge. Both
-    costs scale with N*K, so the choice depends on the rows per group and M only.
+    ``"loop"``: per group, merge the weight, then one matmul over its rows.
+    ``"rowscaled"``: y = sum_i diag(c_i) x W_i^T, M matmuls over all rows and no merge. Both
+    costs scale with N*K, so the choice depends on the rows per group and M only: the loop
+    from 36 rows per group at M=2, 18 at M=4, 13 at M=9.
     """
-    if num_groups == 0 or num_rows == 0:
+    if num_groups == 0 or per_group_cheaper(num_rows, num_groups, num_models):
         return "loop"
-    loop = num_groups * (num_models + 1) * CPU_ELEMENT_COST + num_rows
-    rowscaled = num_models * num_rows
-    return "rowscaled" if rowscaled < loop else "loop"
+    return "rowscaled"
 
 
 def interp_linear_torch(
@@ -251,27 +262,48 @@ def interp_linear_torch(
         if bias is not None:
             acc += row_coeffs @ bias.float()
         return out.copy_(acc)
-    weight32 = weight.float()
+    merge = _Merger(weight)
     for g in groups:
         start, end = bounds[g], bounds[g + 1]
-        merged = torch.einsum("m,mnk->nk", coeffs[g], weight32)
         merged_bias = coeffs[g] @ bias.float() if bias is not None else None
-        out[start:end] = torch.nn.functional.linear(x32[start:end], merged, merged_bias)
+        out[start:end] = torch.nn.functional.linear(x32[start:end], merge(coeffs[g]),
+                                                    merged_bias)
     return out
+
+
+class _Merger:
+    """``row -> sum_i row[i] weight[i]`` [N, K] in float32: one GEMV over the flattened
+    weights into one reused buffer. Both choices measured on the developer CPU (one
+    thread, 3072x768): ``einsum("m,mnk->nk")`` took 6.3 ms at M=2 against 1.7 ms for the
+    GEMV, and a fresh 9 MB result per group cost up to 4 ms more in page faults (5.25 vs
+    1.15 ms at M=2). The backward's transposed weights (a view) merge untransposed."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        num_models, rows, cols = weight.shape
+        self.transposed = weight.transpose(1, 2).is_contiguous() and not weight.is_contiguous()
+        source = weight.transpose(1, 2) if self.transposed else weight
+        self.flat = source.reshape(num_models, -1).float()
+        self.shape = source.shape[1:]
+        self.buffer = torch.empty((1, self.flat.shape[1]), dtype=torch.float32,
+                                  device=weight.device)
+
+    def __call__(self, row: torch.Tensor) -> torch.Tensor:
+        merged = torch.mm(row[None], self.flat, out=self.buffer).view(self.shape)
+        return merged.t() if self.transposed else merged
 
 
 # Coefficient gradient dc[g, i] = sum_{r in g} <dy_r, W_i x_r + b_i>, two ways:
 # "rowwise": M matmuls over all rows (M*T*N*K); "pergroup": dW_g = dy_g^T x_g for every
-# group (T*N*K), then <dW_g, W_i> (G*M*N*K, plus writing and reading dW_g).
+# group (T*N*K, into one reused buffer), then <dW_g, W_i> (G*M*N*K). On a GPU the same
+# cost model decides (not measured there).
 GRAD_STRATEGIES = ("rowwise", "pergroup")
-# Per-group weight-gradient buffers are built in chunks of at most this many elements.
-_DW_CHUNK_ELEMENTS = 1 << 24
 
 
 def coeff_grad_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
-    """``"pergroup"`` when T + G*(M + 2*CPU_ELEMENT_COST) < M*T, else ``"rowwise"``."""
-    pergroup = num_rows + num_groups * (num_models + 2 * CPU_ELEMENT_COST)
-    return "pergroup" if pergroup < num_models * num_rows else "rowwise"
+    """``"pergroup"`` where the CPU cost model (``per_group_cheaper``) says it is cheaper:
+    the same boundaries as ``cpu_strategy`` (measured crossovers: about 30, 20 and 12 rows
+    per group at M = 2, 4, 9)."""
+    return "pergroup" if per_group_cheaper(num_rows, num_groups, num_models) else "rowwise"
 
 
 def coeff_grad(
@@ -311,24 +343,13 @@ def coeff_grad(
         )
         return grad.index_add_(0, row_group, per_row)
     flat = weight.reshape(num_models, -1).float()  # [M, N*K]
+    d_w = torch.empty(weight.shape[1:], dtype=torch.float32, device=x.device)  # reused
     bounds = offsets.tolist()
-    out_features, in_features = weight.shape[1], weight.shape[2]
-    chunk = max(1, _DW_CHUNK_ELEMENTS // max(1, out_features * in_features))
-    groups = [g for g in range(num_groups) if bounds[g + 1] > bounds[g]]
-    for first in range(0, len(groups), chunk):
-        ids = groups[first : first + chunk]
-        sizes = {bounds[g + 1] - bounds[g] for g in ids}
-        if len(sizes) == 1:  # equal groups (per-sample): one batched matmul
-            # Non-empty groups are contiguous in the rows, so the chunk is one span.
-            rows, start = sizes.pop(), bounds[ids[0]]
-            span = slice(start, start + rows * len(ids))
-            d_w = torch.bmm(dy[span].reshape(len(ids), rows, -1).transpose(1, 2),
-                            x32[span].reshape(len(ids), rows, -1))
-        else:
-            d_w = torch.stack([dy[bounds[g]:bounds[g + 1]].t() @ x32[bounds[g]:bounds[g + 1]]
-                               for g in ids])
-        index = torch.tensor(ids, device=x.device)
-        grad.index_add_(0, index, d_w.reshape(len(ids), -1) @ flat.t())
+    for g in range(num_groups):
+        start, end = bounds[g], bounds[g + 1]
+        if end > start:
+            torch.mm(dy[start:end].t(), x32[start:end], out=d_w)
+            grad[g] += flat @ d_w.reshape(-1)
     return grad
 
 
