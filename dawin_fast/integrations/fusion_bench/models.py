@@ -17,6 +17,12 @@ FusionBench 0.2.33 behaviours worked around here (their code is left alone):
   its MoE layers keep averaging the gate over the batch at evaluation (a sample's output
   depends on its batch). ``set_batch_reduce`` sets it on every fused MoE layer; our
   algorithms evaluate per sample (``eval_batch_reduce: false``), as the WEMoE paper does.
+* DAWE task-wise (``DataAdaptiveWeightEnsemblingModel.compute_task_vectors``) passes the
+  coding tensor to ``state_dict_weighted_sum``, which requires a list: every forward
+  raises ``TypeError``. ``FusedDAWEModel`` computes the task-wise merge itself.
+* ``WeightEnsemblingMoEAlgorithm`` creates its Lightning Fabric only when CUDA is
+  available, and its test-time adaptation calls ``self._fabric.backward``: on a CPU it
+  fails with ``AttributeError``. Our algorithms use the mixin's Fabric, on any device.
 """
 
 from __future__ import annotations
