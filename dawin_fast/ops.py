@@ -90,11 +90,18 @@ def check_inputs(
     """Raise a ``ValueError``/``TypeError`` naming the first violated rule of the contract.
 
     Shape, dtype and device rules always; value rules (offsets start at 0, never
-    decrease, end at the row count; coeffs finite) unless ``skip_value_checks`` is active
-    or the tensors are fake (tracing).
+    decrease, end at the row count; coeffs finite) unless ``skip_value_checks`` is active,
+    the tensors are fake (tracing) or a CUDA graph is being captured. Under
+    ``torch.compile`` the value rules become asserts inside the graph (no host sync, no
+    graph break): the same messages, raised as ``RuntimeError`` when the graph runs (on a
+    GPU as a device-side assert).
     """
     _check_metadata(x, weight, coeffs, offsets, bias)
-    if _value_checks_enabled() and not _is_fake(x) and not _is_capturing(x):
+    if not _value_checks_enabled() or _is_fake(x) or _is_capturing(x):
+        return
+    if torch.compiler.is_compiling():
+        _assert_values(math.prod(x.shape[:-1]), coeffs, offsets)
+    else:
         check_values(math.prod(x.shape[:-1]), coeffs, offsets)
 
 
@@ -172,6 +179,18 @@ def check_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> 
         raise ValueError(f"interp_linear: offsets must end at the row count {num_rows}, got {last}")
     if not finite:
         raise ValueError("interp_linear: coeffs contain NaN or infinity")
+
+
+def _assert_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> None:
+    """``check_values`` as asserts that ``torch.compile`` traces into the graph: reading
+    the values on the host would be a data-dependent branch (a graph break)."""
+    torch._assert_async(offsets[0] == 0, "interp_linear: offsets must start at 0")
+    torch._assert_async((offsets[1:] >= offsets[:-1]).all(),
+                        "interp_linear: offsets must be non-decreasing")
+    torch._assert_async(offsets[-1] == num_rows,
+                        "interp_linear: offsets must end at the row count")
+    torch._assert_async(torch.isfinite(coeffs).all(),
+                        "interp_linear: coeffs contain NaN or infinity")
 
 
 def _is_fake(t: torch.Tensor) -> bool:

@@ -63,6 +63,30 @@ def uncertainty(logits: torch.Tensor, expertise: str, temperature: float) -> tor
     raise ValueError(f"expertise must be one of {EXPERTISE}, got {expertise!r}")
 
 
+IMAGE_KEYS = ("images", "pixel_values")
+
+
+def batch_images(batch, index: int, fn: str) -> torch.Tensor:
+    """The images of one calibration batch: a tensor, the first item of a tuple or list
+    (``(images, labels)`` from a DataLoader), or a dict's ``IMAGE_KEYS`` entry."""
+    images = batch
+    if isinstance(batch, (tuple, list)) and batch:
+        images = batch[0]
+    elif isinstance(batch, dict):
+        images = next((batch[k] for k in IMAGE_KEYS if k in batch), None)
+    if not isinstance(images, torch.Tensor):
+        got = (f"a dict with keys {sorted(map(str, batch))}" if isinstance(batch, dict)
+               else f"a {type(batch).__name__}")
+        raise TypeError(f"{fn}: batch {index} is {got}; expected an image tensor [B, C, H, W], "
+                        f"an (images, labels) pair, or a dict with 'images'")
+    return images
+
+
+def _check_images(images, fn: str) -> None:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{fn}: images must be a tensor [B, ...], got {type(images).__name__}")
+
+
 def _check_mode(mode) -> None:
     if isinstance(mode, str):
         if mode not in ("mixture", "per_sample"):
@@ -190,9 +214,16 @@ class DaWin(_Base):
         return torch.softmax(-u.double(), dim=0).t().float()
 
     @torch.no_grad()
-    def calibrate(self, batches: Iterable[torch.Tensor]) -> DaWin:
-        """Fit the offset statistics and the mixture on a whole calibration set."""
-        expert = [self.expert_logits(images).cpu() for images in batches]
+    def calibrate(self, batches: Iterable) -> DaWin:
+        """Fit the offset statistics and the mixture on a whole calibration set.
+
+        ``batches``: any iterable of batches (a list, a DataLoader), each an image tensor
+        [B, C, H, W], an ``(images, labels, ...)`` tuple or list (labels are ignored), or a
+        dict holding the images under ``"images"`` (or ``"pixel_values"``, Hugging Face's
+        name).
+        """
+        expert = [self.expert_logits(batch_images(batch, i, "DaWin.calibrate")).cpu()
+                  for i, batch in enumerate(batches)]
         if not expert:
             raise ValueError("DaWin.calibrate: no batches")
         return self.calibrate_from_logits(torch.cat(expert, dim=1))
@@ -216,6 +247,7 @@ class DaWin(_Base):
         ``expert_logits`` [M, B, C]: the experts' logits if already computed (skips the
         expert pass).
         """
+        _check_images(images, "DaWin.predict")
         device = images.device
         if self._static is not None and not return_details:
             return self.model(images, self._static.to(device))
@@ -338,10 +370,15 @@ class DaWinMultiTask(_Base):
         return self._rows(table), labels, p, expert
 
     @torch.no_grad()
-    def calibrate(self, batches: Iterable[torch.Tensor]) -> DaWinMultiTask:
-        """Fit the Dirichlet mixture on the task weights of a whole calibration set."""
+    def calibrate(self, batches: Iterable) -> DaWinMultiTask:
+        """Fit the Dirichlet mixture on the task weights of a whole calibration set
+        (batches as in ``DaWin.calibrate``)."""
         self.mixture = None
-        p = torch.cat([self.weights(self.expert_logits(images)).cpu() for images in batches])
+        p = [self.weights(self.expert_logits(batch_images(b, i, "DaWinMultiTask.calibrate")))
+             .cpu() for i, b in enumerate(batches)]
+        if not p:
+            raise ValueError("DaWinMultiTask.calibrate: no batches")
+        p = torch.cat(p)
         if self.mode == "mixture":
             self.mixture = self._new_mixture(self.n_clusters).fit(self._mixture_input(p))
         return self
@@ -352,6 +389,7 @@ class DaWinMultiTask(_Base):
         """Logits of task ``task``'s head on the per-sample merged encoder."""
         if not 0 <= task < self.num_tasks:
             raise ValueError(f"task must be in [0, {self.num_tasks}), got {task}")
+        _check_images(images, "DaWinMultiTask.predict")
         device = images.device
         rows, labels, p, expert = self.merge_rows(images)
         applied = rows if labels is None else rows[labels]

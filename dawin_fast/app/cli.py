@@ -1,164 +1,215 @@
-"""The ``dawin-fast`` command.
+"""The ``dawin-fast`` command line (also ``python -m dawin_fast``).
 
-    dawin-fast demo        DaWin on two small ViTs trained on scikit-learn's digits
-    dawin-fast eval        DaWin on your own open_clip checkpoints and dataset
-    dawin-fast bench       the fused-kernel benchmarks on this machine
-    dawin-fast selfcheck   the fused op against a float64 reference
+Every command validates its arguments and inspects its input files before any expensive
+work, and checks that its output files can be written; a mistake prints one line naming
+the culprit and exits with code 2. Exit codes: 0 success, 1 internal error (a bug; the
+traceback with ``--debug`` or ``DAWIN_FAST_DEBUG=1``), 2 user error, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 
-import torch
+from . import options
+from .errors import (
+    DEBUG_ENV,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USER,
+    UserError,
+    debug_requested,
+    one_line,
+)
+from .outputs import check_distinct, check_writable, write_text
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DESCRIPTION = ("Fast DaWin (training-free dynamic weight interpolation): the demo, DaWin on "
+               "your own open_clip checkpoints, the fused-kernel benchmarks and a self-check.")
+EPILOG = (f"Exit codes: 0 success, 1 internal error, 2 user error (bad argument or file). "
+          f"Add --debug (or set {DEBUG_ENV}=1) to see tracebacks. Run 'dawin-fast COMMAND "
+          f"--help' for a command's options.")
 
 
-def _temperatures(value: str) -> tuple[float, ...] | str:
-    """"0.96,1.0066" or an open_clip name from the paper ("ViT-B-16")."""
-    from ..algorithm.coefficients import TEMPERATURES
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: ...)", shown only where there is a default to show."""
 
-    if value in TEMPERATURES:
-        return TEMPERATURES[value]
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming the argument (argparse prints the whole usage)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USER, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        temps = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"temperatures must be comma-separated numbers or one of {sorted(TEMPERATURES)}"
-        ) from None
-    if any(not t > 0 for t in temps):
-        raise argparse.ArgumentTypeError("temperatures must be positive")
-    return temps
-
-
-def _device(value: str | None) -> str:
-    if value is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if value.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {value!r} requested but CUDA is not available")
-    return value
+        return version("dawin_fast")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "(not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dawin-fast", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from ..bench import e2e as bench_e2e
+    from ..bench import layers as bench_layers
 
-    demo = sub.add_parser("demo", help="DaWin on two small ViTs trained on digits (no download)")
-    demo.add_argument("--temperatures", type=_temperatures, default=(1.0, 1.0),
-                      help="T_0,T_1 for the entropies (default 1,1)")
+    parser = _Parser(prog="dawin-fast", description=DESCRIPTION, epilog=EPILOG,
+                     formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show tracebacks (or set {DEBUG_ENV}=1)")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help=f"show tracebacks (or set {DEBUG_ENV}=1)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                              parents=[common], formatter_class=_Formatter)
+
+    demo = command("demo", "DaWin on two small ViTs trained on scikit-learn's digits "
+                           "(no download)")
+    demo.add_argument("--temperatures", type=options.temperatures, default="1,1",
+                      metavar="T0,T1",
+                      help="softmax temperatures of the two models' entropies, or a model "
+                           "name of the paper's (ViT-B-32, ViT-B-16, ViT-L-14)")
     demo.add_argument("--offset-adjustment", action="store_true",
                       help="the paper's offset adjustment of λ")
-    demo.add_argument("--clusters", type=int, default=3, help="mixture components (default 3)")
-    demo.add_argument("--plot", metavar="PNG", help="save accuracy and coefficient plots")
-    demo.add_argument("--device", help="cpu or cuda (default: cuda if available)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--clusters", type=options.positive_int, default=3, metavar="K",
+                      help="components of the Beta mixture")
+    demo.add_argument("--epochs", type=options.epochs, default="40,25",
+                      metavar="GENERAL,FINETUNED",
+                      help="training epochs of the general model and of its fine-tuned copy")
+    demo.add_argument("--seed", type=options.seed, default=0, help="seed of the data split, "
+                      "the training and the mixture")
+    demo.add_argument("--device", type=options.device, metavar="DEVICE",
+                      help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    demo.add_argument("--plot", metavar="PNG",
+                      help="save the accuracy and coefficient plots (.png, .pdf, .svg, ...)")
     demo.add_argument("--output", metavar="JSON", help="also write the report as JSON")
 
-    ev = sub.add_parser("eval", help="DaWin on your open_clip checkpoints")
-    ev.add_argument("--arch", required=True, help="open_clip architecture, e.g. ViT-B-32")
+    ev = command("eval", "DaWin on your own open_clip checkpoints and dataset")
+    ev.add_argument("--arch", required=True,
+                    help="open_clip architecture of the checkpoints, e.g. ViT-B-32")
     ev.add_argument("--model-config", metavar="JSON",
                     help="an open_clip model config file for a custom architecture "
                          "(its file name, without .json, is the --arch name)")
     ev.add_argument("--checkpoints", nargs="+", required=True, metavar="PATH",
-                    help="M state dicts (.pt weights-only pickles or .safetensors), model 0 "
+                    help="M >= 2 state dicts (.pt weights-only or .safetensors), model 0 "
                          "first (e.g. zero-shot, then fine-tuned); full CLIP or visual only")
     ev.add_argument("--heads", nargs="+", required=True, metavar="PATH",
-                    help="M heads: a [C, D] tensor (zero-shot, logit scale folded in) or a "
-                         "{'weight', 'bias'} linear head")
+                    help="M heads, one per checkpoint: a [C, D] tensor (zero-shot, logit "
+                         "scale folded in) or a {'weight', 'bias'} linear head")
     ev.add_argument("--data", required=True, metavar="PATH",
-                    help="an ImageFolder directory, or a .pt file {'images', 'labels'}")
-    ev.add_argument("--clusters", type=int, default=3)
-    ev.add_argument("--temperatures", type=_temperatures, default=None)
-    ev.add_argument("--offset-adjustment", action="store_true")
-    ev.add_argument("--wise-lambda", type=float, default=0.5)
+                    help="an ImageFolder directory (C class folders), or a .pt file "
+                         "{'images': [N, 3, H, W] normalised floats, 'labels': [N]}")
+    ev.add_argument("--clusters", type=options.positive_int, default=3, metavar="K",
+                    help="components of the mixture (fewer than the images it is fitted on)")
+    ev.add_argument("--temperatures", type=options.temperatures, metavar="T0,T1,...",
+                    help="softmax temperatures, one per model, or a model name of the "
+                         "paper's (ViT-B-32, ViT-B-16, ViT-L-14) (default: 1 for each)")
+    ev.add_argument("--offset-adjustment", action="store_true",
+                    help="the paper's offset adjustment of λ (two models)")
+    ev.add_argument("--wise-lambda", type=options.unit_float, default=0.5, metavar="λ",
+                    help="weight on model 1 of the WiSE-FT baseline, in [0, 1]")
     ev.add_argument("--per-batch", action="store_true",
-                    help="fit the mixture on each batch (default: on the whole dataset)")
+                    help="fit the mixture on each batch (default: once on the whole dataset)")
     ev.add_argument("--no-normalize", action="store_true",
-                    help="do not L2-normalise features before the heads")
-    ev.add_argument("--batch-size", type=int, default=256)
-    ev.add_argument("--workers", type=int, default=2)
-    ev.add_argument("--device")
-    ev.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
-    ev.add_argument("--output", default="dawin_report.json", metavar="JSON")
+                    help="do not L2-normalise the features before the heads")
+    ev.add_argument("--batch-size", type=options.positive_int, default=256, metavar="B",
+                    help="images per batch")
+    ev.add_argument("--workers", type=options.non_negative_int, default=2, metavar="N",
+                    help="DataLoader worker processes for decoding images")
+    ev.add_argument("--device", type=options.device, metavar="DEVICE",
+                    help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    ev.add_argument("--dtype", choices=sorted(options.DTYPES), default="float32",
+                    help="dtype of the models and images")
+    ev.add_argument("--output", default="dawin_report.json", metavar="JSON",
+                    help="where to write the JSON report (replaced if it exists)")
+    ev.add_argument("--plot", metavar="PNG",
+                    help="also save the accuracy and coefficient plots (.png, .pdf, .svg, ...)")
 
-    bench = sub.add_parser("bench", help="the fused-kernel benchmarks on this machine")
-    bench.add_argument("--output", metavar="MD", help="also write the markdown tables here")
+    bench = command("bench", "the fused-kernel benchmarks on this machine")
     bench.add_argument("--methods", nargs="+", metavar="METHOD",
-                       help="methods to time (default: all; materialize_compiled runs "
-                            "torch.compile max-autotune, minutes per shape on a GPU)")
+                       choices=(*bench_layers.METHODS, *bench_e2e.METHODS),
+                       help=f"methods to time (default: all that run here); layer methods: "
+                            f"{', '.join(bench_layers.METHODS)} (materialize_compiled runs "
+                            f"torch.compile max-autotune, minutes per shape on a GPU); with "
+                            f"--e2e: {', '.join(bench_e2e.METHODS)}")
     bench.add_argument("--filter", metavar="TEXT",
                        help="only cases whose id contains TEXT (e.g. ViT-B-32-fc1)")
     bench.add_argument("--e2e", action="store_true",
                        help="the end-to-end DaWin benchmark (whole ViT, rebuild loops) "
                             "instead of the layer benchmarks")
+    bench.add_argument("--output", metavar="MD", help="also write the markdown tables here")
 
-    sub.add_parser("selfcheck", help="the fused op against a float64 reference")
+    command("selfcheck", "the fused op against a float64 reference")
     return parser
+
+
+def _progress() -> bool:
+    """Progress bars on stderr only when it is a terminal (not in logs, not in tests)."""
+    return sys.stderr.isatty()
+
+
+# ------------------------------------------------------------------------------- demo
+
+
+def prepare_demo(args: argparse.Namespace) -> None:
+    """Everything the demo needs, checked before it trains."""
+    import importlib.util
+
+    from .demo import TEST_IMAGES
+
+    if len(args.temperatures) != 2:
+        raise UserError(f"--temperatures: the demo has 2 models, got "
+                        f"{len(args.temperatures)} values")
+    if args.clusters >= TEST_IMAGES:
+        raise UserError(f"--clusters {args.clusters}: the mixture is fitted on each test set "
+                        f"of {TEST_IMAGES} images and needs more images than clusters")
+    if importlib.util.find_spec("sklearn") is None:
+        raise UserError("the demo needs scikit-learn: pip install 'dawin_fast[demo]'")
+    if args.output:
+        check_writable(args.output, "--output")
+    if args.plot:
+        from .plots import check_plot_path
+
+        check_plot_path(args.plot)
+    check_distinct({"--output": args.output, "--plot": args.plot}, {})
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    prepare_demo(args)
     report = run_demo(temperatures=args.temperatures, offset_adjustment=args.offset_adjustment,
-                      n_clusters=args.clusters, device=_device(args.device), seed=args.seed,
-                      plot=args.plot)
+                      n_clusters=args.clusters, device=args.device or options.default_device(),
+                      seed=args.seed, plot=args.plot, epochs=args.epochs)
     if args.output:
         _write_json(report, args.output)
-    return 0
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------- eval
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from open_clip.transform import image_transform
+    from .eval_command import prepare_eval, progress_bar, run_eval, write_outputs
 
-    from ..nn.classifier import DaWinClassifier
-    from ..nn.vit import DaWinViT
-    from .checkpoints import CheckpointError, load_dataset, load_head, load_visuals
-    from .evaluate import EvalConfig, evaluate, format_table
-
-    if len(args.checkpoints) < 2:
-        raise CheckpointError("eval needs at least two checkpoints")
-    if len(args.heads) != len(args.checkpoints):
-        raise CheckpointError(f"{len(args.checkpoints)} checkpoints but {len(args.heads)} heads")
-    device, dtype = _device(args.device), DTYPES[args.dtype]
-    visuals = load_visuals(args.arch, args.checkpoints, args.model_config)
-    heads = [load_head(path) for path in args.heads]
-    classifier = DaWinClassifier(DaWinViT.from_open_clip(visuals), heads,
-                                 normalize=not args.no_normalize).to(device=device, dtype=dtype)
-    dataset = load_dataset(args.data, image_transform(visuals[0].image_size, is_train=False))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
-                                         num_workers=args.workers)
-    batches = _on_device(loader, device, dtype)
-    config = EvalConfig(temperatures=args.temperatures, offset_adjustment=args.offset_adjustment,
-                        n_clusters=args.clusters, wise_lambda=args.wise_lambda,
-                        calibrated=not args.per_batch, batch_size=args.batch_size)
-    results = evaluate(classifier, batches, config, progress=True)
-    print(format_table({"accuracy": results}))
-    report = {"arch": args.arch, "checkpoints": args.checkpoints, "heads": args.heads,
-              "data": args.data, "n": len(dataset), "device": device, "dtype": args.dtype,
-              "config": dataclasses.asdict(config),
-              "methods": {k: v for k, v in results.items() if not k.startswith("_")},
-              "mixture": results.get("_mixture")}
-    _write_json(report, args.output)
-    return 0
+    plan = prepare_eval(args, progress_bar("checking images") if _progress() else iter)
+    write_outputs(plan, run_eval(plan, progress=_progress()))
+    return EXIT_OK
 
 
-class _on_device:
-    """Re-iterable view of a loader, moving batches to the device and dtype."""
-
-    def __init__(self, loader, device, dtype):
-        self.loader, self.device, self.dtype = loader, device, dtype
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        for images, labels in self.loader:
-            yield images.to(self.device, self.dtype), labels.to(self.device)
+# ------------------------------------------------------------------------------ bench
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -168,26 +219,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     command = " ".join(["dawin-fast", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] \
         else "dawin-fast bench"
+    if args.output:
+        check_writable(args.output, "--output")
     if args.e2e:
         from ..bench import e2e as bench_e2e
 
         methods = tuple(args.methods or bench_e2e.METHODS)
-        unknown = sorted(set(methods) - set(bench_e2e.METHODS))
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {list(bench_e2e.METHODS)}")
+        wrong = [m for m in methods if m not in bench_e2e.METHODS]
+        if wrong:
+            raise UserError(f"--methods {wrong[0]}: a layer method; with --e2e choose from "
+                            f"{', '.join(bench_e2e.METHODS)}")
+        if args.filter:
+            raise UserError("--filter selects layer cases; the --e2e benchmark has one case")
         table = bench_e2e.render_markdown(bench_e2e.run(methods),
                                           bench.environment_header(command))
         return _print_table(table, args.output)
-    methods = tuple(args.methods or bench.METHODS)
-    unknown = sorted(set(methods) - set(bench.METHODS))
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; choose from {list(bench.METHODS)}")
+    wrong = [m for m in args.methods or () if m not in bench.METHODS]
+    if wrong:
+        raise UserError(f"--methods {wrong[0]}: an --e2e method; without --e2e choose from "
+                        f"{', '.join(bench.METHODS)}")
+    for method in args.methods or ():
+        reason = bench.unavailable_here(method)
+        if reason:
+            raise UserError(f"--methods {method}: cannot run here: {reason}")
+    methods = tuple(args.methods or (m for m in bench.METHODS if not bench.unavailable_here(m)))
+    if args.methods is None:
+        for method in sorted(set(bench.METHODS) - set(methods)):
+            print(f"note: not timing {method}: {bench.unavailable_here(method)}")
     if "fused" not in methods:
         methods = ("fused", *methods)
     cases = [c for c in bench.default_cases() if not args.filter or args.filter in c.id]
     if not cases:
-        raise ValueError(f"no benchmark case id contains {args.filter!r}")
-    records = bench.run(cases, methods, progress=lambda c: tqdm(c, desc="benchmark cases"))
+        raise UserError(f"--filter {args.filter}: no benchmark case id contains it; ids look "
+                        f"like {bench.default_cases()[0].id}")
+    records = bench.run(cases, methods, progress=lambda c: tqdm(
+        c, desc="benchmark cases", disable=None if _progress() else True))
     table = bench.render_markdown(records, bench.environment_header(command))
     return _print_table(table, args.output)
 
@@ -195,9 +261,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _print_table(table: str, output: str | None) -> int:
     print(table)
     if output:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(table + "\n")
-    return 0
+        replaced = write_text(output, table + "\n")
+        print(f"{'replaced' if replaced else 'wrote'} {output}")
+    return EXIT_OK
 
 
 def cmd_selfcheck(args: argparse.Namespace) -> int:
@@ -207,21 +273,41 @@ def cmd_selfcheck(args: argparse.Namespace) -> int:
 
 
 def _write_json(report: dict, path: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2, default=str)
-    print(f"wrote {path}")
+    import json
+
+    replaced = write_text(path, json.dumps(report, indent=2, default=str) + "\n")
+    print(f"{'replaced' if replaced else 'wrote'} {path}")
+
+
+COMMANDS = {"demo": cmd_demo, "eval": cmd_eval, "bench": cmd_bench, "selfcheck": cmd_selfcheck}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .checkpoints import CheckpointError
-
+    """Run one command; returns the exit code (see the module docstring)."""
     try:
-        return {"demo": cmd_demo, "eval": cmd_eval, "bench": cmd_bench,
-                "selfcheck": cmd_selfcheck}[args.command](args)
-    except (CheckpointError, ValueError) as err:
-        print(f"dawin-fast {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version (0), usage errors (2)
+        return done.code if isinstance(done.code, int) else EXIT_USER
+    debug = debug_requested(getattr(args, "debug", False))
+    prog = f"dawin-fast {args.command}"
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        if debug:
+            raise
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:
+        if debug:
+            raise
+        print(f"{prog}: internal error: {type(err).__name__}: {one_line(err)} (run with "
+              f"--debug or {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ from .evaluate import EvalConfig, evaluate, format_table
 
 IMAGE = 8
 PATCH = 2
+DIGITS = 1797  # images in scikit-learn's digits
+TEST_IMAGES = DIGITS - DIGITS // 2  # the held-out half each test set holds
+EPOCHS = (40, 25)  # general, fine-tuned
 LOGIT_SCALE = 10.0  # like CLIP's logit scale: folded into the head handed to DaWin
 
 
@@ -47,8 +50,8 @@ def load_digits_data(seed: int = 0) -> DemoData:
     """Digits as [N, 3, 8, 8] in [-1, 1]; a stratified-enough random half for testing."""
     try:
         from sklearn.datasets import load_digits
-    except ImportError as err:  # pragma: no cover - the demo extra installs it
-        raise SystemExit("the demo needs scikit-learn: pip install 'dawin_fast[demo]'") from err
+    except ImportError as err:  # pragma: no cover - the CLI checks it first
+        raise ImportError("the demo needs scikit-learn: pip install 'dawin_fast[demo]'") from err
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32) / 8.0 - 1.0  # 0..16 -> -1..1
     x = x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
@@ -116,7 +119,7 @@ def train(model: TinyCLIPClassifier, data: DemoData, epochs: int, augment: float
     return model.eval()
 
 
-def build_models(data: DemoData, seed: int = 0, epochs: tuple[int, int] = (40, 25)):
+def build_models(data: DemoData, seed: int = 0, epochs: tuple[int, int] = EPOCHS):
     """(general, fine-tuned) TinyCLIPClassifiers."""
     torch.manual_seed(seed)
     general = train(TinyCLIPClassifier(), data, epochs[0], augment=1.0, seed=seed)
@@ -128,8 +131,11 @@ def build_models(data: DemoData, seed: int = 0, epochs: tuple[int, int] = (40, 2
 
 def run_demo(temperatures=(1.0, 1.0), offset_adjustment: bool = False, n_clusters: int = 3,
              device: str | None = None, seed: int = 0, plot: str | None = None,
-             epochs: tuple[int, int] = (40, 25)) -> dict:
-    """Train, evaluate and print the demo table; returns the report."""
+             epochs: tuple[int, int] = EPOCHS) -> dict:
+    """Train, evaluate and print the demo table; returns the report.
+
+    ``plot``: also save the figure there (written atomically).
+    """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     data = load_digits_data(seed)
@@ -145,15 +151,15 @@ def run_demo(temperatures=(1.0, 1.0), offset_adjustment: bool = False, n_cluster
                         n_clusters=n_clusters, seed=seed, batch_size=256)
     report = {"config": {"temperatures": list(temperatures), "offset_adjustment":
                          offset_adjustment, "n_clusters": n_clusters, "device": device,
-                         "seed": seed}, "sets": {}}
+                         "seed": seed, "epochs": list(epochs)}, "sets": {}}
     for name, x in (("in-distribution", data.test_x), ("shifted", data.shifted_x)):
         report["sets"][name] = evaluate(classifier, _batches(x, data.test_y, 256, device),
                                         config)
     print(format_table(report["sets"], model_names=("general", "fine-tuned")))
     if plot:
-        from .plots import save_demo_plot
+        from .plots import save_plot
 
-        save_demo_plot(report["sets"], plot)
+        save_plot(report["sets"], plot)
         print(f"saved {plot}")
     return report
 

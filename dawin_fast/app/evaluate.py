@@ -9,6 +9,9 @@ re-iterable of ``(images, labels)``: a list, a DataLoader):
 2. per batch: each model alone, WiSE-FT, the dynamic output ensemble and classifier
    selection (from the expert logits), DaWin per-sample and DaWin mixture.
 
+In per-batch mode a batch of at most K images (the last one, say) runs per-sample, which is
+exact DaWin; the report counts such batches (``_mixture_per_sample_batches``).
+
 Each method's time counts what it needs: its own forward, plus the expert pass for the
 methods built on the experts' logits, plus the mixture fit for the mixture.
 """
@@ -112,6 +115,7 @@ def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, tor
         per_sample.offset = mixture.offset
 
     coefficients, cluster_labels = [], []
+    fallback_batches = 0  # per-batch mode: batches of at most K images run per-sample
     for b, (images, labels) in enumerate(bar(batches, "merged passes")):
         expert = expert_all[b].to(images.device)
         t_expert = expert_seconds[b]
@@ -135,10 +139,13 @@ def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, tor
         meters["DaWin mixture"].add(details.logits, labels, s + t_expert)
         if details.labels is not None:
             cluster_labels.append(details.labels.cpu())
+        else:
+            fallback_batches += 1
     meters["DaWin mixture"].seconds += fit_seconds
 
     report = {name: meter.report() for name, meter in meters.items()}
     report["_coefficients"] = torch.cat(coefficients).tolist()
+    report["_mixture_per_sample_batches"] = fallback_batches
     if mixture.mixture is not None:
         report["_mixture"] = {"means": mixture.mixture.means_.tolist(),
                               "weights": mixture.mixture.weights_.tolist()}

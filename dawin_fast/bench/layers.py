@@ -7,7 +7,8 @@ group g through the interpolation ``sum_i coeffs[g, i] W_i`` of M stacked linear
 
 Methods:
     fused                 dawin_fast.interp_linear (one launch, no merged weight)
-    premerged_cublas      F.linear with one weight merged beforehand (the floor: a plain GEMM)
+    premerged             F.linear with one weight merged beforehand (the floor: a plain GEMM;
+                          cuBLAS on a GPU, the CPU's BLAS on a CPU)
     materialize_loop      per group: merge the weight (einsum), then F.linear (eager)
     materialize_compiled  the same function under torch.compile(mode="max-autotune")
     einsum_grouped_mm     one einsum into G merged weights, then torch._grouped_mm (sm90 bf16)
@@ -35,7 +36,7 @@ VIT_SHAPES = {
 }
 LAYERS = ("qkv", "out_proj", "fc1", "fc2")
 PATTERNS = ("one_group", "clusters3", "per_sample")
-METHODS = ("fused", "premerged_cublas", "materialize_loop", "materialize_compiled",
+METHODS = ("fused", "premerged", "materialize_loop", "materialize_compiled",
            "einsum_grouped_mm")
 
 
@@ -189,7 +190,7 @@ def build(method: str, case: Case, inputs: Inputs) -> Callable[[], torch.Tensor]
             with skip_value_checks(), use_backend(backend):
                 return interp_linear(x, w, c, off, b)
         return fused
-    if method == "premerged_cublas":
+    if method == "premerged":
         merged = torch.einsum("m,mnk->nk", c[0].to(x.dtype), w)
         merged_bias = c[0].to(x.dtype) @ b
         return lambda: F.linear(x, merged, merged_bias)
@@ -202,12 +203,24 @@ def build(method: str, case: Case, inputs: Inputs) -> Callable[[], torch.Tensor]
         return lambda: compiled(x, w, b, c, bounds)
     if method == "einsum_grouped_mm":
         if len(bounds) == 2:
-            raise Unavailable("one group: this is premerged_cublas plus a merge")
-        if not (x.is_cuda and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")
-                and torch.cuda.get_device_capability(x.device)[0] >= 9):
-            raise Unavailable("torch._grouped_mm needs bf16 on an sm90+ GPU")
+            raise Unavailable("one group: this is premerged plus a merge")
+        reason = unavailable_here(method)
+        if reason or x.dtype != torch.bfloat16:
+            raise Unavailable(reason or "torch._grouped_mm needs bf16 inputs")
         return lambda: einsum_grouped_mm(x, w, b, c, off)
     raise ValueError(f"unknown method {method!r}")
+
+
+def unavailable_here(method: str) -> str | None:
+    """Why ``method`` cannot run on this machine at all, or None."""
+    if method == "einsum_grouped_mm":
+        if not hasattr(torch, "_grouped_mm"):
+            return "this torch has no torch._grouped_mm"
+        if not torch.cuda.is_available():
+            return "torch._grouped_mm needs an sm90+ GPU (bf16); this machine has no GPU"
+        if torch.cuda.get_device_capability()[0] < 9:
+            return "torch._grouped_mm needs an sm90+ GPU (bf16)"
+    return None
 
 
 def time_ms(fn: Callable[[], torch.Tensor], device: str) -> float:
@@ -233,7 +246,7 @@ def check_against_fused(method: str, inputs: Inputs, got: torch.Tensor,
                         fused: torch.Tensor) -> None:
     """Raise if a baseline computes something other than the fused op (so it cannot win
     by doing less). The baselines merge in the input dtype, so allow its roundoff."""
-    if method == "premerged_cublas":  # one weight for all rows: compare group 0 only
+    if method == "premerged":  # one weight for all rows: compare group 0 only
         rows = slice(inputs.bounds[0], inputs.bounds[1])
         got, fused = got[rows], fused[rows]
     scale = fused.float().abs().mean().item() + 1e-6
@@ -244,7 +257,8 @@ def check_against_fused(method: str, inputs: Inputs, got: torch.Tensor,
 
 def run(cases: list[Case] | None = None, methods: tuple[str, ...] = METHODS,
         progress: Callable[[list[Case]], Iterable[Case]] | None = None) -> list[dict]:
-    """Time every method on every case; one record per (case, method) that applies.
+    """Time every method on every case: one record per (case, method); a method that does
+    not apply to a case gets ``median_ms`` None and the reason in ``skipped``.
 
     ``progress`` wraps the case list for display (the CLI passes a tqdm bar).
     """
@@ -256,7 +270,9 @@ def run(cases: list[Case] | None = None, methods: tuple[str, ...] = METHODS,
         for method in methods:
             try:
                 fn = build(method, case, inputs)
-            except Unavailable:
+            except Unavailable as reason:
+                records.append(dict(case=case.id, method=method, median_ms=None,
+                                    skipped=str(reason)))
                 continue
             check_against_fused(method, inputs, fn(), fused)
             records.append(dict(case=case.id, method=method,
@@ -265,19 +281,26 @@ def run(cases: list[Case] | None = None, methods: tuple[str, ...] = METHODS,
 
 
 def render_markdown(records: list[dict], header: list[str]) -> str:
-    """One table per case: each method's median time, × premerged_cublas and × fused."""
+    """One table per case: each method's median time, × premerged and × fused."""
     by_case: dict[str, dict[str, float]] = {}
+    skipped: dict[str, list[str]] = {}
     for r in records:
-        by_case.setdefault(r["case"], {})[r["method"]] = r["median_ms"]
+        by_case.setdefault(r["case"], {})
+        if r["median_ms"] is None:
+            skipped.setdefault(r["case"], []).append(f"{r['method']} ({r['skipped']})")
+        else:
+            by_case[r["case"]][r["method"]] = r["median_ms"]
     lines = list(header) + [""]
     for case, times in by_case.items():
-        floor, fused = times.get("premerged_cublas"), times.get("fused")
-        lines += [f"### {case}", "", "| method | median ms | × premerged_cublas | × fused |",
+        floor, fused = times.get("premerged"), times.get("fused")
+        lines += [f"### {case}", "", "| method | median ms | × premerged | × fused |",
                   "|---|---|---|---|"]
         for method, ms in sorted(times.items(), key=lambda kv: kv[1]):
             vs_floor = f"{ms / floor:.2f}" if floor else "–"
             vs_fused = f"{ms / fused:.2f}" if fused else "–"
             lines.append(f"| {method} | {ms:.4f} | {vs_floor} | {vs_fused} |")
+        if case in skipped:
+            lines += ["", f"Not applicable: {'; '.join(skipped[case])}."]
         lines.append("")
     return "\n".join(lines)
 

@@ -31,6 +31,7 @@ class DaWinClassifier(GroupedModel):
             raise ValueError(f"DaWinClassifier: {len(heads)} heads for an encoder of "
                              f"{encoder.num_models} models")
         linears = [_as_linear(h, i) for i, h in enumerate(heads)]
+        _check_head_shapes(linears, getattr(encoder, "output_dim", None))
         if any(lin.bias is not None for lin in linears):  # a head without bias has bias 0
             linears = [_with_bias(lin) for lin in linears]
         self.encoder = encoder
@@ -59,6 +60,18 @@ def _as_linear(head: torch.Tensor | nn.Linear, index: int) -> nn.Linear:
         return linear
     raise TypeError(f"DaWinClassifier: head {index} must be an nn.Linear or a [C, D] tensor, "
                     f"got {type(head).__name__}")
+
+
+def _check_head_shapes(linears: Sequence[nn.Linear], feature_dim: int | None) -> None:
+    """Every head [C, D] with the same C, and D the encoder's feature size when it is known."""
+    for i, lin in enumerate(linears):
+        shape = list(lin.weight.shape)
+        if feature_dim is not None and lin.in_features != feature_dim:
+            raise ValueError(f"DaWinClassifier: head {i} is {shape}, but the encoder's features "
+                             f"have {feature_dim} dims; expected [C, {feature_dim}]")
+        if lin.weight.shape != linears[0].weight.shape:
+            raise ValueError(f"DaWinClassifier: head {i} is {shape}, head 0 is "
+                             f"{list(linears[0].weight.shape)}; every head must be the same [C, D]")
 
 
 def _with_bias(linear: nn.Linear) -> nn.Linear:

@@ -65,6 +65,10 @@ class DaWinViT(GroupedModel):
         self.pool_type = first.pool_type
         self.final_ln_after_pool = first.final_ln_after_pool
         self.output_tokens = first.output_tokens
+        size = first.image_size
+        #: (channels, height, width) of the images the models take.
+        self.image_shape = (first.conv1.in_channels,
+                            *(tuple(size) if isinstance(size, (tuple, list)) else (size, size)))
         self.patch_embed = DaWinPatchEmbed.from_modules([v.conv1 for v in visuals], "conv1")
         self.class_embedding = InterpolatedTensor.from_tensors(
             [v.class_embedding for v in visuals], "class_embedding")
@@ -85,6 +89,9 @@ class DaWinViT(GroupedModel):
                                     bias=False, device=weight.device, dtype=weight.dtype)
             with torch.no_grad():
                 self.proj.weight.copy_(weight)
+        #: size of the pooled features (what a classification head sees).
+        self.output_dim = (self.proj.out_features if self.proj is not None
+                           else first.conv1.out_channels)
         name_layers(self)  # open_clip's names (the patch embedding is its conv1)
         self.patch_embed.linear.routing_name = "conv1"
         self.eval()
@@ -95,8 +102,10 @@ class DaWinViT(GroupedModel):
         return cls(visuals)
 
     def forward_routed(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        if images.dim() != 4:
-            raise ValueError(f"DaWinViT: images must be [B, C, H, W], got {tuple(images.shape)}")
+        if images.dim() != 4 or tuple(images.shape[1:]) != self.image_shape:
+            expected = ", ".join(map(str, self.image_shape))
+            raise ValueError(f"DaWinViT: images must be [B, C, H, W] = [B, {expected}], got "
+                             f"{list(images.shape)}")
         batch = images.shape[0]
         x = self.patch_embed.tokens(images)  # [B, P, width]
         cls_token = self.class_embedding()  # [B or 1, width]

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from dawin_fast import use_backend
 
@@ -30,7 +31,10 @@ def prelude(block: str) -> dict:
                      images=torch.randn(4, 3, 224, 224), rows=torch.rand(4, 2).softmax(1),
                      table=torch.tensor([[0.7, 0.3], [0.2, 0.8]]),
                      labels=torch.tensor([0, 1, 1, 0]),
-                     calibration_batches=[torch.randn(4, 3, 224, 224)])
+                     # a plain DataLoader of (images, labels) pairs
+                     calibration_loader=DataLoader(TensorDataset(torch.randn(4, 3, 224, 224),
+                                                                 torch.arange(4)),
+                                                   batch_size=2))
     if "zero_shot(images)" in block:
         models = [nn.Sequential(nn.Flatten(), nn.Linear(12, 5)) for _ in range(2)]
         names.update(zero_shot=models[0], fine_tuned=models[1], images=torch.randn(8, 3, 2, 2))
