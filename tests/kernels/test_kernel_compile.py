@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -60,10 +62,11 @@ def test_the_committed_table_is_current(report):
         gate.MD_PATH.read_text(), "compiled.md is not rendered from compiled.json"
 
 
-def test_the_gpu_machines_triton_is_gated(report):
+def test_the_gpu_machines_triton_is_gated(request):
     if not os.environ.get("DAWIN_GATE_TRITONS"):
         pytest.skip("set DAWIN_GATE_TRITONS to a Triton 3.6 install (PYTHONPATH dir) to gate "
                     "the H100's version too; CI does")
+    report = request.getfixturevalue("report")
     assert any(v.startswith("3.6") for v in report["tritons"]), list(report["tritons"])
 
 
@@ -206,3 +209,37 @@ def test_prune_keeps_only_fitting_configs_of_the_calls_family():
                                                    for c in configs.COMBINE_UNALIGNED}
     at_one = configs.fitting_configs("rowscaled", 1, torch.bfloat16, False)
     assert not {configs._key(c) for c in at_one} & set(configs.ROWSCALED_NOT_AT_M1)
+
+
+GLUON_SCRIPT = r"""
+import json, torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from dawin_fast.kernels import compile_gate as g
+
+@gluon.jit
+def copy_kernel(x_ptr, y_ptr, N, BLOCK: gl.constexpr):
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [4], [0])
+    offs = gl.program_id(0) * BLOCK + gl.arange(0, BLOCK, layout=layout)
+    mask = offs < N
+    gl.store(y_ptr + offs, gl.load(x_ptr + offs, mask=mask), mask=mask)
+
+g._install_compile_only_driver()
+variant = g.Variant(kernel="copy", case="fp32", fn=copy_kernel,
+                    args=(torch.empty(4096), torch.empty(4096), 4096),
+                    kwargs=dict(BLOCK=128, num_warps=4))
+print(json.dumps([g.compile_variant(variant, c) for _, c in g._configs_of(variant)]))
+"""
+
+
+def test_gluon_kernels_compile_through_the_same_path(tmp_path):
+    """A Gluon kernel (issue 11's kind) registers like any other: a plain jit function is
+    compiled once, with the launcher's kwargs, and its ptxas report is read."""
+    script = tmp_path / "gluon_copy.py"  # @jit functions must live in a file
+    script.write_text(GLUON_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result,) = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["regs"] and result["spill_stores"] == 0 and result["mma"] == "none"
