@@ -16,16 +16,26 @@ The op is a ``torch.library`` custom op (``torch.ops.dawin_fast.interp_linear``)
 the transposed weights) and ``coeffs`` (``coeff_grad``: per-row or per-group, picked by a
 cost model); asking for gradients of ``weight`` or ``bias`` raises (the stacked weights
 are frozen).
+
+One-hot calls: when every coefficient row is one-hot (DaWin's expert passes: the batch
+repeated M times under the rows of eye(M); or a single model), there is nothing to
+interpolate, so ``interp_linear`` runs each group through its own model's weight with
+``F.linear``'s cuBLAS GEMM and never enters the fused kernels. One-hotness comes out of
+the value check's single host sync (``check_values`` returns a ``OneHot``), or from a
+routing validated once per forward (``dawin_fast.nn.Routing``), passed as ``one_hot=``:
+no extra synchronisation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import threading
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from . import kernels
 
@@ -86,7 +96,7 @@ def check_inputs(
     coeffs: torch.Tensor,
     offsets: torch.Tensor,
     bias: torch.Tensor | None,
-) -> None:
+) -> OneHot | None:
     """Raise a ``ValueError``/``TypeError`` naming the first violated rule of the contract.
 
     Shape, dtype and device rules always; value rules (offsets start at 0, never
@@ -94,15 +104,16 @@ def check_inputs(
     the tensors are fake (tracing) or a CUDA graph is being captured. Under
     ``torch.compile`` the value rules become asserts inside the graph (no host sync, no
     graph break): the same messages, raised as ``RuntimeError`` when the graph runs (on a
-    GPU as a device-side assert).
+    GPU as a device-side assert). Returns the eager value check's ``OneHot`` (None when
+    the rows are not all one-hot, or when values were not checked on the host).
     """
     _check_metadata(x, weight, coeffs, offsets, bias)
     if not _value_checks_enabled() or _is_fake(x) or _is_capturing(x):
-        return
+        return None
     if torch.compiler.is_compiling():
         _assert_values(math.prod(x.shape[:-1]), coeffs, offsets)
-    else:
-        check_values(math.prod(x.shape[:-1]), coeffs, offsets)
+        return None
+    return check_values(math.prod(x.shape[:-1]), coeffs, offsets)
 
 
 def _check_metadata(x, weight, coeffs, offsets, bias) -> None:
@@ -162,15 +173,56 @@ def _check_metadata(x, weight, coeffs, offsets, bias) -> None:
             raise ValueError(f"interp_linear: {name} is on {t.device}, x is on {x.device}")
 
 
-def check_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> None:
-    """Check offsets (start at 0, non-decreasing, end at ``num_rows``) and finite coeffs."""
-    # One host sync for every value check.
-    first, last, decreasing, finite = torch.stack([
-        offsets[0].to(torch.int64),
-        offsets[-1].to(torch.int64),
-        (offsets[1:] < offsets[:-1]).any().to(torch.int64),
-        torch.isfinite(coeffs).all().to(torch.int64),
+@dataclasses.dataclass(frozen=True)
+class OneHot:
+    """Every coefficient row is one-hot: rows ``bounds[g] .. bounds[g+1]-1`` run model
+    ``models[g]`` alone (host ints, known from a value check's one sync)."""
+
+    models: tuple[int, ...]
+    bounds: tuple[int, ...]
+
+    def scaled(self, factor: int) -> OneHot:
+        """The same groups over ``factor`` rows per sample (a layer's tokens)."""
+        return OneHot(self.models, tuple(b * factor for b in self.bounds))
+
+    def runs(self) -> list[tuple[int, int, int]]:
+        """(model, first row, end row) of every non-empty group."""
+        return [(model, self.bounds[g], self.bounds[g + 1])
+                for g, model in enumerate(self.models) if self.bounds[g] < self.bounds[g + 1]]
+
+
+def _coeff_summary(coeffs: torch.Tensor) -> torch.Tensor:
+    """[2 + G] int64 on coeffs' device, no sync: finite, every row one-hot, then each row's
+    argmax. A row is one-hot when one entry is exactly 1 and the others exactly 0."""
+    ones = coeffs == 1
+    one_hot = (ones | (coeffs == 0)).all() & (ones.sum(1) == 1).all()
+    flags = torch.stack([torch.isfinite(coeffs).all(), one_hot]).to(torch.int64)
+    return torch.cat([flags, ones.to(torch.int8).argmax(1).to(torch.int64)])
+
+
+def check_coeff_values(coeffs: torch.Tensor, who: str = "interp_linear") -> tuple[int, ...] | None:
+    """Raise if coeffs [G, M] are not all finite; return each row's model when every row is
+    one-hot, else None. One host sync."""
+    finite, one_hot, *models = _coeff_summary(coeffs).tolist()
+    if not finite:
+        raise ValueError(f"{who}: coeffs contain NaN or infinity")
+    return tuple(models) if one_hot else None
+
+
+def check_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> OneHot | None:
+    """Check offsets (start at 0, non-decreasing, end at ``num_rows``) and finite coeffs.
+
+    Returns a ``OneHot`` when every coefficient row is one-hot, else None; all of it from
+    one host sync.
+    """
+    values = torch.cat([
+        (offsets[1:] < offsets[:-1]).any().to(torch.int64).reshape(1),
+        _coeff_summary(coeffs), offsets.to(torch.int64),
     ]).tolist()
+    decreasing, finite, one_hot = values[:3]
+    num_groups = coeffs.shape[0]
+    models, bounds = values[3:3 + num_groups], values[3 + num_groups:]
+    first, last = bounds[0], bounds[-1]
     if first != 0:
         raise ValueError(f"interp_linear: offsets must start at 0, got {first}")
     if decreasing:
@@ -179,6 +231,7 @@ def check_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> 
         raise ValueError(f"interp_linear: offsets must end at the row count {num_rows}, got {last}")
     if not finite:
         raise ValueError("interp_linear: coeffs contain NaN or infinity")
+    return OneHot(tuple(models), tuple(bounds)) if one_hot else None
 
 
 def _assert_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> None:
@@ -389,6 +442,44 @@ def _use_triton(x: torch.Tensor) -> bool:
     return usable
 
 
+def one_hot_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   plan: OneHot) -> torch.Tensor:
+    """Rows of one-hot groups: each run of rows through its own model's ``nn.Linear``.
+
+    cuBLAS (``F.linear``'s own ``addmm``/``mm``, written in place), no interpolation, no
+    fused kernel, one GEMM per non-empty group: M for an expert pass, 1 for a single model.
+    Each group equals ``F.linear(x_group, weight[m], bias[m])`` bit for bit (a batched
+    ``torch.bmm``, or one GEMM over merged groups, would round differently). ``x`` is
+    [T, K].
+    """
+    runs = plan.runs()
+    if len(runs) == 1:
+        model = runs[0][0]
+        return F.linear(x, weight[model], None if bias is None else bias[model])
+    if not runs:
+        return x.new_empty((x.shape[0], weight.shape[1]))
+    if torch.is_grad_enabled() and x.requires_grad:  # out= has no autograd: concatenate
+        return torch.cat([F.linear(x[start:end], weight[model],
+                                   None if bias is None else bias[model])
+                          for model, start, end in runs])
+    out = x.new_empty((x.shape[0], weight.shape[1]))
+    for model, start, end in runs:
+        if bias is None:
+            torch.mm(x[start:end], weight[model].t(), out=out[start:end])
+        else:
+            torch.addmm(bias[model], x[start:end], weight[model].t(), out=out[start:end])
+    return out
+
+
+def _one_hot_allowed(weight, coeffs, bias) -> bool:
+    """The one-hot path has no gradient for coeffs and would give weights one: when either
+    is asked for, the fused op runs (and computes or refuses it)."""
+    if not torch.is_grad_enabled():
+        return True
+    return not (coeffs.requires_grad or weight.requires_grad
+                or (bias is not None and bias.requires_grad))
+
+
 # ---------------------------------------------------------------------------- custom op
 
 
@@ -442,6 +533,8 @@ def interp_linear(
     coeffs: torch.Tensor,
     offsets: torch.Tensor,
     bias: torch.Tensor | None = None,
+    *,
+    one_hot: OneHot | None = None,
 ) -> torch.Tensor:
     """Grouped linear layer on interpolated weights, fused: no merged weight in memory.
 
@@ -453,11 +546,23 @@ def interp_linear(
         offsets: [G+1] int32/int64, starting at 0, non-decreasing, ending at the row count.
             Empty groups are allowed.
         bias: [M, N] stacked biases, or None.
+        one_hot: the ``OneHot`` of these coeffs and offsets when the caller already knows
+            every row is one-hot (``Routing.one_hot_for``); found by the value check
+            otherwise. One-hot calls run each group's own weight through cuBLAS.
 
     Returns:
         [..., N] in x's dtype: ``x[r] @ (sum_i c[g,i] W_i)^T + sum_i c[g,i] b_i``.
     """
-    check_inputs(x, weight, coeffs, offsets, bias)
+    checked = check_inputs(x, weight, coeffs, offsets, bias)
     leading = x.shape[:-1]
-    y = _interp_linear_op(x.reshape(-1, x.shape[-1]), weight, coeffs, offsets, bias)
+    rows = x.reshape(-1, x.shape[-1])
+    plan = one_hot if one_hot is not None else checked
+    if plan is not None and _one_hot_allowed(weight, coeffs, bias):
+        if len(plan.models) != coeffs.shape[0] or plan.bounds[-1] != rows.shape[0]:
+            raise ValueError(f"interp_linear: one_hot is for {len(plan.models)} groups over "
+                             f"{plan.bounds[-1]} rows, the call has {coeffs.shape[0]} groups "
+                             f"over {rows.shape[0]} rows")
+        y = one_hot_linear(rows, weight, bias, plan)
+    else:
+        y = _interp_linear_op(rows, weight, coeffs, offsets, bias)
     return y.reshape(*leading, weight.shape[1])

@@ -1,15 +1,40 @@
-"""Launch configurations for the interpolation GEMMs.
+"""Launch configurations for the interpolation GEMMs, and the shared-memory model that prunes them.
 
-On a GPU, ``triton.autotune`` picks among these per (N, K, M, row-count bucket). Under the
-Triton interpreter (``TRITON_INTERPRET=1``) one small config is pinned: autotuning there
-would only cost time, and small tiles make small test shapes cover multi-tile paths.
+On a GPU, ``triton.autotune`` picks among these per (N, K, M, row-count bucket, dtypes).
+Under the Triton interpreter (``TRITON_INTERPRET=1``) one small config is pinned: autotuning
+there would only cost time, and small tiles make small test shapes cover multi-tile paths.
+
+Every GPU config is pruned before autotuning by a shared-memory model of what Triton
+allocates for it (``combine_shared_bytes``, ``rowscaled_shared_bytes``): a config whose
+model exceeds ``SHARED_MEMORY_LIMIT`` is never benchmarked, so autotune cannot pick a
+config that would fail to launch. The models were read off compiled kernels (Triton 3.6
+and 3.8, sm_90a, launch specialization) and the compile gate
+(``dawin_fast.kernels.compile_gate``) checks them against the compiled size of every
+variant it builds: never below it, and equal to it unless the variant says why not
+(unaligned calls are not pipelined, so they use far less than the pipelined model).
+
+The pruner also sorts calls into families: 16-bit, fp32, and unaligned (K or a K-stride
+not a multiple of 16, where Triton cannot pipeline the loads and bigger tiles spill);
+``ROWSCALED_NOT_AT_M1`` drops three tiles that ptxas serializes when M = 1.
+
+Config lists (tile sizes, warps, stages), one per element-size family:
+
+* 16-bit (bf16, fp16) and fp32 with TF32: tensor cores (wgmma), tiles chosen so that ptxas
+  neither spills nor serializes wgmma (see ``kernels/compiled.md``).
+* fp32 with IEEE precision (``F.linear``'s default): the dot runs on CUDA cores (FMA), so
+  small tiles; larger ones spill hundreds of bytes to thousands.
 """
 
 from __future__ import annotations
 
 import os
 
+import torch
 import triton
+
+# Largest dynamic shared memory per block on H100/H200 (sm_90, the opt-in maximum:
+# 227 KiB = 232448 B; cudaDevAttrMaxSharedMemoryPerBlockOptin).
+SHARED_MEMORY_LIMIT = 232448
 
 
 def interpreting() -> bool:
@@ -24,30 +49,153 @@ def rows_bucket(num_rows: int) -> int:
 
 _INTERPRETER_CONFIG = dict(BLOCK_N=32, BLOCK_K=32, GROUP_M=4)
 
+# combine: (BLOCK_N, BLOCK_K, num_warps, num_stages); BLOCK_M is fixed by the schedule.
+# Shared memory grows with M (every model's weight tile is pipelined), so the 2-stage and
+# 32-wide tiles exist for large M: at M = 32 only (64, 32, 4, 2), (32, 32, 4, 3) and
+# (32, 32, 4, 2) fit.
+COMBINE_16BIT = (
+    (128, 64, 8, 3), (128, 64, 4, 4), (64, 64, 4, 4), (128, 32, 4, 4), (64, 128, 4, 3),
+    (64, 32, 4, 5), (128, 64, 8, 2), (64, 64, 4, 2), (128, 32, 8, 3), (64, 32, 4, 3),
+    (64, 32, 4, 2), (32, 32, 4, 3), (32, 32, 4, 2),
+)
+COMBINE_FP32 = ((64, 16, 8, 4), (32, 16, 4, 4), (32, 32, 8, 3), (128, 16, 8, 3))
+# Unaligned calls (a K-stride not a multiple of 16): Triton cannot prove 16-byte rows, so
+# it does not pipeline the loads and bigger tiles spill.
+COMBINE_UNALIGNED = ((128, 32, 8, 3), (32, 32, 4, 3), (32, 32, 4, 2))
+
+# rowscaled: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). BLOCK_M >= 64: with
+# BLOCK_M = 32 Triton lowers the dot to mma.sync instead of wgmma.
+ROWSCALED_16BIT = (
+    (128, 128, 64, 8, 3), (128, 128, 64, 8, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4),
+    (128, 64, 64, 4, 4), (64, 128, 32, 4, 5), (128, 256, 32, 8, 3), (128, 128, 32, 8, 5),
+)
+ROWSCALED_FP32 = ((64, 64, 32, 4, 2), (64, 64, 32, 4, 3), (64, 64, 16, 4, 4))
+ROWSCALED_UNALIGNED = ((128, 128, 32, 8, 5), (64, 64, 32, 4, 3), (128, 64, 32, 8, 3),
+                       (64, 32, 32, 4, 3))
+# With M = 1 the model loop folds away and ptxas serializes wgmma in these (C7515).
+ROWSCALED_NOT_AT_M1 = ((64, 64, 64, 4, 4), (128, 64, 64, 4, 4), (128, 256, 32, 8, 3))
+
+
+def tensor_cores(dtype: torch.dtype, ieee: bool) -> bool:
+    """Whether the dot runs on tensor cores (wgmma): all but fp32 with IEEE precision."""
+    return dtype != torch.float32 or not ieee
+
+
+def combine_shared_bytes(block_m: int, block_n: int, block_k: int, num_stages: int,
+                         num_models: int, elem: int, mma: bool) -> int:
+    """Shared memory of one combine program: S x-tiles, M (S-1) pipelined weight tiles and
+    the combined weight tile stored for wgmma's B operand. Exact with tensor cores; for the
+    FMA dot (fp32 IEEE) an upper bound (its layout-conversion scratch varies by warps)."""
+    del mma
+    tiles = (num_stages * block_m * block_k + num_models * (num_stages - 1) * block_k * block_n
+             + block_k * block_n)
+    return elem * tiles
+
+
+def rowscaled_shared_bytes(block_m: int, block_n: int, block_k: int, num_stages: int,
+                           num_models: int, elem: int, mma: bool) -> int:
+    """Shared memory of one row-scaled program: S-1 pipelined (x, w) tile pairs plus one
+    more weight tile (tensor cores) or x tile (FMA dot). Independent of M."""
+    del num_models  # the model loop reuses the same buffers
+    tiles = (num_stages - 1) * (block_m * block_k + block_k * block_n)
+    tiles += block_k * block_n if mma else block_m * block_k
+    return elem * tiles
+
+
+def _configs(kind: str) -> list[triton.Config]:
+    if kind == "combine":
+        rows = [(None, *c) for c in dict.fromkeys(COMBINE_16BIT + COMBINE_FP32
+                                                  + COMBINE_UNALIGNED)]
+    else:
+        rows = list(dict.fromkeys(ROWSCALED_16BIT + ROWSCALED_FP32 + ROWSCALED_UNALIGNED))
+    out = []
+    for bm, bn, bk, w, s in rows:
+        kwargs = dict(BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8)
+        if bm is not None:
+            kwargs = dict(BLOCK_M=bm, **kwargs)
+        out.append(triton.Config(kwargs, num_warps=w, num_stages=s))
+    return out
+
+
+def gpu_configs(kind: str) -> list[triton.Config]:
+    """Every GPU config of ``kind`` ("combine" or "rowscaled"), before pruning."""
+    return _configs(kind)
+
+
+def _family(kind: str, dtype: torch.dtype, aligned: bool, num_models: int) -> set[tuple]:
+    if kind == "combine":
+        rows = (COMBINE_FP32 if dtype == torch.float32 else
+                COMBINE_16BIT if aligned else COMBINE_UNALIGNED)
+        return {(None, *r) for r in rows}
+    rows = (ROWSCALED_FP32 if dtype == torch.float32 else
+            ROWSCALED_16BIT if aligned else ROWSCALED_UNALIGNED)
+    return set(rows) - (set(ROWSCALED_NOT_AT_M1) if num_models == 1 else set())
+
+
+def _key(config: triton.Config) -> tuple:
+    k = config.kwargs
+    return (k.get("BLOCK_M"), k["BLOCK_N"], k["BLOCK_K"], config.num_warps, config.num_stages)
+
+
+def aligned(k_dim: int, strides: tuple[int, ...], pointers: tuple[int, ...] = ()) -> bool:
+    """Whether Triton can prove 16-element rows: K and the row strides of the
+    K-contiguous operands divisible by 16 (the launch specialization's test), addresses
+    16-byte aligned."""
+    return (k_dim % 16 == 0 and all(s % 16 == 0 for s in strides)
+            and all(p % 16 == 0 for p in pointers))
+
+
+def shared_bytes(kind: str, config: triton.Config, num_models: int, dtype: torch.dtype,
+                 ieee: bool, block_m: int | None = None) -> int:
+    """Modeled shared memory of ``config`` for a call of ``kind`` (see the module doc)."""
+    model = combine_shared_bytes if kind == "combine" else rowscaled_shared_bytes
+    k = config.kwargs
+    return model(k.get("BLOCK_M", block_m), k["BLOCK_N"], k["BLOCK_K"], config.num_stages,
+                 num_models, torch.empty((), dtype=dtype).element_size(),
+                 tensor_cores(dtype, ieee))
+
+
+def fitting_configs(kind: str, num_models: int, dtype: torch.dtype, ieee: bool,
+                    block_m: int | None = None, is_aligned: bool = True,
+                    configs: list[triton.Config] | None = None) -> list[triton.Config]:
+    """The GPU configs autotune may pick for such a call: the call's family (dtype,
+    alignment, M), within ``SHARED_MEMORY_LIMIT`` by the model. Empty when none fits."""
+    family = _family(kind, dtype, is_aligned, num_models)
+    configs = gpu_configs(kind) if configs is None else configs
+    return [c for c in configs if _key(c) in family
+            and shared_bytes(kind, c, num_models, dtype, ieee, block_m) <= SHARED_MEMORY_LIMIT]
+
+
+def _pruner(kind: str):
+    def prune(configs, named_args, **kwargs):
+        if interpreting():
+            return configs
+        x, w = named_args["x_ptr"], named_args["w_ptr"]
+        is_aligned = (kwargs["stride_xk"] == 1 and kwargs["stride_wk"] == 1 and aligned(
+            named_args["K"], (kwargs["stride_xt"], kwargs["stride_wn"], kwargs["stride_wm"]),
+            (x.data_ptr(), w.data_ptr())))
+        kept = fitting_configs(kind, kwargs["M"], x.dtype, kwargs["IEEE"], kwargs.get("BLOCK_M"),
+                               is_aligned, configs)
+        if not kept:  # the dispatcher never sends such a call (interp_matmul checks first)
+            raise ValueError(f"{kind}: no config fits {SHARED_MEMORY_LIMIT} B of shared "
+                             f"memory at M={kwargs['M']}, {x.dtype}")
+        return kept
+    return prune
+
 
 def combine_configs() -> list[triton.Config]:
     """Configs for the combine kernel (BLOCK_M is fixed by the launcher's schedule)."""
     if interpreting():
         return [triton.Config(_INTERPRETER_CONFIG, num_warps=4, num_stages=1)]
-    return [
-        triton.Config(dict(BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8), num_warps=w, num_stages=s)
-        for bn, bk, w, s in [
-            (128, 64, 8, 3), (128, 64, 4, 4), (64, 64, 4, 4), (256, 64, 8, 3),
-            (128, 32, 4, 4), (64, 128, 4, 3), (128, 128, 8, 3), (64, 32, 4, 5),
-        ]
-    ]
+    return gpu_configs("combine")
 
 
 def rowscaled_configs() -> list[triton.Config]:
     """Configs for the row-scaled kernel."""
     if interpreting():
         return [triton.Config(dict(BLOCK_M=16, **_INTERPRETER_CONFIG), num_warps=4, num_stages=1)]
-    return [
-        triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8),
-                      num_warps=w, num_stages=s)
-        for bm, bn, bk, w, s in [
-            (128, 128, 64, 8, 3), (128, 128, 64, 4, 4), (64, 128, 64, 4, 4),
-            (128, 256, 64, 8, 3), (64, 64, 64, 4, 4), (128, 64, 64, 4, 4),
-            (64, 128, 32, 4, 5), (32, 64, 64, 4, 4),
-        ]
-    ]
+    return gpu_configs("rowscaled")
+
+
+PRUNE_COMBINE = {"early_config_prune": _pruner("combine")}
+PRUNE_ROWSCALED = {"early_config_prune": _pruner("rowscaled")}

@@ -15,7 +15,13 @@ Two strategies, one contract:
 * ``"rowscaled"``: y = sum_i diag(c_i) X W_i^T. Each row's coefficient c_i scales the X
   tile in registers; the W_i tiles go to ``tl.dot`` untouched. One GEMM over an M-times
   longer K; a coefficient per *row*, so any grouping runs at the same speed. Costs M x
-  tensor-core FLOPs but no weight combine.
+  tensor-core FLOPs but no weight combine. Loop order: models outside, k-tiles inside, so
+  a row's coefficient is loaded once per model per tile.
+
+``plan_launch`` turns a call into the exact kernel arguments; ``interp_matmul`` launches
+them, and the compile gate (``compile_variants`` below, ``compile_gate``) compiles the same
+plans for sm_90a on a CPU. Autotune only sees configs whose modeled shared memory fits
+(``configs.fitting_configs``); ``choose_strategy`` never picks a kernel with none.
 
 The launcher validates nothing beyond what it needs to launch: callers (``dawin_fast.ops``)
 check shapes, dtypes, devices and values.
@@ -23,11 +29,25 @@ check shapes, dtypes, devices and values.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
 
-from .configs import combine_configs, interpreting, rows_bucket, rowscaled_configs
+from .configs import (
+    PRUNE_COMBINE,
+    PRUNE_ROWSCALED,
+    aligned,
+    combine_configs,
+    fitting_configs,
+    interpreting,
+    rows_bucket,
+    rowscaled_configs,
+    shared_bytes,
+)
 
 STRATEGIES = ("combine", "rowscaled")
 
@@ -40,11 +60,38 @@ ROWSCALED_MAX_MEAN_ROWS = 512
 
 
 def default_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
-    """The strategy ``interp_matmul`` uses when none is given."""
+    """The strategy the row counts favour (``choose_strategy`` adds the fit check)."""
     del num_models  # not measured yet: see ROWSCALED_MAX_MEAN_ROWS
     if num_rows < ROWSCALED_MAX_MEAN_ROWS * max(num_groups, 1):
         return "rowscaled"
     return "combine"
+
+
+def fits(strategy: str, num_rows: int, num_groups: int, num_models: int,
+         dtype: torch.dtype, ieee: bool = False, is_aligned: bool = True) -> bool:
+    """Whether ``strategy`` has a GPU config within the shared-memory limit for this call."""
+    block_m = gpu_combine_block_m(num_rows, num_groups, dtype) if strategy == "combine" else None
+    return bool(fitting_configs(strategy, num_models, dtype, ieee, block_m, is_aligned))
+
+
+def choose_strategy(num_rows: int, num_groups: int, num_models: int, dtype: torch.dtype,
+                    ieee: bool = False, is_aligned: bool = True) -> str:
+    """The strategy ``interp_matmul`` uses when none is given: ``default_strategy``'s pick,
+    or the other kernel when the pick has no config that fits in shared memory (combine
+    runs out from M ~ 100 with 16-bit inputs; row-scaled fits at any M)."""
+    first = default_strategy(num_rows, num_groups, num_models)
+    for strategy in (first, *(s for s in STRATEGIES if s != first)):
+        if fits(strategy, num_rows, num_groups, num_models, dtype, ieee, is_aligned):
+            return strategy
+    raise ValueError(f"interp_matmul: no kernel has a config that fits in shared memory for "
+                     f"M={num_models}, {dtype}")
+
+
+def call_aligned(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a call's K-contiguous operands have 16-element rows (``configs.aligned``)."""
+    return (x.stride(1) == 1 and weight.stride(2) == 1 and aligned(
+        x.shape[1], (x.stride(0), weight.stride(1), weight.stride(0)),
+        (x.data_ptr(), weight.data_ptr())))
 
 
 @triton.jit
@@ -67,7 +114,8 @@ def _dot(a, b, acc, IEEE: tl.constexpr):
         return tl.dot(a, b, acc)
 
 
-@triton.autotune(configs=combine_configs(), key=["N", "K", "M", "ROWS_BUCKET", "BLOCK_M"])
+@triton.autotune(configs=combine_configs(), key=["N", "K", "M", "ROWS_BUCKET", "BLOCK_M"],
+                 prune_configs_by=PRUNE_COMBINE)
 @triton.jit
 def _combine_kernel(
     x_ptr, w_ptr, b_ptr, c_ptr, y_ptr,
@@ -125,7 +173,7 @@ def _combine_kernel(
 
     if HAS_BIAS:
         bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for i in tl.static_range(M):
+        for i in range(0, M):
             coeff = tl.load(c_row + i * stride_cm)
             b_i = tl.load(b_ptr + i * stride_bm + offs_n * stride_bn, mask=col_mask, other=0.0)
             bias += coeff * b_i.to(tl.float32)
@@ -135,7 +183,8 @@ def _combine_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
 
 
-@triton.autotune(configs=rowscaled_configs(), key=["N", "K", "M", "ROWS_BUCKET"])
+@triton.autotune(configs=rowscaled_configs(), key=["N", "K", "M", "ROWS_BUCKET"],
+                 prune_configs_by=PRUNE_ROWSCALED)
 @triton.jit
 def _rowscaled_kernel(
     x_ptr, w_ptr, b_ptr, c_ptr, y_ptr,
@@ -166,28 +215,27 @@ def _rowscaled_kernel(
         groups = tl.load(row_group_ptr + offs_m, mask=row_mask, other=0)
         c_rows = c_ptr + groups.to(tl.int64) * stride_cg
 
-    # One loop over the M-times-longer reduction: iteration it covers model it // k_tiles.
-    k_tiles = tl.cdiv(K, BLOCK_K)
+    # Models outside, k-tiles inside: a row's coefficient is loaded once per model.
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for it in range(0, M * k_tiles):
-        i = it // k_tiles
-        offs_k = (it % k_tiles) * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
-        k_mask = offs_k < K
+    for i in range(0, M):
         coeff = tl.load(c_rows + i * stride_cm, mask=row_mask, other=0.0)
-        x_tile = tl.load(
-            x_ptr + offs_m[:, None] * stride_xt + offs_k[None, :] * stride_xk,
-            mask=row_mask[:, None] & k_mask[None, :], other=0.0,
-        )
-        x_scaled = (x_tile.to(tl.float32) * coeff[:, None]).to(x_tile.dtype)
-        w_tile = tl.load(
-            w_ptr + i.to(tl.int64) * stride_wm
-            + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
-            mask=k_mask[:, None] & col_mask[None, :], other=0.0,
-        )
-        acc = _dot(x_scaled, w_tile, acc, IEEE)
+        w_model = w_ptr + tl.cast(i, tl.int64) * stride_wm
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+            k_mask = offs_k < K
+            x_tile = tl.load(
+                x_ptr + offs_m[:, None] * stride_xt + offs_k[None, :] * stride_xk,
+                mask=row_mask[:, None] & k_mask[None, :], other=0.0,
+            )
+            x_scaled = (x_tile.to(tl.float32) * coeff[:, None]).to(x_tile.dtype)
+            w_tile = tl.load(
+                w_model + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
+                mask=k_mask[:, None] & col_mask[None, :], other=0.0,
+            )
+            acc = _dot(x_scaled, w_tile, acc, IEEE)
 
     if HAS_BIAS:
-        for i in tl.static_range(M):
+        for i in range(0, M):
             coeff = tl.load(c_rows + i * stride_cm, mask=row_mask, other=0.0)
             b_i = tl.load(b_ptr + i * stride_bm + offs_n * stride_bn, mask=col_mask, other=0.0)
             acc += coeff[:, None] * b_i.to(tl.float32)[None, :]
@@ -226,12 +274,96 @@ def row_groups(offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
     return torch.searchsorted(offsets[1:], rows, right=True).to(torch.int32)
 
 
-def combine_block_m(num_rows: int, num_groups: int) -> int:
-    """Row-block height of the combine kernel (fixed per call: the schedule depends on it)."""
+def gpu_combine_block_m(num_rows: int, num_groups: int, dtype: torch.dtype) -> int:
+    """Row-block height of the combine kernel on a GPU (fixed per call: the schedule
+    depends on it). fp32 always 64: its FMA dot spills at 128 rows (compiled.md)."""
+    mean_rows = num_rows / max(num_groups, 1)
+    return 64 if mean_rows <= 64 or dtype == torch.float32 else 128
+
+
+def combine_block_m(num_rows: int, num_groups: int, dtype: torch.dtype) -> int:
+    """``gpu_combine_block_m``, or 16 under the interpreter (small tests, many blocks)."""
     if interpreting():
         return 16
-    mean_rows = num_rows / max(num_groups, 1)
-    return 64 if mean_rows <= 64 else 128
+    return gpu_combine_block_m(num_rows, num_groups, dtype)
+
+
+def _ieee(dtype: torch.dtype) -> bool:
+    """fp32 inputs: full-precision dot unless the user opted into TF32, like F.linear."""
+    return dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+
+
+@dataclasses.dataclass
+class Launch:
+    """One kernel launch, fully decided: ``kernel[grid](*args, **kwargs)``."""
+
+    strategy: str
+    kernel: Any  #: the autotuned Triton kernel
+    grid: Callable[[dict], tuple[int, ...]]
+    args: tuple
+    kwargs: dict
+
+    def shared_bytes(self, config: triton.Config) -> int:
+        """Modeled shared memory of this launch under ``config`` (configs.shared_bytes)."""
+        dtype = self.args[0].dtype
+        return shared_bytes(self.strategy, config, self.kwargs["M"], dtype,
+                            self.kwargs["IEEE"], self.kwargs.get("BLOCK_M"))
+
+
+def plan_launch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+    y: torch.Tensor,
+    strategy: str,
+) -> Launch:
+    """The launch ``interp_matmul`` makes for these tensors (T, N, K > 0; ``y`` [T, N]).
+
+    Builds the schedule (device ops, no host sync) and every kernel argument. Works on CPU
+    tensors too: the compile gate plans real calls this way and compiles them for sm_90a.
+    """
+    num_rows, k_dim = x.shape
+    num_models, n_dim, _ = weight.shape
+    num_groups = coeffs.shape[0]
+    has_bias = bias is not None
+    bias_arg = bias if has_bias else weight  # never read when HAS_BIAS is False
+    stride_b = (bias.stride(0), bias.stride(1)) if has_bias else (0, 0)
+    ieee = _ieee(x.dtype)
+    common = dict(
+        stride_xt=x.stride(0), stride_xk=x.stride(1),
+        stride_wm=weight.stride(0), stride_wn=weight.stride(1), stride_wk=weight.stride(2),
+        stride_bm=stride_b[0], stride_bn=stride_b[1],
+        stride_cg=coeffs.stride(0), stride_cm=coeffs.stride(1),
+        stride_yt=y.stride(0), stride_yn=y.stride(1),
+        M=num_models, SINGLE_GROUP=num_groups == 1, HAS_BIAS=has_bias, IEEE=ieee,
+    )
+    bucket = rows_bucket(num_rows)
+
+    if strategy == "rowscaled":
+        groups = offsets if num_groups == 1 else row_groups(offsets, num_rows)
+
+        def grid(meta):
+            return (triton.cdiv(num_rows, meta["BLOCK_M"]) * triton.cdiv(n_dim, meta["BLOCK_N"]),)
+
+        args = (x, weight, bias_arg, coeffs, y, groups, num_rows, n_dim, k_dim, bucket)
+        return Launch(strategy, _rowscaled_kernel, grid, args, common)
+
+    block_m = combine_block_m(num_rows, num_groups, x.dtype)
+    if num_groups == 1:
+        num_blocks = triton.cdiv(num_rows, block_m)
+        block_group = block_row = offsets  # unused by the single-group path
+    else:
+        block_group, block_row = block_schedule(offsets, num_rows, block_m)
+        num_blocks = block_group.numel()
+
+    def grid(meta):
+        return (num_blocks * triton.cdiv(n_dim, meta["BLOCK_N"]),)
+
+    args = (x, weight, bias_arg, coeffs, y, block_group, block_row, offsets,
+            num_blocks, n_dim, k_dim, bucket)
+    return Launch(strategy, _combine_kernel, grid, args, dict(BLOCK_M=block_m, **common))
 
 
 def interp_matmul(
@@ -252,7 +384,7 @@ def interp_matmul(
         coeffs: [G, M] float32.
         offsets: [G+1] int32/int64, offsets[0] = 0, non-decreasing, offsets[G] = T.
         bias: [M, N] or None.
-        strategy: "combine", "rowscaled" or None (``default_strategy``).
+        strategy: "combine", "rowscaled" or None (``choose_strategy``).
         out: optional [T, N] output (any strides) to write into instead of a new tensor.
 
     Returns:
@@ -273,53 +405,19 @@ def interp_matmul(
         return y
     if k_dim == 0:  # an empty reduction: only the interpolated bias remains
         return _bias_only(y, coeffs, offsets, bias)
+    ieee = _ieee(x.dtype)
+    is_aligned = call_aligned(x, weight)
     if strategy is None:
-        strategy = default_strategy(num_rows, num_groups, num_models)
+        strategy = choose_strategy(num_rows, num_groups, num_models, x.dtype, ieee, is_aligned)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-
-    has_bias = bias is not None
-    bias_arg = bias if has_bias else weight  # never read when HAS_BIAS is False
-    stride_b = (bias.stride(0), bias.stride(1)) if has_bias else (0, 0)
-    # fp32 inputs: full-precision dot unless the user opted into TF32, like F.linear.
-    ieee = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-    common = dict(
-        stride_xt=x.stride(0), stride_xk=x.stride(1),
-        stride_wm=weight.stride(0), stride_wn=weight.stride(1), stride_wk=weight.stride(2),
-        stride_bm=stride_b[0], stride_bn=stride_b[1],
-        stride_cg=coeffs.stride(0), stride_cm=coeffs.stride(1),
-        stride_yt=y.stride(0), stride_yn=y.stride(1),
-        M=num_models, SINGLE_GROUP=num_groups == 1, HAS_BIAS=has_bias, IEEE=ieee,
-    )
-    bucket = rows_bucket(num_rows)
-
-    if strategy == "rowscaled":
-        groups = offsets if num_groups == 1 else row_groups(offsets, num_rows)
-
-        def grid(meta):
-            return (triton.cdiv(num_rows, meta["BLOCK_M"]) * triton.cdiv(n_dim, meta["BLOCK_N"]),)
-
-        _rowscaled_kernel[grid](
-            x, weight, bias_arg, coeffs, y, groups,
-            num_rows, n_dim, k_dim, bucket, **common,
-        )
-        return y
-
-    block_m = combine_block_m(num_rows, num_groups)
-    if num_groups == 1:
-        num_blocks = triton.cdiv(num_rows, block_m)
-        block_group = block_row = offsets  # unused by the single-group path
-    else:
-        block_group, block_row = block_schedule(offsets, num_rows, block_m)
-        num_blocks = block_group.numel()
-
-    def grid(meta):
-        return (num_blocks * triton.cdiv(n_dim, meta["BLOCK_N"]),)
-
-    _combine_kernel[grid](
-        x, weight, bias_arg, coeffs, y, block_group, block_row, offsets,
-        num_blocks, n_dim, k_dim, bucket, BLOCK_M=block_m, **common,
-    )
+    if not interpreting() and not fits(strategy, num_rows, num_groups, num_models, x.dtype,
+                                       ieee, is_aligned):
+        raise ValueError(f"interp_matmul: strategy {strategy!r} has no config that fits in "
+                         f"shared memory for M={num_models}, {x.dtype}; use "
+                         f"strategy=None to pick one that does")
+    launch = plan_launch(x, weight, coeffs, offsets, bias, y, strategy)
+    launch.kernel[launch.grid](*launch.args, **launch.kwargs)
     return y
 
 
@@ -329,3 +427,72 @@ def _bias_only(y, coeffs, offsets, bias):
     lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
     per_group = (coeffs.float() @ bias.float()).to(y.dtype)
     return y.copy_(torch.repeat_interleave(per_group, lengths, dim=0, output_size=y.shape[0]))
+
+
+# ------------------------------------------------------------------------ compile gate
+
+# The calls the compile gate builds (``compile_gate``): a ViT-B/32 MLP layer (K=768,
+# N=3072) with its rows in one group (256 images x 50 tokens) or per sample (256 groups of
+# 50 rows), and a layer whose sizes are not multiples of 16 (no alignment hints).
+_GATE_LAYER = dict(k_dim=768, n_dim=3072)
+_GATE_GROUPINGS = {"one group of 12800 rows": [12800], "256 groups x 50 rows": [50] * 256}
+_GATE_FMA_REASON = ("fp32 with IEEE precision (F.linear's default) runs its dot on CUDA "
+                    "cores by design; TF32 (allow_tf32) takes wgmma")
+_GATE_FMA_MODEL = ("combine's FMA dot (fp32 IEEE) allocates a layout-conversion scratch that "
+                   "varies with warps; the model is an upper bound there (model_bound holds)")
+_GATE_UNALIGNED_MODEL = ("sizes not multiples of 16: Triton does not pipeline the loads, so "
+                         "the compiled size is far below the pipelined model, an upper bound "
+                         "(model_bound holds)")
+
+
+def _gate_call(strategy: str, dtype: torch.dtype, num_models: int, lengths: list[int],
+               k_dim: int, n_dim: int) -> Launch:
+    """Plan a real call on CPU tensors (allocated, never touched) for the compile gate."""
+    num_rows = sum(lengths)
+    x = torch.empty((num_rows, k_dim), dtype=dtype)
+    weight = torch.empty((num_models, n_dim, k_dim), dtype=dtype)
+    bias = torch.empty((num_models, n_dim), dtype=dtype)
+    coeffs = torch.empty((len(lengths), num_models), dtype=torch.float32)
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    y = torch.empty((num_rows, n_dim), dtype=dtype)
+    return plan_launch(x, weight, coeffs, offsets, bias, y, strategy)
+
+
+def compile_variants() -> Iterator:
+    """The compile gate's variants of both kernels: every dtype, M in {1, 2, 8, 16, 32}
+    (bf16) / {2, 8, 16, 32} (fp16), one group and per-sample groups; fp32 (IEEE and TF32)
+    and unaligned sizes at M=2. The 16-bit M <= 16 aligned calls are ``core`` (also
+    compiled on the H100's Triton 3.6)."""
+    from .compile_gate import Variant
+
+    def variant(strategy, case, launch, core, allow=None):
+        return Variant(kernel=strategy, case=case, fn=launch.kernel, args=launch.args,
+                       kwargs=launch.kwargs, shared_model=launch.shared_bytes,
+                       allow=allow or {}, core=core)
+
+    for strategy in STRATEGIES:
+        for dtype, models in ((torch.bfloat16, (1, 2, 8, 16, 32)),
+                              (torch.float16, (2, 8, 16, 32))):
+            name = str(dtype).removeprefix("torch.")
+            for num_models in models:
+                for grouping, lengths in _GATE_GROUPINGS.items():
+                    launch = _gate_call(strategy, dtype, num_models, lengths, **_GATE_LAYER)
+                    yield variant(strategy, f"{name} M={num_models}, {grouping}", launch,
+                                  core=2 <= num_models <= 16)
+        for tf32 in (False, True):
+            previous = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            try:
+                for grouping, lengths in _GATE_GROUPINGS.items():
+                    launch = _gate_call(strategy, torch.float32, 2, lengths, **_GATE_LAYER)
+                    allow = {} if tf32 else {"wgmma": _GATE_FMA_REASON}
+                    if strategy == "combine" and not tf32:
+                        allow["model"] = _GATE_FMA_MODEL
+                    yield variant(strategy, f"float32 {'TF32' if tf32 else 'IEEE'} M=2, "
+                                  f"{grouping}", launch, core=False, allow=allow)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = previous
+        for grouping, lengths in _GATE_GROUPINGS.items():
+            launch = _gate_call(strategy, torch.bfloat16, 2, lengths, k_dim=200, n_dim=1000)
+            yield variant(strategy, f"bfloat16 M=2, {grouping}, K=200 N=1000", launch,
+                          core=False, allow={"model": _GATE_UNALIGNED_MODEL})

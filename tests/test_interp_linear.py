@@ -138,6 +138,7 @@ EDGE_CASES = {
     "empty groups at both ends": ([0, 0, 17, 0, 9, 0], 32, 32, 2),
     "one model": ([30, 12], 21, 45, 1),
     "sixteen models": ([20, 7], 37, 29, 16),
+    "thirty-two models": ([9, 4], 20, 18, 32),
     "K = 1": ([9, 4], 1, 13, 2),
     "K = 0 (bias only)": ([9, 4], 0, 13, 2),
     "N = 1": ([9, 4], 13, 1, 2),
@@ -218,6 +219,9 @@ def test_block_schedule_partitions_rows_without_straddling(lengths, block_m):
 def test_default_strategy_depends_on_group_size():
     assert kernels.default_strategy(256 * 50, 256, 2) == "rowscaled"
     assert kernels.default_strategy(12800, 1, 2) == "combine"
+    # ... unless the pick has no config that fits in shared memory (tests/kernels/).
+    assert kernels.choose_strategy(12800, 1, 2, torch.bfloat16) == "combine"
+    assert kernels.choose_strategy(12800, 1, 256, torch.bfloat16) == "rowscaled"
 
 
 # --------------------------------------------------------------------- public op

@@ -15,6 +15,7 @@ All stacked parameters are frozen (inference library).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -262,7 +263,8 @@ class DaWinMultiheadAttention(nn.Module):
         bias = None if self.in_proj.bias is None else self.in_proj.bias[:, part]
         # A slice of the stacked QKV weight: a strided view, which the kernels accept.
         return interp_linear(x, self.in_proj.weight[:, part], routing.coeffs,
-                             routing.row_offsets(x), bias)
+                             routing.row_offsets(x), bias,
+                             one_hot=routing.one_hot_for(math.prod(x.shape[:-1])))
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None, need_weights: bool = False,

@@ -94,12 +94,14 @@ class DaWinLinear(nn.Module):
             offsets: [G+1] row offsets over the flattened rows of x; may be omitted when
                 coeffs has one row (every row in one group).
         """
+        one_hot = None
         if coeffs is None:
             if offsets is not None:
                 raise ValueError("DaWinLinear: offsets given without coeffs")
             routing = require_routing("DaWinLinear (without coeffs=[G, M] and offsets)")
             routing = routing.resolve(self.routing_name, x)
             coeffs, offsets = routing.coeffs, routing.row_offsets(x)
+            one_hot = routing.one_hot_for(math.prod(x.shape[:-1]))
         else:
             if coeffs.dim() == 1:
                 coeffs = coeffs.unsqueeze(0)
@@ -109,7 +111,7 @@ class DaWinLinear(nn.Module):
                         "DaWinLinear: offsets are required when coeffs has more than one row"
                     )
                 offsets = torch.tensor([0, math.prod(x.shape[:-1])], device=x.device)
-        return interp_linear(x, self.weight, coeffs, offsets, self.bias)
+        return interp_linear(x, self.weight, coeffs, offsets, self.bias, one_hot=one_hot)
 
     def merged(self, coeff_row: torch.Tensor | Sequence[float]) -> nn.Linear:
         """A plain ``nn.Linear`` holding the interpolation with one coefficient row [M]."""

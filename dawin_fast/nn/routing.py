@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
-from ..ops import check_values, skip_value_checks
+from ..ops import OneHot, check_coeff_values, check_values, skip_value_checks
 
 _state = threading.local()
 
@@ -51,8 +51,10 @@ class Routing:
     Without ``offsets``, ``coeffs`` is one row ([M] or [1, M]) for every row of every layer
     (static interpolation). Values are checked once here (offsets start at 0 and never
     decrease; coeffs finite), so layers skip the per-call checks that would synchronise
-    with the GPU. ``layers``: per-layer tables or gates (see the module docstring); a layer
-    asks ``resolve(its name, its input)`` for the routing it uses.
+    with the GPU. The same check finds whether every row is one-hot (expert passes, a
+    single model): layers then pass ``one_hot_for(rows)`` on and run plain GEMMs.
+    ``layers``: per-layer tables or gates (see the module docstring); a layer asks
+    ``resolve(its name, its input)`` for the routing it uses.
     """
 
     def __init__(self, coeffs: torch.Tensor, offsets: torch.Tensor | None = None,
@@ -69,8 +71,8 @@ class Routing:
         if offsets is None:
             if coeffs.shape[0] != 1:
                 raise ValueError("route: offsets are required when coeffs has more than one row")
-            if not bool(torch.isfinite(self.coeffs).all()):
-                raise ValueError("route: coeffs contain NaN or infinity")
+            models = check_coeff_values(self.coeffs, who="route")
+            self._one_hot = None if models is None else OneHot(models, (0, 1))
         else:
             if not isinstance(offsets, torch.Tensor) or offsets.dim() != 1:
                 raise ValueError("route: offsets must be a 1-D integer tensor [G+1]")
@@ -82,7 +84,7 @@ class Routing:
             if offsets.device != coeffs.device:
                 raise ValueError(f"route: offsets on {offsets.device}, coeffs on {coeffs.device}")
             self.num_samples = int(offsets[-1])
-            check_values(self.num_samples, self.coeffs, offsets)
+            self._one_hot = check_values(self.num_samples, self.coeffs, offsets)
         # Index tensors derived per row count, cached: every layer of a forward shares them.
         self._offsets_cache: dict[int, torch.Tensor] = {}
         self._groups_cache: dict[int, torch.Tensor] = {}
@@ -100,6 +102,7 @@ class Routing:
         routing._offsets_cache = parent._offsets_cache if same_groups else {}
         routing._groups_cache = parent._groups_cache if same_groups else {}
         routing.layers, routing._match_cache, routing._tables = {}, {}, {}
+        routing._one_hot = None  # not checked: per-layer tables and gates run fused
         return routing
 
     def _check_layers(self, layers: Mapping[str, LayerSpec] | None) -> dict[str, LayerSpec]:
@@ -167,6 +170,20 @@ class Routing:
                              f"expected [B={batch}, M={self.num_models}] or [M]")
         offsets = torch.arange(batch + 1, device=rows.device)
         return Routing._derived(rows, offsets, batch)
+
+    @property
+    def one_hot(self) -> bool:
+        """Whether every coefficient row is one-hot (each group runs one model alone)."""
+        return self._one_hot is not None
+
+    def one_hot_for(self, num_rows: int) -> OneHot | None:
+        """The one-hot plan over ``num_rows`` sample-major rows (None unless one-hot)."""
+        if self._one_hot is None:
+            return None
+        if self.offsets is None:
+            return OneHot(self._one_hot.models, (0, num_rows))
+        self.row_offsets_for(num_rows)  # the same row-count checks
+        return self._one_hot.scaled(num_rows // max(self.num_samples, 1))
 
     @property
     def num_models(self) -> int:

@@ -1,0 +1,600 @@
+"""Compile gate: what the H100 will run, built and checked on a CPU.
+
+The Triton interpreter runs kernels as NumPy, so a kernel that is right there can still
+compile, on the GPU, into something slow or unlaunchable: shared memory over the limit,
+register spills, ``mma.sync`` instead of Hopper's ``wgmma``, or wgmma serialized by ptxas.
+This gate compiles every kernel variant for sm_90a exactly as a launch would, reads the
+PTX and ptxas's report, and fails on those defects.
+
+**Exactly as a launch would.** A variant is a real call: the kernel object the launcher
+indexes with ``[grid]``, and the arguments it passes (CPU tensors with the real shapes,
+dtypes, strides and alignment; the real ints and constexprs). The gate runs the installed
+Triton's own launch path, ``JITFunction.run(..., warmup=True)``, under a compile-only
+driver whose target is ``cuda:90``. So the JIT's own binder specializes the arguments
+(``native_specialize_impl``: ints equal to 1 become constexprs, pointers and ints
+divisible by 16 get ``tt.divisibility`` and reach ``ASTSource`` as ``attrs``), and for
+autotuned kernels the gate compiles every config the autotuner's own ``prune_configs``
+keeps for that call: every config autotune can pick. CPU and CUDA allocations are both at
+least 64-byte aligned, so the specialization is the one a GPU launch sees.
+
+**What it records** per (variant, config), on each Triton it runs under: the MMA
+instruction (``wgmma``, ``mma.sync`` or none: FMA), wgmma's A operand (registers or
+shared), the ``wgmma.wait_group`` depth in the main loop (the innermost PTX loop with the
+most wgmma), registers, spill bytes and serialization warnings (ptxas ``-v``, the
+invocation Triton itself makes), shared memory (compiled metadata) and, where the kernel
+module gives one, its shared-memory model.
+
+**What it checks** (``CHECKS``): by default ``compiles``, ``smem``, ``spill``, ``wgmma``,
+``serial``, plus ``model_bound`` and ``model`` when the variant has a shared-memory model;
+``wait`` and ``a_regs`` on request. A variant may allow a failing check with a written reason
+(``allow={"wgmma": "why"}``): it passes, and the table shows the reason.
+
+**Registry.** Any module of ``dawin_fast.kernels`` contributes variants by defining
+``compile_variants()``, a generator of ``Variant``; the gate imports every module of the
+package and collects them (no list to edit)::
+
+    def compile_variants():
+        from .compile_gate import Variant
+        x = torch.empty(4096, 768, dtype=torch.bfloat16)            # CPU, real shape
+        ...
+        yield Variant(
+            kernel="swapab",                      # section of the table
+            case="bf16 M=2 one group",            # the call
+            fn=_swapab_kernel,                    # what the launcher calls with [grid]
+            args=(x, w, ...), kwargs=dict(M=2, BLOCK_N=128, num_warps=4),
+            shared_model=lambda config: ...,      # optional: modeled bytes, checked
+            checks=DEFAULT_CHECKS + ("wait", "a_regs"),
+            allow={},                             # check -> written reason
+            core=True,                            # also on the secondary Tritons
+        )
+
+Best: let the launcher build the arguments (``interp_matmul.plan_launch``), so the gate
+cannot drift from what is launched. ``fn`` may be an autotuner (every kept config is
+compiled), a ``triton.jit`` or a Gluon ``jit`` function (compiled once with ``kwargs``,
+which hold ``num_warps`` etc. as the launcher passes them).
+
+**Running it.** ``python -m dawin_fast.kernels.compile_gate`` compiles (parallel
+subprocesses, ``--jobs``), prints a summary and the failures, and exits 1 on failure;
+``--write`` also writes ``kernels/compiled.json`` and ``kernels/compiled.md`` (the table,
+summary lines first); ``--render`` re-renders the markdown from the JSON. Other Triton
+installs to gate (the H100 runs 3.6.0): ``--triton DIR`` or ``DAWIN_GATE_TRITONS``
+(``os.pathsep``-separated PYTHONPATH dirs); on those only ``core`` variants compile.
+``tests/kernels/test_kernel_compile.py`` runs it in CI.
+
+**What it cannot show**: speed, and numerics on the tensor cores (bf16 especially: the
+interpreter's bf16 dot is broken). Those need a GPU.
+
+This module does I/O (it is a developer tool: subprocesses, files, a report); the layering
+test allows exactly this module of ``kernels/`` to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import importlib
+import io
+import json
+import os
+import pkgutil
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from .configs import SHARED_MEMORY_LIMIT
+
+CHECKS = {
+    "compiles": "Triton and ptxas build it for sm_90a",
+    "smem": f"shared memory within {SHARED_MEMORY_LIMIT} B (H100 per-block limit)",
+    "spill": "no register spills (ptxas -v: 0 bytes spill stores and loads)",
+    "wgmma": "the dot runs on wgmma (not mma.sync, not FMA)",
+    "serial": "ptxas did not serialize wgmma (warnings such as C7515)",
+    "model_bound": "the kernel's shared-memory model is at least the compiled size (the "
+                   "autotune prune is safe)",
+    "model": "the kernel's shared-memory model equals the compiled size",
+    "wait": "main-loop wgmma.wait_group depth >= 1 (the next MMA overlaps the last)",
+    "a_regs": "wgmma takes its A operand from registers",
+}
+DEFAULT_CHECKS = ("compiles", "smem", "spill", "wgmma", "serial")
+
+HERE = Path(__file__).resolve().parent
+JSON_PATH = HERE / "compiled.json"
+MD_PATH = HERE / "compiled.md"
+COMMAND = "python -m dawin_fast.kernels.compile_gate --write"
+TARGET = ("cuda", 90, 32)  # sm_90a: H100 / H200
+
+
+@dataclasses.dataclass
+class Variant:
+    """One real kernel call to compile (see the module doc)."""
+
+    kernel: str
+    case: str
+    fn: Any
+    args: tuple
+    kwargs: Mapping[str, Any]
+    shared_model: Callable[[Any], int] | None = None
+    checks: tuple[str, ...] = DEFAULT_CHECKS
+    allow: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    core: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = set(self.checks) | set(self.allow)
+        unknown -= set(CHECKS)
+        if unknown:
+            raise ValueError(f"{self.kernel} {self.case}: unknown checks {sorted(unknown)}")
+
+
+# ------------------------------------------------------------------------------ discovery
+
+
+def discover(only: str | None = None) -> Iterator[Variant]:
+    """Every module's ``compile_variants()``, in module order; ``only`` filters by a
+    substring of "kernel case"."""
+    package = importlib.import_module(__package__)
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if info.name == "compile_gate":
+            continue
+        module = importlib.import_module(f"{__package__}.{info.name}")
+        provider = getattr(module, "compile_variants", None)
+        if provider is None:
+            continue
+        for variant in provider():
+            if only is None or only in f"{variant.kernel} {variant.case}":
+                yield variant
+
+
+# ---------------------------------------------------------------------- compile (worker)
+
+
+class _CompileOnlyDriver:
+    """The active-driver interface ``JITFunction.run`` needs, for a GPU that is not here."""
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget(*TARGET)
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+
+def _install_compile_only_driver() -> None:
+    from triton import knobs
+    from triton.runtime.driver import driver
+
+    driver.set_active(_CompileOnlyDriver())
+    knobs.nvidia.dump_ptxas_log = True  # Triton prints its own ptxas -v log: captured below
+    knobs.compilation.always_compile = True  # a cache hit would skip ptxas and its report
+
+
+def _configs_of(variant: Variant) -> list[tuple[str, Any]]:
+    """(label, config) for every config autotune may pick for this call."""
+    from triton.runtime.autotuner import Autotuner
+
+    fn = variant.fn
+    if not isinstance(fn, Autotuner):
+        return [("-", None)]
+    fn.nargs = dict(zip(fn.arg_names, variant.args, strict=False))
+    try:
+        kept = fn.prune_configs(dict(variant.kwargs))
+    finally:
+        fn.nargs = None
+    return [(f"c{fn.configs.index(c)}", c) for c in kept]
+
+
+def _describe(config) -> str:
+    if config is None:
+        return "-"
+    tiles = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in config.kwargs.items()
+                     if k.startswith("BLOCK_"))
+    return f"{tiles} w={config.num_warps} s={config.num_stages}"
+
+
+def compile_variant(variant: Variant, config) -> dict:
+    """Compile one (variant, config) the way ``fn[grid](...)`` would; analyse the result."""
+    fn = variant.fn
+    kwargs = dict(variant.kwargs)
+    if config is not None:
+        kwargs.update(config.all_kwargs())
+        fn = fn.fn  # the autotuner's inner launcher: what Autotuner.run calls
+    log = io.StringIO()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(log):
+        compiled = fn.run(*variant.args, grid=(1,), warmup=True, **kwargs)
+    seconds = time.perf_counter() - start
+    result = analyze(compiled.asm["ptx"], log.getvalue())
+    result["shared"] = int(compiled.metadata.shared)
+    result["compile_s"] = round(seconds, 2)
+    return result
+
+
+def analyze(ptx: str, ptxas_log: str) -> dict:
+    """MMA kind, A operand, main-loop wait depth, copies (PTX); registers, spills and
+    serialization warnings (ptxas -v)."""
+    if "wgmma.mma_async" in ptx:
+        mma = "wgmma"
+    elif re.search(r"\bmma\.sync", ptx):
+        mma = "mma.sync"
+    else:
+        mma = "none"
+    a_operand = None
+    first = re.search(r"wgmma\.mma_async\S*\s+\{[^}]*\},\s*(\S)", ptx)
+    if first:
+        a_operand = "registers" if first.group(1) == "{" else "shared"
+    regs = [int(n) for n in re.findall(r"Used (\d+) registers", ptxas_log)]
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas_log)
+    serial = [line.strip() for line in ptxas_log.splitlines()
+              if re.search(r"serializ", line, re.IGNORECASE)]
+    return {
+        "mma": mma,
+        "a_operand": a_operand,
+        "wait": main_loop_wait(ptx),
+        "cp_async": len(re.findall(r"\bcp\.async\.c[ag]\b", ptx)),
+        "tma": len(re.findall(r"\bcp\.async\.bulk\.tensor", ptx)),
+        "regs": max(regs) if regs else None,
+        "spill_stores": sum(int(s) for s, _ in spills),
+        "spill_loads": sum(int(lo) for _, lo in spills),
+        "serialized": [re.search(r"\((C\d+)\)", s).group(1) if re.search(r"\(C\d+\)", s)
+                       else s for s in serial],
+    }
+
+
+def ptx_loops(ptx: str) -> list[tuple[int, int]]:
+    """(first line, last line) of every PTX loop: a label and a later branch back to it."""
+    lines = ptx.splitlines()
+    labels: dict[str, int] = {}
+    loops = []
+    for i, line in enumerate(lines):
+        label = re.match(r"\s*(\$L\w+):", line)
+        if label:
+            labels[label.group(1)] = i
+        branch = re.search(r"\bbra(?:\.uni)?\s+(\$L\w+);", line)
+        if branch and branch.group(1) in labels:
+            loops.append((labels[branch.group(1)], i))
+    return loops
+
+
+def main_loop_wait(ptx: str) -> int | None:
+    """The smallest ``wgmma.wait_group`` depth inside the main loop (the innermost loop
+    holding the most wgmma), or None without such a loop or a wait in it."""
+    lines = ptx.splitlines()
+    best = None
+    for first, last in ptx_loops(ptx):
+        body = lines[first:last + 1]
+        count = sum("wgmma.mma_async" in line for line in body)
+        if count and (best is None or (count, first - last) > best[0]):
+            best = ((count, first - last), body)
+    if best is None:
+        return None
+    waits = [int(n) for line in best[1]
+             for n in re.findall(r"wgmma\.wait_group\.sync\.aligned\s+(\d+)", line)]
+    return min(waits) if waits else None
+
+
+def _worker(shard: int, shards: int, only: str | None, core_only: bool, out: Path) -> None:
+    os.environ.pop("TRITON_INTERPRET", None)
+    _install_compile_only_driver()
+    import triton
+
+    results = []
+    index = 0
+    for variant in discover(only):
+        if core_only and not variant.core:
+            continue
+        try:
+            configs = _configs_of(variant)
+        except Exception as exc:  # e.g. a prune that keeps nothing: a gate failure
+            configs = [("-", exc)]
+        for label, config in configs:
+            index += 1
+            if (index - 1) % shards != shard:
+                continue
+            row = {"kernel": variant.kernel, "case": variant.case, "config": label,
+                   "tiles": _describe(None if isinstance(config, Exception) else config),
+                   "checks": list(variant.checks), "allow": dict(variant.allow),
+                   "order": index}
+            if variant.shared_model is not None:
+                row["checks"] += ["model_bound", "model"]
+            try:
+                if isinstance(config, Exception):
+                    raise config
+                row.update(compile_variant(variant, config))
+                if variant.shared_model is not None:
+                    row["model_shared"] = int(variant.shared_model(config))
+                row["error"] = None
+            except Exception as exc:  # report every unit, not just the first failure
+                row["error"] = f"{type(exc).__name__}: {exc}"[:4000]
+            results.append(row)
+    out.write_text(json.dumps({"triton": triton.__version__, "results": results}))
+
+
+# ------------------------------------------------------------------------------- checks
+
+
+def failed_checks(row: Mapping[str, Any]) -> dict[str, str]:
+    """check -> what failed, for one compiled unit (allowed ones included)."""
+    if row.get("error"):
+        return {"compiles": row["error"].splitlines()[0][:300]}
+    out = {}
+    for check in row["checks"]:
+        problem = _problem(check, row)
+        if problem:
+            out[check] = problem
+    return out
+
+
+def _problem(check: str, row: Mapping[str, Any]) -> str | None:
+    if check == "smem" and row["shared"] > SHARED_MEMORY_LIMIT:
+        return f"{row['shared']} B of shared memory > {SHARED_MEMORY_LIMIT}"
+    if check == "spill" and (row["spill_stores"] or row["spill_loads"]):
+        return f"spills {row['spill_stores']} B stores / {row['spill_loads']} B loads"
+    if check == "wgmma" and row["mma"] != "wgmma":
+        return f"dot lowered to {row['mma']}"
+    if check == "serial" and row["serialized"]:
+        return f"ptxas serialized wgmma ({', '.join(row['serialized'])})"
+    if check == "model_bound" and (row.get("model_shared") or 0) < row["shared"]:
+        return f"model says {row.get('model_shared')} B < compiled {row['shared']} B"
+    if check == "model" and row.get("model_shared") != row["shared"]:
+        return f"model says {row.get('model_shared')} B, compiled {row['shared']} B"
+    if check == "wait" and (row["wait"] is None or row["wait"] < 1):
+        return f"main-loop wgmma.wait_group {row['wait']}"
+    if check == "a_regs" and row["a_operand"] != "registers":
+        return f"wgmma A operand from {row['a_operand']}"
+    return None
+
+
+def failures(report: Mapping[str, Any]) -> list[str]:
+    """One line per unallowed failed check, over every Triton in the report."""
+    out = []
+    for version, rows in report["tritons"].items():
+        for row in rows:
+            for check, problem in failed_checks(row).items():
+                if check not in row["allow"]:
+                    out.append(f"Triton {version}: {row['kernel']} {row['case']} "
+                               f"{row['config']} ({row['tiles']}): {check}: {problem}")
+    return out
+
+
+# --------------------------------------------------------------------------------- runner
+
+
+def triton_paths(extra: Iterable[str] | None = None) -> list[str | None]:
+    """None (the installed Triton) plus every other install to gate."""
+    extra = list(extra or [])
+    if not extra and os.environ.get("DAWIN_GATE_TRITONS"):
+        extra = [p for p in os.environ["DAWIN_GATE_TRITONS"].split(os.pathsep) if p]
+    return [None, *extra]
+
+
+def run_gate(paths: list[str | None] | None = None, jobs: int | None = None,
+             only: str | None = None) -> dict:
+    """Compile every variant under each Triton (parallel worker processes); the report."""
+    paths = triton_paths() if paths is None else paths
+    jobs = jobs or os.cpu_count() or 1
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="compile-gate-") as tmp:
+        tasks = []
+        for p_index, path in enumerate(paths):
+            for shard in range(jobs):
+                out = Path(tmp) / f"{p_index}-{shard}.json"
+                env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+                env["TRITON_CACHE_DIR"] = str(Path(tmp) / f"cache-{p_index}-{shard}")
+                if path:
+                    env["PYTHONPATH"] = os.pathsep.join(
+                        [path, *filter(None, [env.get("PYTHONPATH")])])
+                cmd = [sys.executable, "-m", f"{__package__}.compile_gate",
+                       "--worker", f"{shard}/{jobs}", "--out", str(out)]
+                if only:
+                    cmd += ["--only", only]
+                if path:
+                    cmd.append("--core-only")
+                tasks.append((cmd, env, out))
+        _run_parallel(tasks, jobs)
+        tritons: dict[str, list] = {}
+        for _, _, out in tasks:
+            data = json.loads(out.read_text())
+            tritons.setdefault(data["triton"], []).extend(data["results"])
+    for rows in tritons.values():
+        rows.sort(key=lambda r: r.pop("order"))
+    return {"target": "sm_90a", "limit": SHARED_MEMORY_LIMIT, "tritons": tritons,
+            "core_only": [v for v, p in zip(tritons, paths, strict=False) if p],
+            "wall_s": round(time.perf_counter() - start, 1),
+            "date": datetime.date.today().isoformat()}
+
+
+def _run_parallel(tasks: list, jobs: int) -> None:
+    """Run the worker commands, at most ``jobs`` at a time; raise on the first failure."""
+    pending, running = list(tasks), []
+    while pending or running:
+        while pending and len(running) < jobs:
+            cmd, env, out = pending.pop(0)
+            log = open(out.with_suffix(".log"), "w+")  # noqa: SIM115 (closed below)
+            running.append((subprocess.Popen(cmd, env=env, stdout=log,
+                                             stderr=subprocess.STDOUT), cmd, log))
+        time.sleep(0.2)
+        for entry in list(running):
+            proc, cmd, log = entry
+            if proc.poll() is None:
+                continue
+            running.remove(entry)
+            log.seek(0)
+            output = log.read()
+            log.close()
+            if proc.returncode:
+                for other, _, other_log in running:
+                    other.kill()
+                    other_log.close()
+                raise RuntimeError(f"compile gate worker failed ({' '.join(cmd)}):\n"
+                                   f"{output[-4000:]}")
+
+
+# ------------------------------------------------------------------------------ the table
+
+
+def summary_lines(report: Mapping[str, Any]) -> list[str]:
+    """The table's first lines: per Triton, kernels x configs and the four verdicts."""
+    lines = []
+    for version, rows in report["tritons"].items():
+        kernels: dict[str, set] = {}
+        for row in rows:
+            kernels.setdefault(row["kernel"], set()).add(row["config"])
+        shape = ", ".join(f"{k} {len(c)}" for k, c in kernels.items())
+        ok = [r for r in rows if not r.get("error")]
+
+        def verdict(check, rows=ok):
+            bad = [r for r in rows if check in failed_checks(r)]
+            allowed = [r for r in bad if check in r["allow"]]
+            if not bad:
+                return "yes"
+            if len(allowed) == len(bad):
+                return f"yes, but {len(bad)} allowed (see below)"
+            return f"NO ({len(bad) - len(allowed)} failing)"
+
+        max_shared = max((r["shared"] for r in ok), default=0)
+        scope = " (core variants only)" if version in report.get("core_only", []) else ""
+        lines.append(
+            f"- **Triton {version}**{scope}: kernels × configs: {shape} "
+            f"({len(rows)} compiled variants); all wgmma: {verdict('wgmma')}; "
+            f"no spills: {verdict('spill')}; no serialization: {verdict('serial')}; "
+            f"max shared memory: {max_shared} B of {report['limit']} B "
+            f"(within limit: {verdict('smem')}); model = compiled: {verdict('model')}; "
+            f"all compile: {'yes' if len(ok) == len(rows) else 'NO'}.")
+    return lines
+
+
+def _cell(values: list) -> str:
+    shown = ["-" if v is None else str(v) for v in values]
+    return shown[0] if len(set(shown)) == 1 else " / ".join(shown)
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """compiled.md: summary lines, then one table per kernel, Tritons side by side."""
+    versions = list(report["tritons"])
+    out = ["# What the kernels compile to (sm_90a)", "",
+           f"Generated by `{COMMAND}` on {report['date']} (CPU, no GPU: the compile gate, "
+           f"`kernels/compile_gate.py`); do not edit.", ""]
+    out += summary_lines(report)
+    out += ["", f"Gate wall time for this table: {report['wall_s']} s (the generating machine, "
+            f"all Tritons, parallel workers).", "",
+            "Checks (`CHECKS`): " + "; ".join(f"`{k}`: {v}" for k, v in CHECKS.items()) + ".",
+            "", "Where the Tritons a row was built on disagree, a cell shows their values in "
+            "the order of its `Triton` column (e.g. `3.8.0 / 3.6.0`). "
+            "`wait`: main-loop `wgmma.wait_group` depth "
+            "(0: every MMA waits for the last). `A`: wgmma's A operand. `copies`: "
+            "`cp.async` / TMA instructions in the PTX (pipelined loads). Sizes in bytes.", ""]
+    allowed = {}
+    keyed: dict[tuple, dict[str, dict]] = {}
+    for version, rows in report["tritons"].items():
+        for row in rows:
+            keyed.setdefault((row["kernel"], row["case"], row["config"]), {})[version] = row
+            for check in failed_checks(row):
+                if check in row["allow"]:
+                    allowed.setdefault((check, row["allow"][check]), []).append(row)
+    if allowed:
+        out += ["Allowed exceptions:", ""]
+        out += [f"- `{check}` ({len(rows)} variants): {reason}"
+                for (check, reason), rows in allowed.items()]
+        out.append("")
+    header = ("| case | config | tiles | Triton | MMA | A | wait | regs | spill | shared | "
+              "model | copies | ptxas | verdict |")
+    kernel = None
+    for (name, case, config), by_version in keyed.items():
+        if name != kernel:
+            kernel = name
+            out += ["", f"## {name}", "", header, "|" + "---|" * 14]
+        built = [v for v in versions if v in by_version]
+        present = [by_version[v] for v in built]
+
+        def col(fn, rows=present):
+            return _cell([None if r.get("error") else fn(r) for r in rows])
+
+        verdicts = []
+        for r in present:
+            bad = failed_checks(r)
+            unallowed = [c for c in bad if c not in r["allow"]]
+            verdicts.append("FAIL: " + ", ".join(unallowed) if unallowed
+                            else "allowed: " + ", ".join(bad) if bad else "ok")
+        out.append("| " + " | ".join([
+            case, config, present[0]["tiles"], ", ".join(built), col(lambda r: r["mma"]),
+            col(lambda r: {"registers": "reg", "shared": "smem"}.get(r["a_operand"])),
+            col(lambda r: r["wait"]), col(lambda r: r["regs"]),
+            col(lambda r: r["spill_stores"] + r["spill_loads"]), col(lambda r: r["shared"]),
+            col(lambda r: r.get("model_shared")),
+            col(lambda r: f"{r['cp_async']}/{r['tma']}"),
+            col(lambda r: ",".join(r["serialized"]) or "-"),
+            _cell(verdicts)]) + " |")
+    return "\n".join(out) + "\n"
+
+
+def dump_report(report: Mapping[str, Any]) -> str:
+    """The report as JSON, one compiled unit per line (diffable, compact)."""
+    head = {k: v for k, v in report.items() if k != "tritons"}
+    parts = [json.dumps(head)[:-1] + ', "tritons": {']
+    for i, (version, rows) in enumerate(report["tritons"].items()):
+        lines = ",\n".join(json.dumps(row) for row in rows)
+        parts.append(f'{", " if i else ""}{json.dumps(version)}: [\n{lines}\n]')
+    return "\n".join(parts) + "}}\n"
+
+
+def comparable(report: Mapping[str, Any]) -> dict:
+    """The report without what changes from run to run (date, timings)."""
+    return {version: [{k: v for k, v in row.items() if k != "compile_s"} for row in rows]
+            for version, rows in report["tritons"].items()}
+
+
+# -------------------------------------------------------------------------------- command
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dawin_fast.kernels.compile_gate",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true",
+                        help="write kernels/compiled.json and kernels/compiled.md")
+    parser.add_argument("--render", action="store_true",
+                        help="only re-render compiled.md from compiled.json")
+    parser.add_argument("--triton", action="append", metavar="DIR",
+                        help="another Triton install (PYTHONPATH dir) to gate, core variants")
+    parser.add_argument("--jobs", type=int, default=None, help="worker processes")
+    parser.add_argument("--only", default=None, help="only variants whose 'kernel case' "
+                                                     "contains this")
+    parser.add_argument("--report", default=None, metavar="PATH",
+                        help="also write the JSON report here (not the repo's table)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--core-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        shard, shards = (int(n) for n in args.worker.split("/"))
+        _worker(shard, shards, args.only, args.core_only, Path(args.out))
+        return 0
+    if args.render:
+        MD_PATH.write_text(render_markdown(json.loads(JSON_PATH.read_text())))
+        return 0
+    report = run_gate(triton_paths(args.triton), args.jobs, args.only)
+    for line in summary_lines(report):
+        print(line)
+    print(f"gate wall time: {report['wall_s']} s")
+    bad = failures(report)
+    for line in bad:
+        print("FAIL", line)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
+    if args.write:
+        JSON_PATH.write_text(dump_report(report))
+        MD_PATH.write_text(render_markdown(report))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
