@@ -46,11 +46,12 @@ try:
 except ImportError:  # a Triton without Gluon (< 3.5): the launcher reports it unavailable
     GLUON_AVAILABLE = False
 
-#: Registers per thread the kernel is compiled for (``maxnreg``). With the loader warp
-#: group reduced to 48 registers, 152 lets the consumer warp group raise itself to 256
-#: (Triton splits 2 x 152 - 48); the default (no maxnreg) asks ptxas for 256, which it
-#: rejects with a warning. Observed in the compiled PTX (setmaxnreg), 3.6 and 3.8.
-MAXNREG = 152
+#: ``maxnreg``: ptxas caps every partition's code at this many registers per thread (the
+#: consumer's setmaxnreg raise does not lift the cap). 152 made ptxas refuse SLOT_T = 256
+#: ("register target of 158 or higher") and spill at M = 8; no config spills at 232. The
+#: CTA has 8 warps (4 consumer, the loader padded to a warp group): 8 * 32 * 232 registers
+#: fit one CTA per SM, which shared memory (75-180 KB) allows anyway.
+MAXNREG = 232
 
 _GL_DTYPES = {}
 if GLUON_AVAILABLE:
@@ -58,6 +59,13 @@ if GLUON_AVAILABLE:
 
 
 if GLUON_AVAILABLE:
+
+    @gluon.constexpr_function
+    def _store_layout(block_n, slot_t, num_warps):
+        """Blocked layout of a y^T tile [block_n, slot_t] for storing y: 8 consecutive n
+        per thread (16 bytes), lanes along n first, then along t; warps along t."""
+        lanes_n = min(32, max(block_n // 8, 1))
+        return gl.BlockedLayout([8, 1], [lanes_n, 32 // lanes_n], [1, num_warps], [0, 1])
 
     @gluon.jit
     def _replace(items, index: gl.constexpr, value):
@@ -103,6 +111,65 @@ if GLUON_AVAILABLE:
                                                 w_ready.index(ws), w_bufs.index(ws))
 
     @gluon.jit
+    def _swapab_kstep(
+        kt, accs, w_bufs, x_bufs, w_ready, w_empty, x_ready, groups, c_rows, stride_cm,
+        M: gl.constexpr, SLOTS: gl.constexpr, NCOMB: gl.constexpr, BLOCK_N: gl.constexpr,
+        BLOCK_K: gl.constexpr, a_layout: gl.constexpr, USE_ACC: gl.constexpr,
+    ):
+        """One k-step of the consumer: combine the M weight tiles into each distinct group's
+        A operand (fp32 in the operand layout), then issue one async wgmma per slot.
+        Returns the accumulators (in flight) and the A operands they read."""
+        W_STAGES: gl.constexpr = w_bufs.type.shape[0]
+        X_STAGES: gl.constexpr = x_ready.type.shape[0]
+        SLOT_T: gl.constexpr = x_bufs.type.shape[1]
+        dtype: gl.constexpr = w_bufs.dtype
+        mma_layout: gl.constexpr = a_layout.parent
+        combs = ()
+        for _s in gl.static_range(NCOMB):
+            combs = combs + (gl.zeros([BLOCK_N, BLOCK_K], gl.float32, a_layout),)
+        for i in range(M):
+            it = kt * M + i
+            ws = it % W_STAGES
+            coeffs = ()
+            for s in gl.static_range(NCOMB):  # issued before the wait: latency hidden
+                coeffs = coeffs + (gl.load(c_rows[s] + i * stride_cm),)
+            mbarrier.wait(w_ready.index(ws), (it // W_STAGES) & 1)
+            w = w_bufs.index(ws).load(a_layout).to(gl.float32)  # ldmatrix
+            # Order the generic-proxy read before the loader's next TMA write.
+            fence_async_shared()
+            mbarrier.arrive(w_empty.index(ws), count=1)
+            for s in gl.static_range(NCOMB):
+                comb = combs[s]
+                if s == 0:
+                    comb = comb + coeffs[s] * w
+                elif groups[s] != groups[s - 1]:  # a slot continuing a group reuses its A
+                    comb = comb + coeffs[s] * w
+                combs = _replace(combs, s, comb)
+
+        xs = kt % X_STAGES
+        mbarrier.wait(x_ready.index(xs), (kt // X_STAGES) & 1)
+        a_now = ()
+        out = ()
+        for s in gl.static_range(SLOTS):
+            if s == 0:
+                a = combs[0].to(dtype)
+            elif NCOMB == 1:
+                a = a_now[0]
+            elif groups[s] != groups[s - 1]:
+                a = combs[s].to(dtype)
+            else:
+                a = a_now[s - 1]
+            a_now = a_now + (a,)
+            x_t = x_bufs.index(xs * SLOTS + s).permute((1, 0))  # x^T: [BLOCK_K, SLOT_T]
+            if USE_ACC:
+                acc = warpgroup_mma(a, x_t, accs[s], is_async=True)
+            else:
+                acc = warpgroup_mma(a, x_t, gl.zeros([BLOCK_N, SLOT_T], gl.float32, mma_layout),
+                                    use_acc=False, is_async=True)
+            out = out + (acc,)
+        return out, a_now
+
+    @gluon.jit
     def _swapab_consumer(
         w_bufs, x_bufs, w_ready, w_empty, x_ready, x_empty,
         b_ptr, c_ptr, y_ptr, slot_group_ptr, slot_row_ptr, offsets_ptr,
@@ -112,9 +179,7 @@ if GLUON_AVAILABLE:
         BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr,
         SINGLE_GROUP: gl.constexpr, HAS_BIAS: gl.constexpr, num_warps: gl.constexpr,
     ):
-        W_STAGES: gl.constexpr = w_bufs.type.shape[0]
         X_STAGES: gl.constexpr = x_ready.type.shape[0]
-        dtype: gl.constexpr = w_bufs.dtype
         # wgmma: instruction m64 x n(SLOT_T) x k16, the 4 warps stacked along the weight rows.
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, SLOT_T, 16])
@@ -135,49 +200,17 @@ if GLUON_AVAILABLE:
             ends = ends + (end,)
             c_rows = c_rows + (c_ptr + gl.maximum(group, 0).to(gl.int64) * stride_cg,)
 
-        accs = ()
-        a_prev = ()
-        for _s in gl.static_range(SLOTS):
-            accs = accs + (gl.zeros([BLOCK_N, SLOT_T], gl.float32, mma_layout),)
-            a_prev = a_prev + (gl.zeros([BLOCK_N, BLOCK_K], dtype, a_layout),)
-
-        k_tiles = gl.cdiv(K, BLOCK_K)
-        for kt in range(k_tiles):
-            combs = ()
-            for _s in gl.static_range(NCOMB):
-                combs = combs + (gl.zeros([BLOCK_N, BLOCK_K], gl.float32, a_layout),)
-            for i in range(M):
-                it = kt * M + i
-                ws = it % W_STAGES
-                mbarrier.wait(w_ready.index(ws), (it // W_STAGES) & 1)
-                w = w_bufs.index(ws).load(a_layout).to(gl.float32)  # ldmatrix
-                # Order the generic-proxy read before the loader's next TMA write.
-                fence_async_shared()
-                mbarrier.arrive(w_empty.index(ws), count=1)
-                for s in gl.static_range(NCOMB):
-                    comb = combs[s]
-                    if s == 0:
-                        comb = comb + gl.load(c_rows[s] + i * stride_cm) * w
-                    elif groups[s] != groups[s - 1]:
-                        comb = comb + gl.load(c_rows[s] + i * stride_cm) * w
-                    combs = _replace(combs, s, comb)
-
-            xs = kt % X_STAGES
-            mbarrier.wait(x_ready.index(xs), (kt // X_STAGES) & 1)
-            a_now = ()
-            for s in gl.static_range(SLOTS):
-                if s == 0:
-                    a = combs[0].to(dtype)
-                elif NCOMB == 1:
-                    a = a_now[0]
-                elif groups[s] != groups[s - 1]:
-                    a = combs[s].to(dtype)
-                else:
-                    a = a_now[s - 1]
-                a_now = a_now + (a,)
-                acc = warpgroup_mma(a, x_bufs.index(xs * SLOTS + s).permute((1, 0)), accs[s],
-                                    is_async=True)
-                accs = _replace(accs, s, acc)
+        # The first k-step is peeled (use_acc=False): with zero-initialised accumulators
+        # entering the loop, ptxas serialized every wgmma (C7515, "non wgmma instructions
+        # defining accumulator registers") once the epilogue staged the tile through shared
+        # memory (3.8, SLOTS >= 4 and SLOT_T = 256).
+        accs, a_prev = _swapab_kstep(
+            0, (), w_bufs, x_bufs, w_ready, w_empty, x_ready, groups, c_rows, stride_cm,
+            M, SLOTS, NCOMB, BLOCK_N, BLOCK_K, a_layout, False)
+        for kt in range(1, gl.cdiv(K, BLOCK_K)):
+            accs, a_now = _swapab_kstep(
+                kt, accs, w_bufs, x_bufs, w_ready, w_empty, x_ready, groups, c_rows, stride_cm,
+                M, SLOTS, NCOMB, BLOCK_N, BLOCK_K, a_layout, True)
             # Keep this k-step's wgmmas in flight; retire the previous step's, whose A
             # registers (a_prev) and x stage can then be reused.
             waited = warpgroup_mma_wait(num_outstanding=SLOTS, deps=accs + a_prev)
@@ -185,26 +218,33 @@ if GLUON_AVAILABLE:
             for s in gl.static_range(SLOTS):
                 accs = accs + (waited[s],)
             a_prev = a_now
-            mbarrier.arrive(x_empty.index((kt + X_STAGES - 1) % X_STAGES), count=1, pred=kt > 0)
+            mbarrier.arrive(x_empty.index((kt - 1) % X_STAGES), count=1)
 
         waited = warpgroup_mma_wait(num_outstanding=0, deps=accs + a_prev)
 
-        offs_n = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma_layout))
+        # Bias and cast in the wgmma layout, then one shuffle through shared memory to a
+        # layout where each thread writes 8 consecutive outputs of one row of y: coalesced
+        # stores, and 64-bit row addresses for few rows per thread (per-element addresses in
+        # the wgmma layout spilled at SLOT_T = 256).
+        out_layout: gl.constexpr = _store_layout(BLOCK_N, SLOT_T, num_warps)
+        n_bias = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma_layout))
+        offs_n = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_layout))
         n_mask = offs_n < N
         for s in gl.static_range(SLOTS):
             acc = waited[s]
             if HAS_BIAS:
                 bias = gl.zeros([BLOCK_N], gl.float32, gl.SliceLayout(1, mma_layout))
                 for i in range(M):
-                    b_i = gl.load(b_ptr + i * stride_bm + offs_n * stride_bn, mask=n_mask,
+                    b_i = gl.load(b_ptr + i * stride_bm + n_bias * stride_bn, mask=n_bias < N,
                                   other=0.0)
                     bias += gl.load(c_rows[s] + i * stride_cm) * b_i.to(gl.float32)
                 acc = acc + bias[:, None]
+            out = gl.convert_layout(acc.to(y_ptr.dtype.element_ty), out_layout)
             offs_t = firsts[s].to(gl.int64) + gl.arange(
-                0, SLOT_T, layout=gl.SliceLayout(0, mma_layout)).to(gl.int64)
+                0, SLOT_T, layout=gl.SliceLayout(0, out_layout)).to(gl.int64)
             ptrs = y_ptr + offs_t[None, :] * stride_yt + offs_n[:, None].to(gl.int64) * stride_yn
             mask = n_mask[:, None] & (offs_t < ends[s])[None, :]
-            gl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+            gl.store(ptrs, out, mask=mask)
 
     @gluon.jit
     def _swapab_gluon_kernel(
@@ -266,13 +306,6 @@ def tma_compatible(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     if num_models > 1 and weight.stride(0) != n_dim * weight.stride(1):
         return "weight models are not stacked back to back ([M*N, K] view)"
     return None
-
-
-def swapab_smem_bytes(block_n: int, block_k: int, slot_t: int, slots: int,
-                      w_stages: int, x_stages: int, elem_bytes: int = 2) -> int:
-    """Shared memory of one program: the two TMA rings and their mbarriers."""
-    rings = (w_stages * block_n + x_stages * slots * slot_t) * block_k * elem_bytes
-    return rings + 2 * 8 * (w_stages + x_stages)
 
 
 def swapab_gluon_matmul(
