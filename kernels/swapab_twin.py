@@ -50,6 +50,10 @@ def _swapab_twin_kernel(
     IEEE: tl.constexpr,
 ):
     tile, n_tile = tile_coords(tl.program_id(0), num_tiles, tl.cdiv(N, BLOCK_N), GROUP_T)
+    if not SINGLE_GROUP:
+        # Spare tiles (the grid is an upper bound, no host sync) end here, as in Gluon.
+        if tl.load(slot_group_ptr + tile * SLOTS) < 0:
+            return
     offs_n = n_tile.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     n_mask = offs_n < N
     for s in tl.static_range(SLOTS):
