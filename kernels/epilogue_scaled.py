@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .fused_configs import EpilogueConfig
 from .schedule import tile_coords
 
 try:
@@ -134,13 +135,6 @@ def tma_reason(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     return None
 
 
-def epilogue_smem_bytes(block_m: int, block_n: int, block_k: int, num_stages: int,
-                        elem_bytes: int) -> int:
-    """Shared memory of the load pipeline: num_stages x and W tiles (model; the compile
-    check holds the kernel to the compiled size)."""
-    return num_stages * (block_m + block_n) * block_k * elem_bytes
-
-
 def epilogue_scaled_matmul(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -148,12 +142,8 @@ def epilogue_scaled_matmul(
     offsets: torch.Tensor,
     bias: torch.Tensor | None,
     y: torch.Tensor,
+    cfg: EpilogueConfig,
     *,
-    block_m: int,
-    block_n: int,
-    block_k: int,
-    num_stages: int,
-    num_warps: int,
     group_m: int = 8,
     use_tma: bool | None = None,
     ieee: bool = False,
@@ -162,6 +152,7 @@ def epilogue_scaled_matmul(
 
     ``use_tma=None`` uses tensor descriptors whenever ``tma_reason`` allows them.
     """
+    block_m, block_n, block_k = cfg.block_m, cfg.block_n, cfg.block_k
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
     single = coeffs.shape[0] == 1
@@ -191,6 +182,6 @@ def epilogue_scaled_matmul(
         y.stride(0), y.stride(1),
         M=num_models, SINGLE_GROUP=single, HAS_BIAS=has_bias, IEEE=ieee, USE_TMA=use_tma,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
-        NUM_STAGES=num_stages, num_warps=num_warps, num_stages=num_stages,
+        NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return y

@@ -36,6 +36,19 @@ class SwapABConfig:
     def block_t(self) -> int:
         return self.slot_t * self.slots
 
+    @property
+    def maxnreg(self) -> int:
+        """Registers per thread the Gluon kernel is compiled for.
+
+        ptxas caps every partition's code at ``maxnreg`` (the consumer's setmaxnreg raise
+        does not lift it): at 152, 4-warp configs spilled and SLOT_T = 256 was refused
+        ("register target of 158 or higher"); no config spills at 232 (4 consumer warps)
+        or 168 (8). The CTA has the consumer warps plus the loader's padded warp group:
+        8 (12) warps * 32 * 232 (168) registers fit one CTA in 65 536. The default,
+        256, is more than ptxas accepts (a warning, then ignored).
+        """
+        return 232 if self.num_warps == 4 else 168
+
 
 @dataclass(frozen=True)
 class EpilogueConfig:
@@ -47,15 +60,20 @@ class EpilogueConfig:
     num_warps: int
 
 
-# Registers per consumer thread (4 warps, <= 255): accumulators BLOCK_N * BLOCK_T / 128,
-# combined operands SLOTS * BLOCK_N * BLOCK_K / 128 in fp32, one weight tile in flight.
+# Registers per consumer thread (<= 232 or 168, see maxnreg): accumulators
+# BLOCK_N * BLOCK_T / (32 * num_warps), combined operands SLOTS * BLOCK_N * BLOCK_K /
+# (32 * num_warps) in fp32, one weight tile in flight. L2 -> SM traffic per output is
+# (M * BLOCK_N + BLOCK_T) / (BLOCK_N * BLOCK_T): the wide 8-warp tiles halve it.
 SWAPAB_CONFIGS = (
-    # One group or long groups (>= 128 rows): one slot, weights read once per 128 rows.
+    # One group or long groups: 8 consumer warps (two warp groups), 256 rows per program.
+    SwapABConfig("w8t256", block_n=128, block_k=32, slot_t=256, slots=1, w_stages=12,
+                 x_stages=4, num_warps=8),
+    # Same with 4 consumer warps (the Triton 3.6 prototype's 8-warp kernel was serialized).
     SwapABConfig("big128", block_n=128, block_k=32, slot_t=128, slots=1, w_stages=16,
                  x_stages=4),
-    # One group, many models: wgmma's widest N (256 rows) halves the weight re-reads.
-    SwapABConfig("big256", block_n=64, block_k=32, slot_t=256, slots=1, w_stages=16,
-                 x_stages=4),
+    # Groups of 33-64 rows (ViT-B/32 per-sample: 50), 8 warps: four groups per program.
+    SwapABConfig("w8pack4x64", block_n=128, block_k=32, slot_t=64, slots=4, w_stages=12,
+                 x_stages=4, num_warps=8),
     # Groups of 33-64 rows (ViT-B/32 per-sample: 50): two groups per program.
     SwapABConfig("pack2x64", block_n=128, block_k=32, slot_t=64, slots=2, w_stages=10,
                  x_stages=3),
@@ -78,8 +96,8 @@ EPILOGUE_CONFIGS = (
 INTERPRETER_SWAPAB = {
     name: SwapABConfig(name, block_n=32, block_k=16, slot_t=slot_t, slots=slots,
                        w_stages=1, x_stages=1)
-    for name, slot_t, slots in (("big128", 32, 1), ("big256", 64, 1), ("pack2x64", 16, 2),
-                                ("pack4x32", 8, 4), ("pack8x16", 8, 8))
+    for name, slot_t, slots in (("w8t256", 64, 1), ("big128", 32, 1), ("w8pack4x64", 16, 4),
+                                ("pack2x64", 16, 2), ("pack4x32", 8, 4), ("pack8x16", 8, 8))
 }
 INTERPRETER_EPILOGUE = EpilogueConfig("interp", block_m=16, block_n=32, block_k=16,
                                       num_stages=2, num_warps=4)
@@ -92,23 +110,6 @@ def swapab_config(name: str, *, interpreting: bool = False) -> SwapABConfig:
         if cfg.name == name:
             return cfg
     raise KeyError(f"no swap-AB config {name!r}; have {[c.name for c in SWAPAB_CONFIGS]}")
-
-
-def pick_slot_config(mean_rows: float, num_groups: int, num_models: int) -> str:
-    """Swap-AB config for groups of ``mean_rows`` rows on average.
-
-    The slot width is the alignment of group boundaries inside a program: a group of
-    ``r`` rows costs ``ceil(r / SLOT_T) * SLOT_T`` MMA columns. Thresholds: model, not
-    measured (``traffic_model``): the narrowest slot that still fills a wgmma N >= 16.
-    """
-    if num_groups == 1 or mean_rows > 96:
-        # One big group; wide tiles pay off on weight traffic when M is large.
-        return "big256" if num_models >= 8 else "big128"
-    if mean_rows > 32:
-        return "pack2x64"
-    if mean_rows > 16:
-        return "pack4x32"
-    return "pack8x16"
 
 
 def gluon_smem_bytes(cfg: SwapABConfig, elem_bytes: int = 2) -> int:

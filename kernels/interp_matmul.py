@@ -7,7 +7,7 @@ Computes, for rows grouped by ``offsets`` (rows ``offsets[g] .. offsets[g+1]-1``
 for all groups in one launch, without writing any interpolated weight to memory.
 Interpolation and accumulation run in float32; the output has x's dtype.
 
-Two strategies, one contract:
+Four strategies, one contract:
 
 * ``"combine"``: a schedule gives every row block one group id (blocks never straddle
   groups, like vLLM's fused_moe); each program interpolates its weight tile in registers
@@ -16,6 +16,9 @@ Two strategies, one contract:
   tile in registers; the W_i tiles go to ``tl.dot`` untouched. One GEMM over an M-times
   longer K; a coefficient per *row*, so any grouping runs at the same speed. Costs M x
   tensor-core FLOPs but no weight combine.
+* ``"swapab"`` and ``"epilogue"`` (issue 11, ``dispatch``): the Gluon swap-AB
+  register-combine kernel for Hopper (its plain-Triton twin wherever Gluon cannot run), and
+  the epilogue-scaled multi-GEMM.
 
 The launcher validates nothing beyond what it needs to launch: callers (``dawin_fast.ops``)
 check shapes, dtypes, devices and values.
@@ -27,9 +30,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import dispatch
 from .configs import combine_configs, interpreting, rows_bucket, rowscaled_configs
 
-STRATEGIES = ("combine", "rowscaled")
+STRATEGIES = ("combine", "rowscaled") + dispatch.NEW_STRATEGIES
 
 # Mean rows per group below which "rowscaled" is the default. From the H100 probes in
 # DESIGN.md §4 (bf16, M=2): row-scaled beat the combine kernel on every measured case with
@@ -39,9 +43,19 @@ STRATEGIES = ("combine", "rowscaled")
 ROWSCALED_MAX_MEAN_ROWS = 512
 
 
-def default_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
-    """The strategy ``interp_matmul`` uses when none is given."""
-    del num_models  # not measured yet: see ROWSCALED_MAX_MEAN_ROWS
+def default_strategy(num_rows: int, num_groups: int, num_models: int,
+                     n_dim: int | None = None, k_dim: int | None = None,
+                     target: dispatch.Target | None = None) -> str:
+    """The strategy ``interp_matmul`` uses when none is given.
+
+    Where the Gluon kernel can run (``target``: CUDA sm_90, fp16/bf16, TMA-addressable)
+    the traffic model picks among the issue-11 kernels (``dispatch.choose``: model, not
+    measured); elsewhere the measured rule below.
+    """
+    if target is not None and n_dim is not None and k_dim is not None:
+        choice = dispatch.choose(num_rows, num_groups, num_models, n_dim, k_dim, target)
+        if choice is not None:
+            return choice.strategy
     if num_rows < ROWSCALED_MAX_MEAN_ROWS * max(num_groups, 1):
         return "rowscaled"
     return "combine"
@@ -252,7 +266,8 @@ def interp_matmul(
         coeffs: [G, M] float32.
         offsets: [G+1] int32/int64, offsets[0] = 0, non-decreasing, offsets[G] = T.
         bias: [M, N] or None.
-        strategy: "combine", "rowscaled" or None (``default_strategy``).
+        strategy: "combine", "rowscaled", "swapab", "epilogue" or None
+            (``default_strategy``).
         out: optional [T, N] output (any strides) to write into instead of a new tensor.
 
     Returns:
@@ -274,9 +289,12 @@ def interp_matmul(
     if k_dim == 0:  # an empty reduction: only the interpolated bias remains
         return _bias_only(y, coeffs, offsets, bias)
     if strategy is None:
-        strategy = default_strategy(num_rows, num_groups, num_models)
+        strategy = default_strategy(num_rows, num_groups, num_models, n_dim, k_dim,
+                                    dispatch.target_for(x, weight))
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy in dispatch.NEW_STRATEGIES:
+        return dispatch.launch(strategy, x, weight, coeffs, offsets, bias, y)
 
     has_bias = bias is not None
     bias_arg = bias if has_bias else weight  # never read when HAS_BIAS is False

@@ -7,7 +7,7 @@ Computes y^T = W_c x^T per slot of rows (``schedule``), W_c = sum_i c_g,i W_i:
   [SLOT_T, BLOCK_K] through an ``X_STAGES``-deep ring, all by TMA (cp.async.bulk.tensor)
   with mbarrier handshakes. The weight ring holds single tiles, not a k-step's M tiles,
   so its depth does not grow with M: shared memory fits any M up to 32.
-* the 4-warp consumer (default partition) reads each weight tile with ldmatrix straight
+* the consumer (default partition, 4 or 8 warps) reads each weight tile with ldmatrix straight
   into wgmma's register A-operand layout (``DotOperandLayout`` of the wgmma layout),
   accumulates sum_i c_i W_i there in fp32, casts to x's dtype and issues an asynchronous
   wgmma per slot with x^T from shared memory as the B operand. It waits with one k-step
@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 import triton
 
+from .fused_configs import SwapABConfig
 from .schedule import single_group_tiles, slot_schedule, slot_span, tile_coords
 
 try:
@@ -46,12 +47,6 @@ try:
 except ImportError:  # a Triton without Gluon (< 3.5): the launcher reports it unavailable
     GLUON_AVAILABLE = False
 
-#: ``maxnreg``: ptxas caps every partition's code at this many registers per thread (the
-#: consumer's setmaxnreg raise does not lift the cap). 152 made ptxas refuse SLOT_T = 256
-#: ("register target of 158 or higher") and spill at M = 8; no config spills at 232. The
-#: CTA has 8 warps (4 consumer, the loader padded to a warp group): 8 * 32 * 232 registers
-#: fit one CTA per SM, which shared memory (75-180 KB) allows anyway.
-MAXNREG = 232
 
 _GL_DTYPES = {}
 if GLUON_AVAILABLE:
@@ -180,7 +175,8 @@ if GLUON_AVAILABLE:
         SINGLE_GROUP: gl.constexpr, HAS_BIAS: gl.constexpr, num_warps: gl.constexpr,
     ):
         X_STAGES: gl.constexpr = x_ready.type.shape[0]
-        # wgmma: instruction m64 x n(SLOT_T) x k16, the 4 warps stacked along the weight rows.
+        # wgmma: instruction m64 x n(SLOT_T) x k16, the warps stacked along the weight rows
+        # (8 warps: two warp groups, each its own 64-row half of every 128 rows).
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
             version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, SLOT_T, 16])
         a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_layout,
@@ -315,20 +311,15 @@ def swapab_gluon_matmul(
     offsets: torch.Tensor,
     bias: torch.Tensor | None,
     y: torch.Tensor,
+    cfg: SwapABConfig,
     *,
-    slot_t: int,
-    slots: int,
-    block_n: int,
-    block_k: int,
-    w_stages: int,
-    x_stages: int,
     group_t: int = 8,
-    num_warps: int = 4,
 ) -> torch.Tensor:
     """Launch the Gluon kernel into ``y`` ([T, N], any strides); CUDA fp16/bf16 only.
 
     Callers check ``tma_compatible`` first. Rows, N and K must be > 0.
     """
+    slot_t, slots, block_n, block_k = cfg.slot_t, cfg.slots, cfg.block_n, cfg.block_k
     if not GLUON_AVAILABLE:
         raise RuntimeError("swapab_gluon needs triton.experimental.gluon (Triton >= 3.5)")
     num_rows, k_dim = x.shape
@@ -356,7 +347,7 @@ def swapab_gluon_matmul(
         num_tiles, n_dim, k_dim,
         stride_b[0], stride_b[1], coeffs.stride(0), coeffs.stride(1), y.stride(0), y.stride(1),
         M=num_models, SLOTS=slots, SLOT_T=slot_t, BLOCK_N=block_n, BLOCK_K=block_k,
-        W_STAGES=w_stages, X_STAGES=x_stages, GROUP_T=group_t,
-        SINGLE_GROUP=single, HAS_BIAS=has_bias, num_warps=num_warps, maxnreg=MAXNREG,
+        W_STAGES=cfg.w_stages, X_STAGES=cfg.x_stages, GROUP_T=group_t,
+        SINGLE_GROUP=single, HAS_BIAS=has_bias, num_warps=cfg.num_warps, maxnreg=cfg.maxnreg,
     )
     return y

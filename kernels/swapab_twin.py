@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .fused_configs import SwapABConfig
 from .schedule import single_group_tiles, slot_schedule, slot_span, tile_coords
 
 
@@ -96,16 +97,13 @@ def swapab_twin_matmul(
     offsets: torch.Tensor,
     bias: torch.Tensor | None,
     y: torch.Tensor,
+    cfg: SwapABConfig,
     *,
-    slot_t: int,
-    slots: int,
-    block_n: int,
-    block_k: int,
     group_t: int = 8,
-    num_warps: int = 4,
     ieee: bool = False,
 ) -> torch.Tensor:
     """Launch the twin into ``y`` ([T, N], any strides). Rows, N and K must be > 0."""
+    slot_t, slots, block_n, block_k = cfg.slot_t, cfg.slots, cfg.block_n, cfg.block_k
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
     single = coeffs.shape[0] == 1
@@ -129,6 +127,6 @@ def swapab_twin_matmul(
         y.stride(0), y.stride(1),
         M=num_models, SLOTS=slots, SLOT_T=slot_t, BLOCK_N=block_n, BLOCK_K=block_k,
         GROUP_T=group_t, SINGLE_GROUP=single, HAS_BIAS=has_bias, IEEE=ieee,
-        num_warps=num_warps, num_stages=1,
+        num_warps=cfg.num_warps, num_stages=1,
     )
     return y

@@ -44,12 +44,12 @@ def _variants() -> list[dict]:
                         problem=dict(T=T, G=G, M=M, N=N, K=K, dtype=dtype, bias=bias, **extra)))
 
     # Swap-AB, Gluon: every config, for the groupings it is picked for, M = 1 ... 32.
-    for cfg, groups in (("big128", 1), ("big256", 1), ("pack2x64", 80), ("pack4x32", 160),
-                        ("pack8x16", 300)):
+    for cfg, groups in (("w8t256", 1), ("big128", 1), ("w8pack4x64", 80), ("pack2x64", 80),
+                        ("pack4x32", 160), ("pack8x16", 300)):
         for dtype, num_models in (("bf16", 2), ("fp16", 8), ("fp16", 16), ("bf16", 32)):
             add(f"swapab/{cfg}/{dtype}/M{num_models}/G{groups}", "swapab_gluon", cfg,
                 M=num_models, G=groups, dtype=dtype)
-    add("swapab/big128/bf16/M1/G1/nobias", "swapab_gluon", "big128", M=1, G=1, bias=False)
+    add("swapab/w8t256/bf16/M1/G1/nobias", "swapab_gluon", "w8t256", M=1, G=1, bias=False)
     add("swapab/big128/bf16/M16/G64", "swapab_gluon", "big128", M=16, G=64)
     # Epilogue-scaled: every config, TMA descriptors and the pointer fallback.
     for cfg in ("e128x128", "e64x128", "e128x64"):
@@ -123,16 +123,12 @@ def _call_launcher(variant):
         kernel = swapab_gluon._swapab_gluon_kernel
         cfg = fused_configs.swapab_config(variant["config"])
         run = lambda: swapab_gluon.swapab_gluon_matmul(  # noqa: E731
-            x, weight, coeffs, offsets, bias, y, slot_t=cfg.slot_t, slots=cfg.slots,
-            block_n=cfg.block_n, block_k=cfg.block_k, w_stages=cfg.w_stages,
-            x_stages=cfg.x_stages, num_warps=cfg.num_warps)
+            x, weight, coeffs, offsets, bias, y, cfg)
     else:
         kernel = epilogue_scaled._epilogue_scaled_kernel
         cfg = next(c for c in fused_configs.EPILOGUE_CONFIGS if c.name == variant["config"])
         run = lambda: epilogue_scaled.epilogue_scaled_matmul(  # noqa: E731
-            x, weight, coeffs, offsets, bias, y, block_m=cfg.block_m, block_n=cfg.block_n,
-            block_k=cfg.block_k, num_stages=cfg.num_stages, num_warps=cfg.num_warps,
-            use_tma=p.get("use_tma"))
+            x, weight, coeffs, offsets, bias, y, cfg, use_tma=p.get("use_tma"))
     with _capture(kernel) as calls:
         with contextlib.suppress(_Captured):
             run()

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from dawin_fast.kernels import interpreting
 from dawin_fast.kernels.epilogue_scaled import epilogue_scaled_matmul, tma_reason
 from dawin_fast.kernels.fused_configs import (
+    EPILOGUE_CONFIGS,
     INTERPRETER_EPILOGUE,
     SWAPAB_CONFIGS,
     swapab_config,
@@ -34,7 +35,7 @@ if torch.cuda.is_available():
     IMPLS += [f"gluon:{name}" for name in SLOT_CONFIGS]
 # The named cases run on one config per slot width class (1, 2 and 8 slots per program);
 # the random shapes cover every config. The interpreter is slow.
-CORE_IMPLS = [i for i in IMPLS if not i.endswith(("big256", "pack4x32"))]
+CORE_IMPLS = [i for i in IMPLS if not i.endswith(("w8t256", "w8pack4x64", "pack4x32"))]
 
 
 def _device():
@@ -63,19 +64,13 @@ def run_impl(impl, x, weight, coeffs, offsets, bias, out=None):
     coeffs = coeffs.float()
     if kind == "twin":
         cfg = swapab_config(name, interpreting=interpreting())
-        swapab_twin_matmul(x, weight, coeffs, offsets, bias, out, slot_t=cfg.slot_t,
-                           slots=cfg.slots, block_n=cfg.block_n, block_k=cfg.block_k,
-                           ieee=ieee)
+        swapab_twin_matmul(x, weight, coeffs, offsets, bias, out, cfg, ieee=ieee)
     elif kind == "gluon":
         cfg = swapab_config(name)
-        swapab_gluon_matmul(x, weight, coeffs, offsets, bias, out, slot_t=cfg.slot_t,
-                            slots=cfg.slots, block_n=cfg.block_n, block_k=cfg.block_k,
-                            w_stages=cfg.w_stages, x_stages=cfg.x_stages)
+        swapab_gluon_matmul(x, weight, coeffs, offsets, bias, out, cfg)
     else:
-        cfg = INTERPRETER_EPILOGUE
-        epilogue_scaled_matmul(x, weight, coeffs, offsets, bias, out, block_m=cfg.block_m,
-                               block_n=cfg.block_n, block_k=cfg.block_k,
-                               num_stages=cfg.num_stages, num_warps=cfg.num_warps,
+        cfg = INTERPRETER_EPILOGUE if interpreting() else EPILOGUE_CONFIGS[0]
+        epilogue_scaled_matmul(x, weight, coeffs, offsets, bias, out, cfg,
                                use_tma=None if name == "auto" else False, ieee=ieee)
     return out
 
@@ -156,7 +151,7 @@ def test_strided_inputs(impl):
     assert_close_to_reference(out, x, weight, coeffs, offsets, b)
 
 
-@pytest.mark.parametrize("impl", ["twin:pack2x64", "twin:big128", "epilogue:auto",
+@pytest.mark.parametrize("impl", ["twin:w8pack4x64", "twin:big128", "epilogue:auto",
                                   "epilogue:pointers"])
 def test_int64_addressing(impl):
     """x and y rows 2**30 elements apart: row 2 starts past 2**31 elements."""
@@ -186,8 +181,8 @@ def test_epilogue_tma_and_pointer_paths_both_run():
     assert "x rows" in tma_reason(x9, w9)
     y = torch.empty(11, 8, dtype=torch.float16)
     with pytest.raises(ValueError, match="TMA requested"):
-        epilogue_scaled_matmul(x9, w9, coeffs, offsets, None, y, block_m=16, block_n=16,
-                               block_k=16, num_stages=2, num_warps=4, use_tma=True)
+        epilogue_scaled_matmul(x9, w9, coeffs, offsets, None, y, INTERPRETER_EPILOGUE,
+                               use_tma=True)
 
 
 def test_gluon_needs_tma_friendly_inputs():
