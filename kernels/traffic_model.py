@@ -16,8 +16,9 @@ also cannot beat one pass over HBM (weights, x, y) at the measured 2.97 TB/s, an
 launch overhead. Nothing here has been checked on a GPU except the cuBLAS calibration
 points (``calibration()``), which are DESIGN §4 measurements.
 
-Run ``python -m dawin_fast.kernels.traffic_model`` for the prediction table of
-``kernels/NOTES.md``.
+``table()`` renders the prediction table of ``kernels/NOTES.md``::
+
+    python -c "from dawin_fast.kernels.traffic_model import table; print(table())"
 """
 
 from __future__ import annotations
@@ -244,7 +245,3 @@ def table() -> str:
             cells.append(f"{pred.seconds / base:5.2f}x ({name}, {pred.bound})")
         lines.append(f"{case.name:36s} {base * 1e3:9.3f}  {cells[0]:>34s}  {cells[1]:>34s}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(table())
