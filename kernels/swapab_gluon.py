@@ -106,6 +106,15 @@ if GLUON_AVAILABLE:
                                                 w_ready.index(ws), w_bufs.index(ws))
 
     @gluon.jit
+    def _slot_bias(b_ptr, c_row, offs_n, N, stride_bm, stride_bn, stride_cm, M: gl.constexpr):
+        """sum_i c_i b_i[offs_n] in fp32, in offs_n's layout."""
+        bias = gl.zeros(offs_n.shape, gl.float32, offs_n.type.layout)
+        for i in range(M):
+            b_i = gl.load(b_ptr + i * stride_bm + offs_n * stride_bn, mask=offs_n < N, other=0.0)
+            bias += gl.load(c_row + i * stride_cm) * b_i.to(gl.float32)
+        return bias
+
+    @gluon.jit
     def _swapab_kstep(
         kt, accs, w_bufs, x_bufs, w_ready, w_empty, x_ready, groups, c_rows, stride_cm,
         M: gl.constexpr, SLOTS: gl.constexpr, NCOMB: gl.constexpr, BLOCK_N: gl.constexpr,
@@ -196,6 +205,17 @@ if GLUON_AVAILABLE:
             ends = ends + (end,)
             c_rows = c_rows + (c_ptr + gl.maximum(group, 0).to(gl.int64) * stride_cg,)
 
+        # The interpolated bias sum_i c_i b_i of a one-slot tile is computed before the main
+        # loop (2 registers to keep): in the epilogue, the M loads of the loop over models
+        # (unrolled by LLVM) spilled next to the accumulators (M = 32, w8t256). Multi-slot
+        # tiles compute it in the epilogue: keeping SLOTS vectors through the loop spilled
+        # (w8pack4x64, M = 32). Both seen in ptxas -v, 3.6 and 3.8.
+        n_bias = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma_layout))
+        EARLY_BIAS: gl.constexpr = SLOTS == 1
+        bias0 = gl.zeros([BLOCK_N], gl.float32, gl.SliceLayout(1, mma_layout))
+        if HAS_BIAS and EARLY_BIAS:
+            bias0 = _slot_bias(b_ptr, c_rows[0], n_bias, N, stride_bm, stride_bn, stride_cm, M)
+
         # The first k-step is peeled (use_acc=False): with zero-initialised accumulators
         # entering the loop, ptxas serialized every wgmma (C7515, "non wgmma instructions
         # defining accumulator registers") once the epilogue staged the tile through shared
@@ -223,18 +243,17 @@ if GLUON_AVAILABLE:
         # stores, and 64-bit row addresses for few rows per thread (per-element addresses in
         # the wgmma layout spilled at SLOT_T = 256).
         out_layout: gl.constexpr = _store_layout(BLOCK_N, SLOT_T, num_warps)
-        n_bias = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, mma_layout))
         offs_n = n0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, out_layout))
         n_mask = offs_n < N
         for s in gl.static_range(SLOTS):
             acc = waited[s]
             if HAS_BIAS:
-                bias = gl.zeros([BLOCK_N], gl.float32, gl.SliceLayout(1, mma_layout))
-                for i in range(M):
-                    b_i = gl.load(b_ptr + i * stride_bm + n_bias * stride_bn, mask=n_bias < N,
-                                  other=0.0)
-                    bias += gl.load(c_rows[s] + i * stride_cm) * b_i.to(gl.float32)
-                acc = acc + bias[:, None]
+                if EARLY_BIAS:
+                    acc = acc + bias0[:, None]
+                else:
+                    bias = _slot_bias(b_ptr, c_rows[s], n_bias, N, stride_bm, stride_bn,
+                                      stride_cm, M)
+                    acc = acc + bias[:, None]
             out = gl.convert_layout(acc.to(y_ptr.dtype.element_ty), out_layout)
             offs_t = firsts[s].to(gl.int64) + gl.arange(
                 0, SLOT_T, layout=gl.SliceLayout(0, out_layout)).to(gl.int64)

@@ -69,24 +69,34 @@ class Prediction:
     seconds: float
     bound: str  # what limits the programs: tensor, l2, smem, issue, hbm
     programs: int
+    flops: float = 0.0  # tensor-core FLOPs of the call (padding included)
+    l2_bytes: float = 0.0  # L2 -> SM bytes of the call
+    smem_bytes: float = 0.0  # shared-memory bytes written and read
 
 
 def _finish(programs: int, per_program: dict[str, float], fill: float, hbm_bytes: float):
+    totals = {k: v * programs for k, v in per_program.items() if k.startswith("_")}
+    per_program = {k: v for k, v in per_program.items() if not k.startswith("_")}
     bound = max(per_program, key=per_program.get)
     waves = math.ceil(programs / SMS)
     body = waves * (per_program[bound] + fill)
     hbm = hbm_bytes / HBM_BYTES_PER_S
     if hbm > body:
-        return Prediction(hbm + LAUNCH_S, "hbm", programs)
-    return Prediction(body + LAUNCH_S, bound, programs)
+        bound, body = "hbm", hbm
+    return Prediction(body + LAUNCH_S, bound, programs, totals["_flops"], totals["_l2"],
+                      totals["_smem"])
 
 
 def _per_sm(flops: float, l2: float, smem: float, issue_clk: float = 0.0, n_eff=1.0):
+    """Seconds one program needs of each SM resource (and, under "_", its raw amounts)."""
     return {
         "tensor": flops / (TENSOR_FLOPS / SMS) / n_eff,
         "l2": l2 / (L2_BYTES_PER_S / SMS),
         "smem": smem / (SMEM_BYTES_PER_CLK * CLOCK_HZ),
         "issue": issue_clk / CLOCK_HZ,
+        "_flops": flops,
+        "_l2": l2,
+        "_smem": smem,
     }
 
 
@@ -165,7 +175,7 @@ def epilogue(case: Case, cfg, occupancy: int | None = None) -> Prediction:
         l2=m * (bm + bn) * k * ELEM,
         smem=m * ((bm + bn) + bm + wgs * bn) * k * ELEM,
     )
-    # Each model boundary drains the wgmma pipeline once (~200 clocks).
+    # Each model boundary drains the wgmma pipeline once (~200 clocks, assumption).
     per["tensor"] += m * 200 / CLOCK_HZ
     smem_bytes = cfg.num_stages * (bm + bn) * cfg.block_k * ELEM
     occ = occupancy or max(1, min(232448 // smem_bytes, 2))
@@ -227,6 +237,24 @@ def best(case: Case):
         preds = [(cfg.name, fn(case, cfg)) for cfg in configs]
         out[design] = min(preds, key=lambda p: p[1].seconds)
     return out
+
+
+def breakdown() -> str:
+    """Per case and design: tensor FLOPs, L2 -> SM bytes, shared-memory bytes, the bound
+    and the predicted time (cuBLAS, and the best config of each new design)."""
+    lines = [f"{'case':36s} {'design (config)':24s} {'TFLOP':>6s} {'L2 GB':>6s} "
+             f"{'smem GB':>7s} {'bound':>6s} {'ms':>7s} {'x cuBLAS':>8s}"]
+    for case in vit_cases():
+        base = cublas(case)
+        got = best(case)
+        rows = [("cuBLAS premerged", base), (f"swap-AB ({got['swapab'][0]})", got["swapab"][1]),
+                (f"epilogue ({got['epilogue'][0]})", got["epilogue"][1])]
+        for label, pred in rows:
+            lines.append(f"{case.name:36s} {label:24s} {pred.flops / 1e12:6.3f} "
+                         f"{pred.l2_bytes / 1e9:6.2f} {pred.smem_bytes / 1e9:7.2f} "
+                         f"{pred.bound:>6s} {pred.seconds * 1e3:7.3f} "
+                         f"{pred.seconds / base.seconds:8.2f}")
+    return "\n".join(lines)
 
 
 def table() -> str:
