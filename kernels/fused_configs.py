@@ -72,7 +72,7 @@ SWAPAB_CONFIGS = (
     SwapABConfig("big128", block_n=128, block_k=32, slot_t=128, slots=1, w_stages=16,
                  x_stages=4),
     # Groups of 33-64 rows (ViT-B/32 per-sample: 50), 8 warps: four groups per program.
-    SwapABConfig("w8pack4x64", block_n=128, block_k=32, slot_t=64, slots=4, w_stages=12,
+    SwapABConfig("w8pack4x64", block_n=128, block_k=16, slot_t=64, slots=4, w_stages=16,
                  x_stages=4, num_warps=8),
     # Groups of 33-64 rows (ViT-B/32 per-sample: 50): two groups per program.
     SwapABConfig("pack2x64", block_n=128, block_k=32, slot_t=64, slots=2, w_stages=10,
@@ -81,8 +81,8 @@ SWAPAB_CONFIGS = (
     SwapABConfig("pack4x32", block_n=64, block_k=32, slot_t=32, slots=4, w_stages=12,
                  x_stages=3),
     # Groups of <= 16 rows (e.g. per-token coefficients of short sequences): eight slots.
-    SwapABConfig("pack8x16", block_n=64, block_k=32, slot_t=16, slots=8, w_stages=12,
-                 x_stages=3),
+    SwapABConfig("pack8x16", block_n=64, block_k=16, slot_t=16, slots=8, w_stages=16,
+                 x_stages=4),
 )
 
 EPILOGUE_CONFIGS = (

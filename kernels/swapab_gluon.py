@@ -108,7 +108,7 @@ if GLUON_AVAILABLE:
     @gluon.jit
     def _slot_bias(b_ptr, c_row, offs_n, N, stride_bm, stride_bn, stride_cm, M: gl.constexpr):
         """sum_i c_i b_i[offs_n] in fp32, in offs_n's layout."""
-        bias = gl.zeros(offs_n.shape, gl.float32, offs_n.type.layout)
+        bias = offs_n.to(gl.float32) * 0.0  # zeros in offs_n's layout (3.6 and 3.8 alike)
         for i in range(M):
             b_i = gl.load(b_ptr + i * stride_bm + offs_n * stride_bn, mask=offs_n < N, other=0.0)
             bias += gl.load(c_row + i * stride_cm) * b_i.to(gl.float32)
@@ -341,6 +341,8 @@ def swapab_gluon_matmul(
     slot_t, slots, block_n, block_k = cfg.slot_t, cfg.slots, cfg.block_n, cfg.block_k
     if not GLUON_AVAILABLE:
         raise RuntimeError("swapab_gluon needs triton.experimental.gluon (Triton >= 3.5)")
+    if cfg.x_stages < 2:  # the consumer frees an x stage one k-step late
+        raise ValueError(f"swapab_gluon: config {cfg.name} needs x_stages >= 2")
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
     gl_dtype = _GL_DTYPES[x.dtype]

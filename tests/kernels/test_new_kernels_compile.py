@@ -18,7 +18,7 @@ import os
 
 import pytest
 
-from dawin_fast.kernels.fused_configs import SWAPAB_CONFIGS, gluon_smem_bytes
+from dawin_fast.kernels.fused_configs import SWAPAB_CONFIGS, fits, gluon_smem_bytes
 from tests.kernels import fused_compile as fc
 
 TRITON36 = os.environ.get("DAWIN_TRITON36", "/work/tri36")
@@ -65,6 +65,16 @@ def test_gluon_smem_model_matches_compiled(compiled, version):
             continue
         model = gluon_smem_bytes(configs[row["config"]])
         assert 0 <= row["smem"] - model <= 4096, (row["name"], row["smem"], model)
+
+
+@pytest.mark.parametrize("cfg", SWAPAB_CONFIGS, ids=lambda c: c.name)
+def test_swapab_configs_are_launchable(cfg):
+    """What the Gluon kernel assumes of a config, checked without compiling."""
+    assert cfg.x_stages >= 2, "the consumer frees an x stage one k-step late"
+    assert cfg.w_stages >= 1 and fits(gluon_smem_bytes(cfg))
+    assert cfg.slot_t % 8 == 0 and 8 <= cfg.slot_t <= 256, "wgmma N: multiple of 8, <= 256"
+    assert cfg.block_n % (16 * cfg.num_warps) == 0, "16 weight rows per warp"
+    assert cfg.num_warps in (4, 8) and cfg.block_k % 16 == 0
 
 
 # --------------------------------------------------- the checker itself can fail
