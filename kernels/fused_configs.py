@@ -112,15 +112,21 @@ def swapab_config(name: str, *, interpreting: bool = False) -> SwapABConfig:
     raise KeyError(f"no swap-AB config {name!r}; have {[c.name for c in SWAPAB_CONFIGS]}")
 
 
+#: Compiled shared memory above ``gluon_smem_bytes`` (alignment, the epilogue's layout
+#: conversion): 0-4100 B over every compiled variant (tests/kernels/
+#: test_new_kernels_compile.py holds the model to it).
+GLUON_SMEM_SLACK = 8192
+
+
 def gluon_smem_bytes(cfg: SwapABConfig, elem_bytes: int = 2) -> int:
     """Shared memory of the Gluon kernel: the two TMA rings and their mbarriers.
 
-    Independent of M: the weight ring holds single tiles. The compile check compares this
-    model with the compiled size.
+    Independent of M: the weight ring holds single tiles.
     """
     rings = (cfg.w_stages * cfg.block_n + cfg.x_stages * cfg.slots * cfg.slot_t)
     return rings * cfg.block_k * elem_bytes + 2 * 8 * (cfg.w_stages + cfg.x_stages)
 
 
 def fits(smem_bytes: int) -> bool:
-    return smem_bytes <= SMEM_LIMIT
+    """Whether a program needing ``smem_bytes`` (plus the slack) can launch on an H100."""
+    return smem_bytes + GLUON_SMEM_SLACK <= SMEM_LIMIT
