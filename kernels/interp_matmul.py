@@ -7,7 +7,7 @@ Computes, for rows grouped by ``offsets`` (rows ``offsets[g] .. offsets[g+1]-1``
 for all groups in one launch, without writing any interpolated weight to memory.
 Interpolation and accumulation run in float32; the output has x's dtype.
 
-Two strategies, one contract:
+Four strategies, one contract:
 
 * ``"combine"``: a schedule gives every row block one group id (blocks never straddle
   groups, like vLLM's fused_moe); each program interpolates its weight tile in registers
@@ -17,11 +17,15 @@ Two strategies, one contract:
   longer K; a coefficient per *row*, so any grouping runs at the same speed. Costs M x
   tensor-core FLOPs but no weight combine. Loop order: models outside, k-tiles inside, so
   a row's coefficient is loaded once per model per tile.
+* ``"swapab"`` and ``"epilogue"`` (issue 11, ``dispatch``): the Gluon swap-AB
+  register-combine kernel for Hopper (its plain-Triton twin wherever Gluon cannot run), and
+  the epilogue-scaled multi-GEMM.
 
-``plan_launch`` turns a call into the exact kernel arguments; ``interp_matmul`` launches
-them, and the compile gate (``compile_variants`` below, ``compile_gate``) compiles the same
-plans for sm_90a on a CPU. Autotune only sees configs whose modeled shared memory fits
-(``configs.fitting_configs``); ``choose_strategy`` never picks a kernel with none.
+``plan_launch`` turns a combine/rowscaled call into the exact kernel arguments;
+``interp_matmul`` launches them, and the compile gate (``compile_variants`` below,
+``compile_gate``) compiles the same plans for sm_90a on a CPU. Autotune only sees configs
+whose modeled shared memory fits (``configs.fitting_configs``); ``choose_strategy`` never
+picks a kernel with none.
 
 The launcher validates nothing beyond what it needs to launch: callers (``dawin_fast.ops``)
 check shapes, dtypes, devices and values.
@@ -37,6 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import dispatch
 from .configs import (
     PRUNE_COMBINE,
     PRUNE_ROWSCALED,
@@ -49,7 +54,8 @@ from .configs import (
     shared_bytes,
 )
 
-STRATEGIES = ("combine", "rowscaled")
+OLD_STRATEGIES = ("combine", "rowscaled")
+STRATEGIES = OLD_STRATEGIES + dispatch.NEW_STRATEGIES
 
 # Mean rows per group below which "rowscaled" is the default. From the H100 probes in
 # DESIGN.md §4 (bf16, M=2): row-scaled beat the combine kernel on every measured case with
@@ -59,9 +65,19 @@ STRATEGIES = ("combine", "rowscaled")
 ROWSCALED_MAX_MEAN_ROWS = 512
 
 
-def default_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
-    """The strategy the row counts favour (``choose_strategy`` adds the fit check)."""
-    del num_models  # not measured yet: see ROWSCALED_MAX_MEAN_ROWS
+def default_strategy(num_rows: int, num_groups: int, num_models: int,
+                     n_dim: int | None = None, k_dim: int | None = None,
+                     target: dispatch.Target | None = None) -> str:
+    """The strategy the call's shape favours (``choose_strategy`` adds the fit check).
+
+    Where the Gluon kernel can run (``target``: CUDA sm_90, fp16/bf16, TMA-addressable)
+    the traffic model picks among the issue-11 kernels (``dispatch.choose``: model, not
+    measured); elsewhere the rule below.
+    """
+    if target is not None and n_dim is not None and k_dim is not None:
+        choice = dispatch.choose(num_rows, num_groups, num_models, n_dim, k_dim, target)
+        if choice is not None:
+            return choice.strategy
     if num_rows < ROWSCALED_MAX_MEAN_ROWS * max(num_groups, 1):
         return "rowscaled"
     return "combine"
@@ -75,12 +91,16 @@ def fits(strategy: str, num_rows: int, num_groups: int, num_models: int,
 
 
 def choose_strategy(num_rows: int, num_groups: int, num_models: int, dtype: torch.dtype,
-                    ieee: bool = False, is_aligned: bool = True) -> str:
+                    ieee: bool = False, is_aligned: bool = True, n_dim: int | None = None,
+                    k_dim: int | None = None, target: dispatch.Target | None = None) -> str:
     """The strategy ``interp_matmul`` uses when none is given: ``default_strategy``'s pick,
     or the other kernel when the pick has no config that fits in shared memory (combine
-    runs out from M ~ 100 with 16-bit inputs; row-scaled fits at any M)."""
-    first = default_strategy(num_rows, num_groups, num_models)
-    for strategy in (first, *(s for s in STRATEGIES if s != first)):
+    runs out from M ~ 100 with 16-bit inputs; row-scaled fits at any M). The issue-11
+    kernels keep their shared memory independent of M (``compiled_fused.md``)."""
+    first = default_strategy(num_rows, num_groups, num_models, n_dim, k_dim, target)
+    if first in dispatch.NEW_STRATEGIES:
+        return first
+    for strategy in (first, *(s for s in OLD_STRATEGIES if s != first)):
         if fits(strategy, num_rows, num_groups, num_models, dtype, ieee, is_aligned):
             return strategy
     raise ValueError(f"interp_matmul: no kernel has a config that fits in shared memory for "
@@ -384,7 +404,8 @@ def interp_matmul(
         coeffs: [G, M] float32.
         offsets: [G+1] int32/int64, offsets[0] = 0, non-decreasing, offsets[G] = T.
         bias: [M, N] or None.
-        strategy: "combine", "rowscaled" or None (``choose_strategy``).
+        strategy: "combine", "rowscaled", "swapab", "epilogue" or None
+            (``choose_strategy``).
         out: optional [T, N] output (any strides) to write into instead of a new tensor.
 
     Returns:
@@ -408,9 +429,12 @@ def interp_matmul(
     ieee = _ieee(x.dtype)
     is_aligned = call_aligned(x, weight)
     if strategy is None:
-        strategy = choose_strategy(num_rows, num_groups, num_models, x.dtype, ieee, is_aligned)
+        strategy = choose_strategy(num_rows, num_groups, num_models, x.dtype, ieee, is_aligned,
+                                   n_dim, k_dim, dispatch.target_for(x, weight))
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy in dispatch.NEW_STRATEGIES:
+        return dispatch.launch(strategy, x, weight, coeffs, offsets, bias, y)
     if not interpreting() and not fits(strategy, num_rows, num_groups, num_models, x.dtype,
                                        ieee, is_aligned):
         raise ValueError(f"interp_matmul: strategy {strategy!r} has no config that fits in "

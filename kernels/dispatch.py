@@ -1,0 +1,125 @@
+"""Which of the issue-11 kernels runs a call, and launching it where it can run.
+
+Two strategies join ``interp_matmul``'s "combine" and "rowscaled":
+
+* ``"swapab"``: the Gluon swap-AB register-combine kernel (``swapab_gluon``) on a Hopper
+  GPU; wherever Gluon cannot run (the interpreter, another GPU, a Triton without Gluon,
+  fp32, strides TMA cannot address) its plain-Triton twin (``swapab_twin``) with the
+  same tiling and schedule;
+* ``"epilogue"``: the epilogue-scaled multi-GEMM (``epilogue_scaled``), anywhere.
+
+``choose`` is the default rule for CUDA fp16/bf16 calls that the Gluon kernel can run:
+every candidate (each swap-AB config, the epilogue kernel) is costed by the traffic model
+(``traffic_model``) for (rows per group, G, M, N, K) and the cheapest wins. Every such
+choice is the model's, not a measurement: no GPU has timed these kernels yet. Elsewhere
+``choose`` returns None and ``interp_matmul`` keeps its measured rule for the old kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import traffic_model
+from .configs import interpreting
+from .epilogue_scaled import epilogue_scaled_matmul
+from .fused_configs import (
+    EPILOGUE_CONFIGS,
+    INTERPRETER_EPILOGUE,
+    SWAPAB_CONFIGS,
+    swapab_config,
+)
+from .swapab_gluon import GLUON_AVAILABLE, swapab_gluon_matmul, tma_compatible
+from .swapab_twin import swapab_twin_matmul
+
+NEW_STRATEGIES = ("swapab", "epilogue")
+
+#: The Gluon kernel runs only where DAWIN_FAST_GLUON=1 is set. Its numerics have never
+#: run (Gluon has no interpreter, and no GPU session has checked it yet: issue 12), so it
+#: is opt-in until the GPU tests (tests/kernels/test_new_kernels.py, which call it
+#: directly) pass on an H100. Without it, "swapab" runs the twin and the default rule
+#: ignores the new kernels.
+GLUON_ENABLED = os.environ.get("DAWIN_FAST_GLUON", "0") == "1"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the device and the operands allow."""
+
+    cuda: bool  # compiled kernels (not the interpreter)
+    half: bool  # fp16/bf16 operands (the Gluon kernel's wgmma types)
+    gluon: bool  # the Gluon kernel can run: sm_90, Gluon present, TMA-addressable operands
+
+
+def target_for(x: torch.Tensor, weight: torch.Tensor) -> Target:
+    cuda = x.is_cuda and not interpreting()
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    gluon = (cuda and half and GLUON_AVAILABLE and GLUON_ENABLED
+             and torch.cuda.get_device_capability(x.device)[0] == 9
+             and tma_compatible(x, weight) is None)
+    return Target(cuda=cuda, half=half, gluon=gluon)
+
+
+@dataclass(frozen=True)
+class Choice:
+    strategy: str
+    config: str
+    predicted_s: float
+
+
+@functools.lru_cache(maxsize=4096)
+def _costed(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: int):
+    """Model predictions for every candidate, cheapest first (groups of equal length)."""
+    case = traffic_model.Case("", (max(num_rows // num_groups, 1),), num_models, n_dim, k_dim,
+                              repeat=num_groups)
+    out = [Choice("swapab", c.name, traffic_model.swapab(case, c).seconds)
+           for c in SWAPAB_CONFIGS]
+    out += [Choice("epilogue", c.name, traffic_model.epilogue(case, c).seconds)
+            for c in EPILOGUE_CONFIGS]
+    return sorted(out, key=lambda c: c.predicted_s)
+
+
+def choose(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: int,
+           target: Target) -> Choice | None:
+    """The new kernel (and config) for a call, or None to keep the old kernels' rule.
+
+    Model, not measured: the cheapest candidate of ``traffic_model`` for groups of
+    ``num_rows / num_groups`` rows. Only where the Gluon kernel can run (CUDA sm_90,
+    fp16/bf16, TMA-addressable), since the model is of the H100.
+    """
+    if not (target.cuda and target.half and target.gluon) or num_rows == 0:
+        return None
+    groups = min(max(num_groups, 1), num_rows)  # empty groups cost nothing
+    return _costed(num_rows, groups, num_models, n_dim, k_dim)[0]
+
+
+def best_config(strategy: str, num_rows: int, num_groups: int, num_models: int, n_dim: int,
+                k_dim: int) -> str:
+    """The model's cheapest config of one strategy (model, not measured)."""
+    groups = min(max(num_groups, 1), max(num_rows, 1))
+    ranked = _costed(max(num_rows, 1), groups, num_models, n_dim, k_dim)
+    return next(c.config for c in ranked if c.strategy == strategy)
+
+
+def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor,
+           offsets: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
+           config: str | None = None) -> torch.Tensor:
+    """Run "swapab" or "epilogue" into ``y`` (rows, N and K > 0)."""
+    num_rows, k_dim = x.shape
+    num_models, n_dim, _ = weight.shape
+    num_groups = coeffs.shape[0]
+    if config is None:
+        config = best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim)
+    # fp32 inputs: full-precision dot unless the user opted into TF32, like F.linear.
+    ieee = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    if strategy == "epilogue":
+        cfg = INTERPRETER_EPILOGUE if interpreting() else next(
+            c for c in EPILOGUE_CONFIGS if c.name == config)
+        return epilogue_scaled_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)
+    if target_for(x, weight).gluon:
+        return swapab_gluon_matmul(x, weight, coeffs, offsets, bias, y, swapab_config(config))
+    cfg = swapab_config(config, interpreting=interpreting())
+    return swapab_twin_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)

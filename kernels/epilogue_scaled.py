@@ -1,0 +1,187 @@
+"""Epilogue-scaled multi-GEMM: y = sum_i c_i[row] * (x W_i^T) + sum_i c_i[row] b_i.
+
+Each product x W_i^T is a plain GEMM: x and W_i tiles go from memory to the tensor cores
+untouched (TMA tensor descriptors when the strides allow, else pointer loads that Triton
+pipelines with cp.async), accumulated in fp32. When the last k-step of model i is done,
+the accumulator is scaled per row by that row's coefficient c_i and added to the output
+tile. No weight combine on the CUDA cores, no scaled copy of x, and a coefficient per row,
+so any grouping (per sample, per token) runs at the same speed. It costs M times the
+tensor-core FLOPs of one GEMM and reads x M times.
+
+One flattened loop over (model, k-step) keeps the load pipeline full across model
+boundaries; only the accumulator read at a boundary waits for the MMAs in flight.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fused_configs import EpilogueConfig
+from .schedule import tile_coords
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # a Triton without host tensor descriptors: pointer path only
+    TensorDescriptor = None
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _epilogue_scaled_kernel(
+    x_src, w_src, b_ptr, c_ptr, y_ptr, row_group_ptr,
+    T, N, K,
+    stride_xt, stride_xk,
+    stride_wm, stride_wn, stride_wk,
+    stride_bm, stride_bn,
+    stride_cg, stride_cm,
+    stride_yt, stride_yn,
+    M: tl.constexpr,
+    SINGLE_GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+    USE_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """x_src/w_src: TMA descriptors of x [T, K] and weight as [M*N, K] (USE_TMA), else
+    the x and weight pointers."""
+    pid_m, pid_n = tile_coords(tl.program_id(0), tl.cdiv(T, BLOCK_M), tl.cdiv(N, BLOCK_N),
+                               GROUP_M)
+    m0 = pid_m * BLOCK_M
+    n0 = pid_n * BLOCK_N
+    offs_m = m0.to(tl.int64) + tl.arange(0, BLOCK_M).to(tl.int64)
+    offs_n = n0.to(tl.int64) + tl.arange(0, BLOCK_N).to(tl.int64)
+    row_mask = offs_m < T
+    col_mask = offs_n < N
+    if SINGLE_GROUP:
+        c_rows = c_ptr
+    else:
+        groups = tl.load(row_group_ptr + offs_m, mask=row_mask, other=0)
+        c_rows = c_ptr + groups.to(tl.int64) * stride_cg
+
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    out = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for it in tl.range(0, M * k_tiles, num_stages=NUM_STAGES):
+        i = it // k_tiles
+        kt = it - i * k_tiles
+        if USE_TMA:
+            x_tile = x_src.load([m0, kt * BLOCK_K])
+            w_tile = w_src.load([i * N + n0, kt * BLOCK_K])
+        else:
+            offs_k = kt * BLOCK_K + tl.arange(0, BLOCK_K).to(tl.int64)
+            k_mask = offs_k < K
+            x_tile = tl.load(
+                x_src + offs_m[:, None] * stride_xt + offs_k[None, :] * stride_xk,
+                mask=row_mask[:, None] & k_mask[None, :], other=0.0,
+            )
+            w_tile = tl.load(
+                w_src + i.to(tl.int64) * stride_wm
+                + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
+                mask=col_mask[:, None] & k_mask[None, :], other=0.0,
+            )
+        acc = _dot(x_tile, w_tile.T, acc, IEEE)
+        if kt == k_tiles - 1:  # model i done: scale its product per row, start the next
+            if SINGLE_GROUP:
+                out += tl.load(c_rows + i * stride_cm) * acc
+            else:
+                coeff = tl.load(c_rows + i * stride_cm, mask=row_mask, other=0.0)
+                out += coeff[:, None] * acc
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    if HAS_BIAS:
+        for i in range(M):
+            b_i = tl.load(b_ptr + i * stride_bm + offs_n * stride_bn, mask=col_mask, other=0.0)
+            if SINGLE_GROUP:
+                out += tl.load(c_rows + i * stride_cm) * b_i.to(tl.float32)[None, :]
+            else:
+                coeff = tl.load(c_rows + i * stride_cm, mask=row_mask, other=0.0)
+                out += coeff[:, None] * b_i.to(tl.float32)[None, :]
+
+    y_ptrs = y_ptr + offs_m[:, None] * stride_yt + offs_n[None, :] * stride_yn
+    tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
+
+
+def row_groups(offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Group id of every row, int32 [T] (on offsets' device, no host sync)."""
+    rows = torch.arange(num_rows, device=offsets.device, dtype=offsets.dtype)
+    return torch.searchsorted(offsets[1:], rows, right=True).to(torch.int32)
+
+
+def tma_reason(x: torch.Tensor, weight: torch.Tensor) -> str | None:
+    """None if x [T, K] and weight as [M*N, K] can be TMA descriptors, else why not."""
+    if TensorDescriptor is None:
+        return "this Triton has no host tensor descriptors"
+    elem = x.element_size()
+    num_models, n_dim, _ = weight.shape
+    if x.stride(1) != 1 or (x.stride(0) * elem) % 16 or x.data_ptr() % 16:
+        return "x rows are not contiguous 16-byte-aligned runs"
+    if weight.stride(2) != 1 or (weight.stride(1) * elem) % 16 or weight.data_ptr() % 16:
+        return "weight rows are not contiguous 16-byte-aligned runs"
+    if num_models > 1 and weight.stride(0) != n_dim * weight.stride(1):
+        return "weight models are not stacked back to back ([M*N, K] view)"
+    return None
+
+
+def epilogue_scaled_matmul(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+    y: torch.Tensor,
+    cfg: EpilogueConfig,
+    *,
+    group_m: int = 8,
+    use_tma: bool | None = None,
+    ieee: bool = False,
+) -> torch.Tensor:
+    """Launch into ``y`` ([T, N], any strides). Rows, N and K must be > 0.
+
+    ``use_tma=None`` uses tensor descriptors whenever ``tma_reason`` allows them.
+    """
+    block_m, block_n, block_k = cfg.block_m, cfg.block_n, cfg.block_k
+    num_rows, k_dim = x.shape
+    num_models, n_dim, _ = weight.shape
+    single = coeffs.shape[0] == 1
+    reason = tma_reason(x, weight)
+    if use_tma is None:
+        use_tma = reason is None
+    elif use_tma and reason is not None:
+        raise ValueError(f"epilogue_scaled: TMA requested but {reason}")
+    if use_tma:
+        w2d = weight.as_strided((num_models * n_dim, k_dim), (weight.stride(1), 1))
+        x_src = TensorDescriptor.from_tensor(x, [block_m, block_k])
+        w_src = TensorDescriptor.from_tensor(w2d, [block_n, block_k])
+    else:
+        x_src, w_src = x, weight
+    groups = offsets if single else row_groups(offsets, num_rows)
+    has_bias = bias is not None
+    bias_arg = bias if has_bias else weight
+    stride_b = (bias.stride(0), bias.stride(1)) if has_bias else (0, 0)
+    grid = (triton.cdiv(num_rows, block_m) * triton.cdiv(n_dim, block_n),)
+    _epilogue_scaled_kernel[grid](
+        x_src, w_src, bias_arg, coeffs, y, groups,
+        num_rows, n_dim, k_dim,
+        x.stride(0), x.stride(1),
+        weight.stride(0), weight.stride(1), weight.stride(2),
+        stride_b[0], stride_b[1],
+        coeffs.stride(0), coeffs.stride(1),
+        y.stride(0), y.stride(1),
+        M=num_models, SINGLE_GROUP=single, HAS_BIAS=has_bias, IEEE=ieee, USE_TMA=use_tma,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
+        NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return y

@@ -1,0 +1,132 @@
+"""Launch configurations of the issue-11 kernels (swap-AB Gluon/twin, epilogue-scaled).
+
+Plain data, chosen by a rule instead of run-time autotuning (which stalls the first call
+and cannot run inside CUDA-graph capture). Every GPU config here is compiled for sm_90a
+on Triton 3.6 and 3.8 by ``tests/kernels/test_new_kernels_compile.py``, which holds it
+to: wgmma (register A operand for swap-AB), main-loop wait depth >= 1, no spills, no
+ptxas serialization, shared memory within ``SMEM_LIMIT`` for M up to 32. None of them
+has been timed: the choice between them follows the traffic model (``traffic_model``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .schedule import SMEM_LIMIT
+
+
+@dataclass(frozen=True)
+class SwapABConfig:
+    """Tile of the swap-AB kernels: BLOCK_N weight rows x SLOTS slots of SLOT_T x rows.
+
+    ``w_stages``/``x_stages``: depths of the Gluon kernel's TMA rings (single weight
+    tiles, and a k-step's slot tiles); the twin ignores them.
+    """
+
+    name: str
+    block_n: int
+    block_k: int
+    slot_t: int
+    slots: int
+    w_stages: int
+    x_stages: int
+    num_warps: int = 4
+
+    @property
+    def block_t(self) -> int:
+        return self.slot_t * self.slots
+
+    @property
+    def maxnreg(self) -> int:
+        """Registers per thread the Gluon kernel is compiled for.
+
+        ptxas caps every partition's code at ``maxnreg`` (the consumer's setmaxnreg raise
+        does not lift it): at 152, 4-warp configs spilled and SLOT_T = 256 was refused
+        ("register target of 158 or higher"); no config spills at 232 (4 consumer warps)
+        or 168 (8). The CTA has the consumer warps plus the loader's padded warp group:
+        8 (12) warps * 32 * 232 (168) registers fit one CTA in 65 536. The default,
+        256, is more than ptxas accepts (a warning, then ignored).
+        """
+        return 232 if self.num_warps == 4 else 168
+
+
+@dataclass(frozen=True)
+class EpilogueConfig:
+    name: str
+    block_m: int
+    block_n: int
+    block_k: int
+    num_stages: int
+    num_warps: int
+
+
+# Registers per consumer thread (<= 232 or 168, see maxnreg): accumulators
+# BLOCK_N * BLOCK_T / (32 * num_warps), combined operands SLOTS * BLOCK_N * BLOCK_K /
+# (32 * num_warps) in fp32, one weight tile in flight. L2 -> SM traffic per output is
+# (M * BLOCK_N + BLOCK_T) / (BLOCK_N * BLOCK_T): the wide 8-warp tiles halve it.
+SWAPAB_CONFIGS = (
+    # One group or long groups: 8 consumer warps (two warp groups), 256 rows per program.
+    SwapABConfig("w8t256", block_n=128, block_k=32, slot_t=256, slots=1, w_stages=12,
+                 x_stages=4, num_warps=8),
+    # Same with 4 consumer warps (the Triton 3.6 prototype's 8-warp kernel was serialized).
+    SwapABConfig("big128", block_n=128, block_k=32, slot_t=128, slots=1, w_stages=16,
+                 x_stages=4),
+    # Groups of 33-64 rows (ViT-B/32 per-sample: 50), 8 warps: four groups per program.
+    SwapABConfig("w8pack4x64", block_n=128, block_k=16, slot_t=64, slots=4, w_stages=16,
+                 x_stages=4, num_warps=8),
+    # Groups of 33-64 rows (ViT-B/32 per-sample: 50): two groups per program.
+    SwapABConfig("pack2x64", block_n=128, block_k=32, slot_t=64, slots=2, w_stages=10,
+                 x_stages=3),
+    # Groups of 17-32 rows, or longer groups aligned to 32 rows: four slots.
+    SwapABConfig("pack4x32", block_n=64, block_k=32, slot_t=32, slots=4, w_stages=12,
+                 x_stages=3),
+    # Groups of <= 16 rows (e.g. per-token coefficients of short sequences): eight slots.
+    SwapABConfig("pack8x16", block_n=64, block_k=16, slot_t=16, slots=8, w_stages=16,
+                 x_stages=4),
+)
+
+EPILOGUE_CONFIGS = (
+    EpilogueConfig("e128x128", block_m=128, block_n=128, block_k=64, num_stages=4,
+                   num_warps=8),
+    EpilogueConfig("e64x128", block_m=64, block_n=128, block_k=64, num_stages=4, num_warps=4),
+    EpilogueConfig("e128x64", block_m=128, block_n=64, block_k=64, num_stages=4, num_warps=4),
+)
+
+# Interpreter: small tiles, so that small test shapes cross tile, slot and k boundaries.
+INTERPRETER_SWAPAB = {
+    name: SwapABConfig(name, block_n=32, block_k=16, slot_t=slot_t, slots=slots,
+                       w_stages=1, x_stages=1)
+    for name, slot_t, slots in (("w8t256", 64, 1), ("big128", 32, 1), ("w8pack4x64", 16, 4),
+                                ("pack2x64", 16, 2), ("pack4x32", 8, 4), ("pack8x16", 8, 8))
+}
+INTERPRETER_EPILOGUE = EpilogueConfig("interp", block_m=16, block_n=32, block_k=16,
+                                      num_stages=2, num_warps=4)
+
+
+def swapab_config(name: str, *, interpreting: bool = False) -> SwapABConfig:
+    if interpreting:
+        return INTERPRETER_SWAPAB[name]
+    for cfg in SWAPAB_CONFIGS:
+        if cfg.name == name:
+            return cfg
+    raise KeyError(f"no swap-AB config {name!r}; have {[c.name for c in SWAPAB_CONFIGS]}")
+
+
+#: Compiled shared memory above ``gluon_smem_bytes`` (alignment, the epilogue's layout
+#: conversion): 0-4100 B over every compiled variant (tests/kernels/
+#: test_new_kernels_compile.py holds the model to it).
+GLUON_SMEM_SLACK = 8192
+
+
+def gluon_smem_bytes(cfg: SwapABConfig, elem_bytes: int = 2) -> int:
+    """Shared memory of the Gluon kernel: the two TMA rings and their mbarriers.
+
+    Independent of M: the weight ring holds single tiles.
+    """
+    rings = (cfg.w_stages * cfg.block_n + cfg.x_stages * cfg.slots * cfg.slot_t)
+    return rings * cfg.block_k * elem_bytes + 2 * 8 * (cfg.w_stages + cfg.x_stages)
+
+
+def fits(smem_bytes: int) -> bool:
+    """Whether a program needing ``smem_bytes`` (plus the slack) can launch on an H100."""
+    return smem_bytes + GLUON_SMEM_SLACK <= SMEM_LIMIT

@@ -1,0 +1,132 @@
+"""Plain-Triton twin of the Gluon swap-AB register-combine kernel (``swapab_gluon``).
+
+Same tiling (BLOCK_N weight rows x SLOTS slots of SLOT_T x rows per program), same
+program order (``schedule.tile_coords``), same slots (``schedule.slot_span``), same
+operand roles: the interpolated weight tile W_c = sum_i c_i W_i, combined in fp32, is
+the A operand and x^T the B operand, so the program computes y^T for its slots. What
+differs is only what Triton cannot express without Gluon: no TMA ring, no loader warp,
+no asynchronous MMA; the slots of a tile run one after the other instead of sharing the
+weight tiles of each k-step.
+
+It exists so that the schedule and the arithmetic of the Gluon kernel are tested on the
+CPU: Gluon kernels do not run under ``TRITON_INTERPRET=1``, this one does.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fused_configs import SwapABConfig
+from .schedule import single_group_tiles, slot_schedule, slot_span, tile_coords
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
+
+
+@triton.jit
+def _swapab_twin_kernel(
+    x_ptr, w_ptr, b_ptr, c_ptr, y_ptr,
+    slot_group_ptr, slot_row_ptr, offsets_ptr,
+    num_tiles, N, K,
+    stride_xt, stride_xk,
+    stride_wm, stride_wn, stride_wk,
+    stride_bm, stride_bn,
+    stride_cg, stride_cm,
+    stride_yt, stride_yn,
+    M: tl.constexpr,
+    SLOTS: tl.constexpr,
+    SLOT_T: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_T: tl.constexpr,
+    SINGLE_GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    tile, n_tile = tile_coords(tl.program_id(0), num_tiles, tl.cdiv(N, BLOCK_N), GROUP_T)
+    if not SINGLE_GROUP:
+        # Spare tiles (the grid is an upper bound, no host sync) end here, as in Gluon.
+        if tl.load(slot_group_ptr + tile * SLOTS) < 0:
+            return
+    offs_n = n_tile.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
+    n_mask = offs_n < N
+    for s in tl.static_range(SLOTS):
+        group, first, end = slot_span(slot_group_ptr, slot_row_ptr, offsets_ptr, tile, s,
+                                      SLOTS, SLOT_T, SINGLE_GROUP)
+        c_row = c_ptr + tl.maximum(group, 0).to(tl.int64) * stride_cg
+        offs_t = first.to(tl.int64) + tl.arange(0, SLOT_T).to(tl.int64)
+        t_mask = offs_t < end
+        acc = tl.zeros((BLOCK_N, SLOT_T), dtype=tl.float32)  # y^T of the slot
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+            k_mask = offs_k < K
+            w_offs = offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
+            w_mask = n_mask[:, None] & k_mask[None, :]
+            w_c = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            for i in range(M):
+                coeff = tl.load(c_row + i * stride_cm)
+                w_i = tl.load(w_ptr + i * stride_wm + w_offs, mask=w_mask, other=0.0)
+                w_c += coeff * w_i.to(tl.float32)
+            x_t = tl.load(  # x^T tile [BLOCK_K, SLOT_T]
+                x_ptr + offs_t[None, :] * stride_xt + offs_k[:, None] * stride_xk,
+                mask=t_mask[None, :] & k_mask[:, None], other=0.0,
+            )
+            acc = _dot(w_c.to(x_t.dtype), x_t, acc, IEEE)
+        if HAS_BIAS:
+            bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+            for i in range(M):
+                coeff = tl.load(c_row + i * stride_cm)
+                b_i = tl.load(b_ptr + i * stride_bm + offs_n * stride_bn, mask=n_mask, other=0.0)
+                bias += coeff * b_i.to(tl.float32)
+            acc += bias[:, None]
+        y_ptrs = y_ptr + offs_t[None, :] * stride_yt + offs_n[:, None] * stride_yn
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=n_mask[:, None] & t_mask[None, :])
+
+
+def swapab_twin_matmul(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+    y: torch.Tensor,
+    cfg: SwapABConfig,
+    *,
+    group_t: int = 8,
+    ieee: bool = False,
+) -> torch.Tensor:
+    """Launch the twin into ``y`` ([T, N], any strides). Rows, N and K must be > 0."""
+    slot_t, slots, block_n, block_k = cfg.slot_t, cfg.slots, cfg.block_n, cfg.block_k
+    num_rows, k_dim = x.shape
+    num_models, n_dim, _ = weight.shape
+    single = coeffs.shape[0] == 1
+    if single:
+        num_tiles = single_group_tiles(num_rows, slot_t, slots)
+        slot_group = slot_row = offsets  # unread when SINGLE_GROUP
+    else:
+        sched = slot_schedule(offsets, num_rows, slot_t, slots)
+        num_tiles, slot_group, slot_row = sched.num_tiles, sched.slot_group, sched.slot_row
+    has_bias = bias is not None
+    bias_arg = bias if has_bias else weight
+    stride_b = (bias.stride(0), bias.stride(1)) if has_bias else (0, 0)
+    grid = (num_tiles * triton.cdiv(n_dim, block_n),)
+    _swapab_twin_kernel[grid](
+        x, weight, bias_arg, coeffs, y, slot_group, slot_row, offsets,
+        num_tiles, n_dim, k_dim,
+        x.stride(0), x.stride(1),
+        weight.stride(0), weight.stride(1), weight.stride(2),
+        stride_b[0], stride_b[1],
+        coeffs.stride(0), coeffs.stride(1),
+        y.stride(0), y.stride(1),
+        M=num_models, SLOTS=slots, SLOT_T=slot_t, BLOCK_N=block_n, BLOCK_K=block_k,
+        GROUP_T=group_t, SINGLE_GROUP=single, HAS_BIAS=has_bias, IEEE=ieee,
+        num_warps=cfg.num_warps, num_stages=1,
+    )
+    return y

@@ -1,0 +1,275 @@
+"""Traffic model of the fused kernels on an H100 SXM (16-bit inputs): predictions only.
+
+Every program (CTA) of a kernel is costed by the resource it exhausts first on its SM:
+
+* tensor cores: its FLOPs at 690 TFLOP/s / 132 SMs (the bf16 8192^3 GEMM measured on the
+  H100, DESIGN §3), derated for narrow wgmma N (assumption, below);
+* L2 -> SM: the bytes its tiles load, at ``L2_BYTES_PER_S`` / 132 (assumption);
+* shared memory: bytes written by TMA plus bytes read by ldmatrix and wgmma, at 128 B per
+  clock per SM;
+* instruction issue (CUDA cores): the consumer warps' instructions per k-step, one warp
+  per scheduler, one instruction per clock (register-combine kernels only);
+
+plus a fixed start/drain time per program when one program fills an SM (non-persistent,
+nothing overlaps its TMA prologue and epilogue). Programs run in waves of 132; the call
+also cannot beat one pass over HBM (weights, x, y) at the measured 2.97 TB/s, and pays a
+launch overhead. Nothing here has been checked on a GPU except the cuBLAS calibration
+points (``calibration()``), which are DESIGN §4 measurements.
+
+``table()`` renders the prediction table of ``kernels/NOTES.md``::
+
+    python -c "from dawin_fast.kernels.traffic_model import table; print(table())"
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+SMS = 132
+CLOCK_HZ = 1.755e9  # assumption: sustained SM clock under tensor-core load
+TENSOR_FLOPS = 690e12  # measured: bf16 8192^3 cuBLAS GEMM on the H100 (DESIGN §3)
+L2_BYTES_PER_S = 7.5e12  # assumption: L2 -> SM, all SMs (cuBLAS needs >= 7.2 to hit 98 us)
+SMEM_BYTES_PER_CLK = 128  # per SM
+HBM_BYTES_PER_S = 2.97e12  # measured: device copy on the H100 (DESIGN §3)
+LAUNCH_S = 2.0e-6  # assumption: launch and tail of one kernel
+PROGRAM_FILL_S = 1.0e-6  # assumption: TMA prologue + epilogue of a program owning its SM
+ELEM = 2  # bytes per element (fp16/bf16)
+
+
+def wgmma_efficiency(n: int) -> float:
+    """Fraction of peak a register-A wgmma with instruction N = n reaches (assumption:
+    the A fragment is re-read from registers for every n-wide instruction)."""
+    return {8: 0.5, 16: 0.75, 32: 0.9}.get(n, 1.0)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One call: group lengths (rows), M models, N outputs, K inputs. ``repeat``: the
+    lengths repeated that many times (256 images of 50 tokens: ``(50,)``, repeat 256)."""
+
+    name: str
+    lengths: tuple[int, ...]
+    num_models: int
+    n_dim: int
+    k_dim: int
+    repeat: int = 1
+
+    @property
+    def rows(self) -> int:
+        return sum(self.lengths) * self.repeat
+
+    @property
+    def groups(self) -> int:
+        return len(self.lengths) * self.repeat
+
+
+@dataclass(frozen=True)
+class Prediction:
+    seconds: float
+    bound: str  # what limits the programs: tensor, l2, smem, issue, hbm
+    programs: int
+    flops: float = 0.0  # tensor-core FLOPs of the call (padding included)
+    l2_bytes: float = 0.0  # L2 -> SM bytes of the call
+    smem_bytes: float = 0.0  # shared-memory bytes written and read
+
+
+def _finish(programs: int, per_program: dict[str, float], fill: float, hbm_bytes: float):
+    totals = {k: v * programs for k, v in per_program.items() if k.startswith("_")}
+    per_program = {k: v for k, v in per_program.items() if not k.startswith("_")}
+    bound = max(per_program, key=per_program.get)
+    waves = math.ceil(programs / SMS)
+    body = waves * (per_program[bound] + fill)
+    hbm = hbm_bytes / HBM_BYTES_PER_S
+    if hbm > body:
+        bound, body = "hbm", hbm
+    return Prediction(body + LAUNCH_S, bound, programs, totals["_flops"], totals["_l2"],
+                      totals["_smem"])
+
+
+def _per_sm(flops: float, l2: float, smem: float, issue_clk: float = 0.0, n_eff=1.0):
+    """Seconds one program needs of each SM resource (and, under "_", its raw amounts)."""
+    return {
+        "tensor": flops / (TENSOR_FLOPS / SMS) / n_eff,
+        "l2": l2 / (L2_BYTES_PER_S / SMS),
+        "smem": smem / (SMEM_BYTES_PER_CLK * CLOCK_HZ),
+        "issue": issue_clk / CLOCK_HZ,
+        "_flops": flops,
+        "_l2": l2,
+        "_smem": smem,
+    }
+
+
+def _hbm_bytes(case: Case) -> float:
+    return (case.num_models * case.n_dim * case.k_dim + case.rows * (case.k_dim + case.n_dim)) \
+        * ELEM
+
+
+def cublas(case: Case, block_m: int = 128, block_n: int = 256) -> Prediction:
+    """cuBLAS on one pre-merged weight (M = 1), persistent: no per-program fill."""
+    tiles = math.ceil(case.rows / block_m) * math.ceil(case.n_dim / block_n)
+    k = case.k_dim
+    per = _per_sm(
+        flops=2 * block_m * block_n * k,
+        l2=(block_m + block_n) * k * ELEM,
+        smem=((block_m + block_n) + block_m + 2 * block_n) * k * ELEM,  # TMA in, 2 WGs read
+    )
+    merged = Case(case.name, case.lengths, 1, case.n_dim, case.k_dim, case.repeat)
+    return _finish(tiles, per, 0.0, _hbm_bytes(merged))
+
+
+def pack_slots(case: Case, slot_t: int, slots: int) -> tuple[int, float]:
+    """(row tiles, mean distinct groups per tile) as ``schedule.slot_schedule`` packs them.
+
+    Equal groups (one length, repeated) without listing them: a group takes
+    p = ceil(len / slot_t) slots, tile j holds slots [j * slots, (j + 1) * slots), and the
+    pattern repeats every p / gcd(p, slots) tiles.
+    """
+    if case.groups == 1:
+        return math.ceil(case.rows / (slot_t * slots)), 1.0
+    if len(case.lengths) == 1:
+        per_group = max(math.ceil(case.lengths[0] / slot_t), 1) if case.lengths[0] else 0
+        if per_group == 0:
+            return 0, 1.0
+        tiles = math.ceil(per_group * case.repeat / slots)
+        period = min(tiles, per_group // math.gcd(per_group, slots))
+        distinct = [((j + 1) * slots - 1) // per_group - (j * slots) // per_group + 1
+                    for j in range(period)]
+        return tiles, sum(distinct) / period
+    order = [g for g, n in enumerate(case.lengths * case.repeat)
+             for _ in range(math.ceil(n / slot_t))]
+    distinct = [len(set(order[i:i + slots])) for i in range(0, len(order), slots)]
+    return len(distinct), sum(distinct) / max(len(distinct), 1)
+
+
+def swapab(case: Case, cfg) -> Prediction:
+    """Gluon swap-AB register combine with a ``fused_configs.SwapABConfig``."""
+    bn, bk, slot_t, slots = cfg.block_n, cfg.block_k, cfg.slot_t, cfg.slots
+    bt = slot_t * slots
+    m, k = case.num_models, case.k_dim
+    row_tiles, distinct = pack_slots(case, slot_t, slots)
+    programs = row_tiles * math.ceil(case.n_dim / bn)
+    k_steps = math.ceil(k / bk)
+    e = bn * bk // (32 * cfg.num_warps)  # weight elements per consumer thread per tile
+    # Per weight tile: unpack e, e FMAs per distinct group, ~30 for barrier wait, ldmatrix,
+    # fence, bar.sync, arrive and coefficient loads. Per slot: pack e/2 and issue ~10.
+    issue = k_steps * (m * (e * (1 + distinct) + 30) + slots * (e / 2 + 10))
+    per = _per_sm(
+        flops=2 * bn * bt * k_steps * bk,
+        l2=(m * bn + bt) * k * ELEM,
+        smem=(2 * m * bn + bt + (bn // 64) * bt) * k * ELEM,
+        issue_clk=issue,
+        n_eff=wgmma_efficiency(slot_t),
+    )
+    return _finish(programs, per, PROGRAM_FILL_S, _hbm_bytes(case))
+
+
+def epilogue(case: Case, cfg, occupancy: int | None = None) -> Prediction:
+    """Epilogue-scaled multi-GEMM with a ``fused_configs.EpilogueConfig``."""
+    bm, bn = cfg.block_m, cfg.block_n
+    m, k = case.num_models, case.k_dim
+    programs = math.ceil(case.rows / bm) * math.ceil(case.n_dim / bn)
+    wgs = max(bm // 64, 1)
+    per = _per_sm(
+        flops=2 * bm * bn * k * m,
+        l2=m * (bm + bn) * k * ELEM,
+        smem=m * ((bm + bn) + bm + wgs * bn) * k * ELEM,
+    )
+    # Each model boundary drains the wgmma pipeline once (~200 clocks, assumption).
+    per["tensor"] += m * 200 / CLOCK_HZ
+    smem_bytes = cfg.num_stages * (bm + bn) * cfg.block_k * ELEM
+    occ = occupancy or max(1, min(232448 // smem_bytes, 2))
+    fill = PROGRAM_FILL_S / occ
+    return _finish(programs, per, fill, _hbm_bytes(case))
+
+
+# --------------------------------------------------------------------- the cases
+
+def vit_cases() -> list[Case]:
+    """DESIGN §5 P1-P4 shapes (ViT fc1 unless named)."""
+    b32 = dict(n_dim=3072, k_dim=768)
+    return [
+        Case("P1 B/32 fc1, 1 group 12800 rows", (12800,), 2, **b32),
+        Case("P1 B/32 fc2, 1 group 12800 rows", (12800,), 2, 768, 3072),
+        Case("P1 B/16 fc1, 1 group 12608 rows", (12608,), 2, **b32),
+        Case("P1 L/14 fc1, 1 group 16448 rows", (16448,), 2, 4096, 1024),
+        Case("P2 B/32 fc1, 256 x 50 rows", (50,), 2, **b32, repeat=256),
+        Case("P2 B/32 fc2, 256 x 50 rows", (50,), 2, 768, 3072, repeat=256),
+        Case("P2 B/16 fc1, 256 x 197 rows", (197,), 2, **b32, repeat=256),
+        Case("P3 B/32 fc1, 1 group 400 rows", (400,), 2, **b32),
+        Case("P4 B/32 fc1, M=8, 12800 rows", (12800,), 8, **b32),
+    ]
+
+
+def rowscaled(case: Case, block_m: int = 128, block_n: int = 128) -> Prediction:
+    """Today's row-scaled kernel (M-times-longer K, every tile of x and W_i loaded per
+    model), for calibration only: L2 and tensor costs, as if its combine were free."""
+    m, k = case.num_models, case.k_dim
+    programs = math.ceil(case.rows / block_m) * math.ceil(case.n_dim / block_n)
+    per = _per_sm(flops=2 * block_m * block_n * k * m, l2=m * (block_m + block_n) * k * ELEM,
+                  smem=m * 3 * (block_m + block_n) * k * ELEM)
+    return _finish(programs, per, 0.0, _hbm_bytes(case))
+
+
+def calibration() -> list[tuple[str, float, float]]:
+    """(case, model seconds, measured seconds): cuBLAS on the pre-merged weight, and the
+    row-scaled kernel (whose L2 traffic tests the L2 assumption), DESIGN §4."""
+    b32 = dict(n_dim=3072, k_dim=768)
+    return [
+        ("row-scaled B/32 fc1 256x50",
+         rowscaled(Case("", (50,), 2, **b32, repeat=256)).seconds, 0.257e-3),
+        ("row-scaled B/16 fc1 256x197",
+         rowscaled(Case("", (197,), 2, **b32, repeat=256)).seconds, 0.978e-3),
+        ("B/32 fc1 12800 rows", cublas(Case("", (12800,), 1, **b32)).seconds, 0.098e-3),
+        ("L/14 fc1 16448 rows", cublas(Case("", (16448,), 1, 4096, 1024)).seconds, 0.210e-3),
+        ("B/16 fc1 50432 rows", cublas(Case("", (50432,), 1, **b32)).seconds, 0.382e-3),
+        ("B/32 fc1 400 rows", cublas(Case("", (400,), 1, **b32)).seconds, 0.010e-3),
+    ]
+
+
+def best(case: Case):
+    """(name, prediction) of the fastest config of each new design."""
+    from .fused_configs import EPILOGUE_CONFIGS, SWAPAB_CONFIGS
+
+    out = {}
+    for design, fn, configs in (("swapab", swapab, SWAPAB_CONFIGS),
+                                ("epilogue", epilogue, EPILOGUE_CONFIGS)):
+        preds = [(cfg.name, fn(case, cfg)) for cfg in configs]
+        out[design] = min(preds, key=lambda p: p[1].seconds)
+    return out
+
+
+def breakdown() -> str:
+    """Per case and design: tensor FLOPs, L2 -> SM bytes, shared-memory bytes, the bound
+    and the predicted time (cuBLAS, and the best config of each new design)."""
+    lines = [f"{'case':36s} {'design (config)':24s} {'TFLOP':>6s} {'L2 GB':>6s} "
+             f"{'smem GB':>7s} {'bound':>6s} {'ms':>7s} {'x cuBLAS':>8s}"]
+    for case in vit_cases():
+        base = cublas(case)
+        got = best(case)
+        rows = [("cuBLAS premerged", base), (f"swap-AB ({got['swapab'][0]})", got["swapab"][1]),
+                (f"epilogue ({got['epilogue'][0]})", got["epilogue"][1])]
+        for label, pred in rows:
+            lines.append(f"{case.name:36s} {label:24s} {pred.flops / 1e12:6.3f} "
+                         f"{pred.l2_bytes / 1e9:6.2f} {pred.smem_bytes / 1e9:7.2f} "
+                         f"{pred.bound:>6s} {pred.seconds * 1e3:7.3f} "
+                         f"{pred.seconds / base.seconds:8.2f}")
+    return "\n".join(lines)
+
+
+def table() -> str:
+    lines = ["Calibration (model vs measured on the H100, DESIGN §4):"]
+    for name, model, measured in calibration():
+        lines.append(f"  {name:28s} model {model * 1e3:.3f} ms  measured {measured * 1e3:.3f} ms")
+    lines.append("")
+    lines.append(f"{'case':36s} {'cuBLAS ms':>9s}  {'swap-AB (config, bound)':>34s}"
+                 f"  {'epilogue (config, bound)':>34s}")
+    for case in vit_cases():
+        base = cublas(case).seconds
+        got = best(case)
+        cells = []
+        for design in ("swapab", "epilogue"):
+            name, pred = got[design]
+            cells.append(f"{pred.seconds / base:5.2f}x ({name}, {pred.bound})")
+        lines.append(f"{case.name:36s} {base * 1e3:9.3f}  {cells[0]:>34s}  {cells[1]:>34s}")
+    return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""Routing of interp_matmul calls to the issue-11 kernels, checked on the CPU.
+
+The Gluon kernel only runs on a Hopper GPU; here the device is faked (``Target``, a
+recording stand-in for the Gluon launcher) to check which kernel and config a call gets,
+and that wherever Gluon cannot run the "swapab" strategy runs its twin, correctly.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from dawin_fast import kernels
+from dawin_fast.kernels import dispatch, traffic_model
+from dawin_fast.kernels.fused_configs import EPILOGUE_CONFIGS, SWAPAB_CONFIGS
+from tests.kernels import fused_compile
+from tests.reference import assert_close_to_reference
+from tests.test_interp_linear import make_inputs
+
+interp_matmul_module = importlib.import_module("dawin_fast.kernels.interp_matmul")
+
+HOPPER = dispatch.Target(cuda=True, half=True, gluon=True)
+B32_FC1 = dict(n_dim=3072, k_dim=768)
+
+
+def test_model_picks_swapab_for_groups_and_epilogue_for_rows():
+    one = dispatch.choose(12800, 1, 2, **B32_FC1, target=HOPPER)
+    per_sample = dispatch.choose(256 * 50, 256, 2, **B32_FC1, target=HOPPER)
+    per_row = dispatch.choose(12800, 12800, 2, **B32_FC1, target=HOPPER)
+    assert (one.strategy, one.config) == ("swapab", "w8t256")
+    assert (per_sample.strategy, per_sample.config) == ("swapab", "w8pack4x64")
+    assert per_row.strategy == "epilogue"
+    small = dispatch.choose(400, 1, 2, **B32_FC1, target=HOPPER)
+    assert (small.strategy, small.config) == ("swapab", "big128")  # more programs on 132 SMs
+
+
+@pytest.mark.parametrize("target", [
+    dispatch.Target(cuda=False, half=True, gluon=False),  # interpreter / CPU
+    dispatch.Target(cuda=True, half=False, gluon=False),  # fp32
+    dispatch.Target(cuda=True, half=True, gluon=False),  # no sm_90 / no Gluon / no TMA
+])
+def test_no_new_default_where_gluon_cannot_run(target):
+    assert dispatch.choose(12800, 1, 2, **B32_FC1, target=target) is None
+    assert kernels.default_strategy(12800, 1, 2, 3072, 768, target) == "combine"
+    assert kernels.default_strategy(256 * 50, 256, 2, 3072, 768, target) == "rowscaled"
+
+
+def test_choice_is_the_cheapest_prediction():
+    for rows, groups, models in ((12800, 1, 2), (12800, 256, 8), (4096, 4096, 32)):
+        choice = dispatch.choose(rows, groups, models, **B32_FC1, target=HOPPER)
+        case = traffic_model.Case("", (rows // groups,), models, 3072, 768, repeat=groups)
+        costs = [traffic_model.swapab(case, c).seconds for c in SWAPAB_CONFIGS]
+        costs += [traffic_model.epilogue(case, c).seconds for c in EPILOGUE_CONFIGS]
+        assert choice.predicted_s == min(costs)
+
+
+def test_every_routable_config_is_in_the_compile_gate():
+    """M = 1 ... 32 and every grouping only ever reach configs the gate compiles."""
+    gated = {(v["launcher"], v["config"]) for v in fused_compile.VARIANTS}
+    for num_models in range(1, 33):
+        for rows, groups in ((12800, 1), (400, 1), (12800, 256), (12800, 12800), (5000, 700)):
+            for n_dim, k_dim in ((3072, 768), (768, 3072), (4096, 1024)):
+                choice = dispatch.choose(rows, groups, num_models, n_dim, k_dim, HOPPER)
+                launcher = "swapab_gluon" if choice.strategy == "swapab" else "epilogue"
+                assert (launcher, choice.config) in gated, choice
+
+
+def test_uniform_packing_closed_form_matches_the_schedule():
+    for length, repeat in ((50, 256), (197, 64), (1, 40), (64, 10), (300, 3)):
+        for cfg in SWAPAB_CONFIGS:
+            closed = traffic_model.pack_slots(
+                traffic_model.Case("", (length,), 2, 64, 64, repeat=repeat), cfg.slot_t,
+                cfg.slots)
+            exact = traffic_model.pack_slots(
+                traffic_model.Case("", (length,) * repeat + (0,), 2, 64, 64), cfg.slot_t,
+                cfg.slots)
+            assert closed[0] == exact[0]
+            # The last tile of the exact list may be partial; the closed form averages the
+            # repeating pattern.
+            assert abs(closed[1] - exact[1]) <= 0.25 * exact[1], (length, repeat, cfg.name)
+
+
+# ------------------------------------------------------------ routing, end to end
+
+
+def _call(x, weight, coeffs, offsets, b, strategy=None):
+    out = torch.full((x.shape[0], weight.shape[1]), float("nan"), dtype=x.dtype)
+    kernels.interp_matmul(x, weight, coeffs.float(), offsets, b, strategy=strategy, out=out)
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["swapab", "epilogue"])
+@pytest.mark.parametrize("lengths", [[12, 0, 30, 5], [64]])
+def test_new_strategies_through_interp_matmul(strategy, lengths):
+    if not kernels.interpreting():
+        pytest.skip("CPU tensors need the interpreter")
+    for dtype in (torch.float32, torch.float16):
+        x, weight, coeffs, offsets, b = make_inputs(lengths, 40, 24, 3, dtype, "cpu")
+        y = _call(x, weight, coeffs, offsets, b, strategy)
+        assert_close_to_reference(y, x, weight, coeffs, offsets, b)
+
+
+def test_interpreter_default_is_unchanged():
+    x, weight, coeffs, offsets, _ = make_inputs([50] * 4, 16, 16, 2, torch.float16, "cpu")
+    target = dispatch.target_for(x, weight)
+    assert not target.gluon
+    assert kernels.default_strategy(200, 4, 2, 16, 16, target) == "rowscaled"
+
+
+def test_gluon_target_routes_default_calls_to_the_gluon_launcher(monkeypatch):
+    """A faked Hopper: the default strategy reaches the Gluon launcher with the model's
+    config; the stand-in computes the result with the twin so the output is checked too."""
+    if not kernels.interpreting():
+        pytest.skip("CPU tensors need the interpreter")
+    calls = []
+
+    def fake_gluon(x, weight, coeffs, offsets, bias, y, cfg):
+        calls.append(cfg.name)
+        small = dispatch.swapab_config(cfg.name, interpreting=True)
+        return dispatch.swapab_twin_matmul(x, weight, coeffs, offsets, bias, y, small)
+
+    monkeypatch.setattr(dispatch, "target_for", lambda x, w: HOPPER)
+    monkeypatch.setattr(dispatch, "swapab_gluon_matmul", fake_gluon)
+    lengths = [50] * 6  # K = 128, N = 512: a shape the model gives to swap-AB
+    x, weight, coeffs, offsets, b = make_inputs(lengths, 128, 512, 2, torch.float16, "cpu")
+    y = _call(x, weight, coeffs, offsets, b)
+    expected = dispatch.choose(300, 6, 2, 512, 128, HOPPER)
+    assert expected.strategy == "swapab" and calls == [expected.config]
+    assert_close_to_reference(y, x, weight, coeffs, offsets, b)
+
+
+def test_swapab_falls_back_to_the_twin_where_gluon_cannot_run(monkeypatch):
+    if not kernels.interpreting():
+        pytest.skip("CPU tensors need the interpreter")
+
+    def no_gluon(*args, **kwargs):
+        raise AssertionError("the Gluon kernel must not run here")
+
+    monkeypatch.setattr(dispatch, "swapab_gluon_matmul", no_gluon)
+    x, weight, coeffs, offsets, b = make_inputs([9, 3], 24, 16, 2, torch.float16, "cpu")
+    y = _call(x, weight, coeffs, offsets, b, "swapab")
+    assert_close_to_reference(y, x, weight, coeffs, offsets, b)
+
+
+def test_target_on_cpu_tensors_has_no_gluon():
+    x, weight, *_ = make_inputs([4], 16, 8, 2, torch.float16, "cpu")
+    target = dispatch.target_for(x, weight)
+    assert not target.cuda and not target.gluon and target.half
+    assert interp_matmul_module.STRATEGIES[-2:] == ("swapab", "epilogue")
