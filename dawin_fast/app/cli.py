@@ -4,6 +4,8 @@
     dawin-fast eval        DaWin on your own open_clip checkpoints and dataset
     dawin-fast bench       the fused-kernel benchmarks on this machine
     dawin-fast selfcheck   the fused op against a float64 reference
+
+Data parallel: torchrun --nproc-per-node N -m dawin_fast.app.cli eval ...
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 import torch
@@ -113,36 +116,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from open_clip.transform import image_transform
-
-    from ..nn.classifier import DaWinClassifier
-    from ..nn.vit import DaWinViT
-    from .checkpoints import CheckpointError, load_dataset, load_head, load_visuals
-    from .evaluate import EvalConfig, evaluate, format_table
+    from .checkpoints import CheckpointError
+    from .parallel import session
 
     if len(args.checkpoints) < 2:
         raise CheckpointError("eval needs at least two checkpoints")
     if len(args.heads) != len(args.checkpoints):
         raise CheckpointError(f"{len(args.checkpoints)} checkpoints but {len(args.heads)} heads")
     device, dtype = _device(args.device), DTYPES[args.dtype]
-    visuals = load_visuals(args.arch, args.checkpoints, args.model_config)
-    heads = [load_head(path) for path in args.heads]
-    classifier = DaWinClassifier(DaWinViT.from_open_clip(visuals), heads,
-                                 normalize=not args.no_normalize).to(device=device, dtype=dtype)
-    dataset = load_dataset(args.data, image_transform(visuals[0].image_size, is_train=False))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size,
-                                         num_workers=args.workers)
-    batches = _on_device(loader, device, dtype)
+    with session(device) as run:  # under torchrun: this rank's device, a process group
+        return _eval(args, run, device, dtype)
+
+
+def _eval(args: argparse.Namespace, run, device: str, dtype: torch.dtype) -> int:
+    """``eval`` in one process or as one rank (``run``); rank 0 prints and writes."""
+    from open_clip.transform import image_transform
+
+    from .. import distributed
+    from ..nn.classifier import DaWinClassifier
+    from ..nn.vit import DaWinViT
+    from .checkpoints import load_dataset, load_head, load_visuals
+    from .evaluate import EvalConfig, evaluate, format_table
+
+    with distributed.shared_errors():  # a rank that cannot load stops every rank
+        visuals = load_visuals(args.arch, args.checkpoints, args.model_config)
+        heads = [load_head(path) for path in args.heads]
+        classifier = DaWinClassifier(DaWinViT.from_open_clip(visuals), heads,
+                                     normalize=not args.no_normalize).to(device=run.device,
+                                                                         dtype=dtype)
+        dataset = load_dataset(args.data, image_transform(visuals[0].image_size,
+                                                          is_train=False))
+    # this rank's whole global batches: the same batches as one process (see distributed)
+    loader = torch.utils.data.DataLoader(distributed.shard(dataset, args.batch_size),
+                                         batch_size=args.batch_size, num_workers=args.workers)
+    batches = _on_device(loader, run.device, dtype)
     config = EvalConfig(temperatures=args.temperatures, offset_adjustment=args.offset_adjustment,
                         n_clusters=args.clusters, wise_lambda=args.wise_lambda,
                         calibrated=not args.per_batch, batch_size=args.batch_size)
-    results = evaluate(classifier, batches, config, progress=True)
+    results = evaluate(classifier, batches, config, progress=run.is_main)
+    if not run.is_main:
+        return 0
     print(format_table({"accuracy": results}))
     report = {"arch": args.arch, "checkpoints": args.checkpoints, "heads": args.heads,
               "data": args.data, "n": len(dataset), "device": device, "dtype": args.dtype,
-              "config": dataclasses.asdict(config),
+              "world_size": run.world_size, "config": dataclasses.asdict(config),
               "methods": {k: v for k, v in results.items() if not k.startswith("_")},
-              "mixture": results.get("_mixture")}
+              "mixture": results.get("_mixture"),
+              "per_sample": {"coefficients": results["_coefficients"],
+                             **results["_per_sample"]}}
     _write_json(report, args.output)
     return 0
 
@@ -214,14 +235,20 @@ def _write_json(report: dict, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..distributed import RankFailure
     from .checkpoints import CheckpointError
+    from .parallel import is_main, launched
 
     try:
+        if launched() and args.command != "eval" and os.environ["WORLD_SIZE"] != "1":
+            raise ValueError("only eval runs under torchrun")
         return {"demo": cmd_demo, "eval": cmd_eval, "bench": cmd_bench,
                 "selfcheck": cmd_selfcheck}[args.command](args)
-    except (CheckpointError, ValueError) as err:
-        print(f"dawin-fast {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (CheckpointError, ValueError, RankFailure) as err:
+        # Under torchrun an error shared by every rank is printed once, by rank 0.
+        if is_main() or not isinstance(err, RankFailure):
+            print(f"dawin-fast {args.command}: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
 
 
 if __name__ == "__main__":
