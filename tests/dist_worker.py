@@ -184,6 +184,7 @@ def main() -> None:
     try:
         with use_backend("torch"):
             run(out_dir)
+        torch.distributed.barrier()  # all collectives done on every rank before teardown
     finally:
         torch.distributed.destroy_process_group()
 

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from ..distributed import RankFailure
+
 
 @dataclasses.dataclass(frozen=True)
 class Session:
@@ -67,5 +69,9 @@ def session(device: str) -> Iterator[Session]:
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         yield Session(rank, world, device)
+        dist.barrier()  # every rank is done with every collective before any tears down
+    except RankFailure:  # raised on every rank: they are in step
+        dist.barrier()
+        raise
     finally:
         dist.destroy_process_group()
