@@ -154,3 +154,17 @@ def test_corrupt_image_on_one_rank_stops_every_rank(files, tmp_path):
     assert messages(finished[1].stderr) == []
     assert not any("Traceback" in f.stderr for f in finished)
     assert not out.exists()
+
+
+def test_only_eval_runs_under_torchrun(monkeypatch, capsys):
+    """demo, bench and selfcheck would run whole on every rank: refused, in one line."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["selfcheck"]) == 2
+    assert capsys.readouterr().err.strip() == \
+        "dawin-fast selfcheck: error: only eval runs under torchrun"
+    # An error raised before any exchange is printed by the rank that raised it (only
+    # errors shared through dawin_fast.distributed are left to rank 0).
+    monkeypatch.setenv("RANK", "1")
+    assert main(["selfcheck"]) == 2
+    assert "only eval runs under torchrun" in capsys.readouterr().err
