@@ -15,8 +15,15 @@ setup(
     python_requires=">=3.10",
     packages=[
         "dawin_fast", "dawin_fast.algorithm", "dawin_fast.nn", "dawin_fast.integrations",
-        "dawin_fast.bench", "dawin_fast.app", "dawin_fast.kernels",
+        "dawin_fast.integrations.fusion_bench", "dawin_fast.bench", "dawin_fast.app",
+        "dawin_fast.kernels",
+        # The Hydra search-path plugin of the FusionBench plug-in. "hydra_plugins" is a
+        # namespace package listed on its own so that an editable install maps it to this
+        # folder: Hydra finds plugins with pkgutil.walk_packages over its __path__.
+        "hydra_plugins", "hydra_plugins.dawin_fast",
     ],
+    # The FusionBench configs (method/dawin_fast/*.yaml, modelpool/dawin_fast/*.yaml).
+    package_data={"dawin_fast.integrations.fusion_bench": ["config/*/*/*.yaml"]},
     package_dir={"dawin_fast": "dawin_fast", "dawin_fast.kernels": "kernels"},
     install_requires=[
         "torch>=2.4",
@@ -29,6 +36,8 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "timm", "transformers"],
         "demo": ["scikit-learn", "matplotlib", "safetensors"],
+        # The FusionBench plug-in (dawin_fast.integrations.fusion_bench, hydra_plugins).
+        "fusionbench": ["fusion-bench==0.2.33"],
     },
     entry_points={"console_scripts": ["dawin-fast=dawin_fast.app.cli:main"]},
 )

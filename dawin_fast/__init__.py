@@ -32,6 +32,7 @@ from .algorithm.grouping import (
     Grouping,
     group_by_labels,
     group_by_rows,
+    group_per_sample,
     single_group,
     two_model_rows,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "entropy",
     "group_by_labels",
     "group_by_rows",
+    "group_per_sample",
     "interp_linear",
     "interp_linear_torch",
     "max_logit",

@@ -12,8 +12,10 @@ implementation of the same contract, or the Triton kernels through the interpret
 ``TRITON_INTERPRET=1``. ``use_backend`` forces one (tests use it to run both).
 
 The op is a ``torch.library`` custom op (``torch.ops.dawin_fast.interp_linear``), so
-``torch.compile`` traces it as one node. Autograd: gradients flow to ``x`` and ``coeffs``;
-asking for gradients of ``weight`` or ``bias`` raises (this is an inference library).
+``torch.compile`` traces it as one node. Autograd: gradients flow to ``x`` (the same op on
+the transposed weights) and ``coeffs`` (``coeff_grad``: per-row or per-group, picked by a
+cost model); asking for gradients of ``weight`` or ``bias`` raises (the stacked weights
+are frozen).
 """
 
 from __future__ import annotations
@@ -184,6 +186,40 @@ def _is_capturing(t: torch.Tensor) -> bool:
 
 # ------------------------------------------------------------------------- PyTorch path
 
+# CPU cost model of the PyTorch path, in units of one row through one model's weight in a
+# large matmul (N*K multiply-adds). Per-row strategies ("rowscaled" forward, "rowwise"
+# coefficient gradient) cost M units per row. Per-group strategies ("loop" forward,
+# "pergroup" gradient) cost, per non-empty group, GROUP_COST_PER_MODEL * M +
+# GROUP_COST (streaming N*K weights: a merge, or dW_g and its contraction with the M
+# weights), plus GROUP_ROW_COST per row (a matmul on a group's few rows runs below peak).
+# Fitted on the developer CPU (one thread, fp32, K=768, N=3072, M in {2, 4, 9}, 1 to 100
+# rows per group; see README "CPU dispatch"): forward 11.2*M + 9 and 1.2 per row, gradient
+# 9.3*M + 8 and 1.2 per row.
+GROUP_COST_PER_MODEL = 10.0
+GROUP_COST = 9.0
+GROUP_ROW_COST = 1.2
+PATH_STRATEGIES = ("loop", "rowscaled")
+
+
+def per_group_cheaper(num_rows: int, num_groups: int, num_models: int) -> bool:
+    """Whether a per-group strategy beats a per-row one by the CPU cost model above."""
+    per_group = (num_groups * (GROUP_COST_PER_MODEL * num_models + GROUP_COST)
+                 + GROUP_ROW_COST * num_rows)
+    return per_group <= num_models * num_rows
+
+
+def cpu_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
+    """The PyTorch path's strategy for ``num_groups`` non-empty groups over ``num_rows``.
+
+    ``"loop"``: per group, merge the weight, then one matmul over its rows.
+    ``"rowscaled"``: y = sum_i diag(c_i) x W_i^T, M matmuls over all rows and no merge. Both
+    costs scale with N*K, so the choice depends on the rows per group and M only: the loop
+    from 36 rows per group at M=2, 18 at M=4, 13 at M=9.
+    """
+    if num_groups == 0 or per_group_cheaper(num_rows, num_groups, num_models):
+        return "loop"
+    return "rowscaled"
+
 
 def interp_linear_torch(
     x: torch.Tensor,
@@ -193,23 +229,31 @@ def interp_linear_torch(
     bias: torch.Tensor | None = None,
     *,
     out: torch.Tensor | None = None,
+    strategy: str | None = None,
 ) -> torch.Tensor:
     """Pure-PyTorch implementation of the contract for 2-D ``x`` (the CPU path).
 
-    Few groups: one interpolated weight at a time, then a matmul per group. Many groups
-    (G > M): the row-scaled form y = sum_i diag(c_i) x W_i^T, M matmuls over all rows and
-    no merged weight at all. Both in float32. ``out``: optional [T, N] tensor to write.
+    Two strategies (``cpu_strategy`` picks by rows per group and M; ``strategy`` forces
+    one): ``"loop"`` merges one weight per non-empty group and runs one matmul over its
+    rows; ``"rowscaled"`` computes y = sum_i diag(c_i) x W_i^T, M matmuls over all rows and
+    no merged weight, which wins when groups are a few rows each. Both in float32.
+    ``out``: optional [T, N] tensor to write.
     """
     num_rows = x.shape[0]
     num_models, out_features, _ = weight.shape
-    num_groups = coeffs.shape[0]
     if out is None:
         out = torch.empty((num_rows, out_features), dtype=x.dtype, device=x.device)
     if num_rows == 0:
         return out
     coeffs = coeffs.float()
     x32 = x.float()
-    if num_groups > num_models:
+    bounds = offsets.tolist()
+    groups = [g for g in range(coeffs.shape[0]) if bounds[g + 1] > bounds[g]]
+    if strategy is None:
+        strategy = cpu_strategy(num_rows, len(groups), num_models)
+    if strategy not in PATH_STRATEGIES:
+        raise ValueError(f"strategy must be one of {PATH_STRATEGIES}, got {strategy!r}")
+    if strategy == "rowscaled":
         lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
         row_coeffs = torch.repeat_interleave(coeffs, lengths, dim=0, output_size=num_rows)
         acc = torch.zeros((num_rows, out_features), dtype=torch.float32, device=x.device)
@@ -218,16 +262,95 @@ def interp_linear_torch(
         if bias is not None:
             acc += row_coeffs @ bias.float()
         return out.copy_(acc)
+    merge = _Merger(weight)
+    for g in groups:
+        start, end = bounds[g], bounds[g + 1]
+        merged_bias = coeffs[g] @ bias.float() if bias is not None else None
+        out[start:end] = torch.nn.functional.linear(x32[start:end], merge(coeffs[g]),
+                                                    merged_bias)
+    return out
+
+
+class _Merger:
+    """``row -> sum_i row[i] weight[i]`` [N, K] in float32: one GEMV over the flattened
+    weights into one reused buffer. Both choices measured on the developer CPU (one
+    thread, 3072x768): ``einsum("m,mnk->nk")`` took 6.3 ms at M=2 against 1.7 ms for the
+    GEMV, and a fresh 9 MB result per group cost up to 4 ms more in page faults (5.25 vs
+    1.15 ms at M=2). The backward's transposed weights (a view) merge untransposed."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        num_models, rows, cols = weight.shape
+        self.transposed = weight.transpose(1, 2).is_contiguous() and not weight.is_contiguous()
+        source = weight.transpose(1, 2) if self.transposed else weight
+        self.flat = source.reshape(num_models, -1).float()
+        self.shape = source.shape[1:]
+        self.buffer = torch.empty((1, self.flat.shape[1]), dtype=torch.float32,
+                                  device=weight.device)
+
+    def __call__(self, row: torch.Tensor) -> torch.Tensor:
+        merged = torch.mm(row[None], self.flat, out=self.buffer).view(self.shape)
+        return merged.t() if self.transposed else merged
+
+
+# Coefficient gradient dc[g, i] = sum_{r in g} <dy_r, W_i x_r + b_i>, two ways:
+# "rowwise": M matmuls over all rows (M*T*N*K); "pergroup": dW_g = dy_g^T x_g for every
+# group (T*N*K, into one reused buffer), then <dW_g, W_i> (G*M*N*K). On a GPU the same
+# cost model decides (not measured there).
+GRAD_STRATEGIES = ("rowwise", "pergroup")
+
+
+def coeff_grad_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
+    """``"pergroup"`` where the CPU cost model (``per_group_cheaper``) says it is cheaper:
+    the same boundaries as ``cpu_strategy`` (measured crossovers: about 30, 20 and 12 rows
+    per group at M = 2, 4, 9)."""
+    return "pergroup" if per_group_cheaper(num_rows, num_groups, num_models) else "rowwise"
+
+
+def coeff_grad(
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+    strategy: str | None = None,
+) -> torch.Tensor:
+    """dL/dcoeffs [G, M] (float32) of ``interp_linear`` given dL/dy ``grad_out`` [T, N]."""
+    num_groups, num_models = coeffs.shape
+    num_rows = x.shape[0]
+    lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
+    grad = torch.zeros((num_groups, num_models), dtype=torch.float32, device=x.device)
+    if num_rows == 0:
+        return grad
+    dy = grad_out.float()
+    x32 = x.float()
+    row_group = torch.repeat_interleave(
+        torch.arange(num_groups, device=x.device), lengths, output_size=num_rows
+    )
+    if bias is not None:  # sum_{r in g} <dy_r, b_i> = <sum_{r in g} dy_r, b_i>
+        dy_sum = torch.zeros((num_groups, dy.shape[1]), dtype=torch.float32, device=x.device)
+        dy_sum.index_add_(0, row_group, dy)
+        grad += dy_sum @ bias.float().t()
+    if strategy is None:
+        # Tracing (fake tensors) cannot read the offsets the per-group path loops over.
+        strategy = "rowwise" if _is_fake(x) else coeff_grad_strategy(num_rows, num_groups,
+                                                                     num_models)
+    if strategy not in GRAD_STRATEGIES:
+        raise ValueError(f"strategy must be one of {GRAD_STRATEGIES}, got {strategy!r}")
+    if strategy == "rowwise":
+        per_row = torch.stack(
+            [(dy * (x32 @ weight[i].float().t())).sum(-1) for i in range(num_models)], dim=1
+        )
+        return grad.index_add_(0, row_group, per_row)
+    flat = weight.reshape(num_models, -1).float()  # [M, N*K]
+    d_w = torch.empty(weight.shape[1:], dtype=torch.float32, device=x.device)  # reused
     bounds = offsets.tolist()
-    weight32 = weight.float()
     for g in range(num_groups):
         start, end = bounds[g], bounds[g + 1]
-        if start == end:
-            continue
-        merged = torch.einsum("m,mnk->nk", coeffs[g], weight32)
-        merged_bias = coeffs[g] @ bias.float() if bias is not None else None
-        out[start:end] = torch.nn.functional.linear(x32[start:end], merged, merged_bias)
-    return out
+        if end > start:
+            torch.mm(dy[start:end].t(), x32[start:end], out=d_w)
+            grad[g] += flat @ d_w.reshape(-1)
+    return grad
 
 
 def _use_triton(x: torch.Tensor) -> bool:
@@ -287,22 +410,7 @@ def _backward(ctx, grad_out):
         # dx = dy @ W_g for each group: the same op with weight^T = [M, K, N].
         grad_x = _interp_linear_op(grad_out, weight.transpose(1, 2), coeffs, offsets, None)
     if ctx.needs_input_grad[2]:
-        # dc[g, i] = sum over rows r of g of <dy_r, W_i x_r + b_i>.
-        num_rows = x.shape[0]
-        lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
-        row_group = torch.repeat_interleave(
-            torch.arange(coeffs.shape[0], device=x.device), lengths, output_size=num_rows
-        )
-        dy = grad_out.float()
-        per_row = torch.stack(
-            [(dy * (x.float() @ weight[i].float().t())).sum(-1) for i in range(weight.shape[0])],
-            dim=1,
-        )
-        if bias is not None:
-            per_row = per_row + dy @ bias.float().t()
-        grad_coeffs = torch.zeros(coeffs.shape, dtype=torch.float32, device=x.device)
-        grad_coeffs.index_add_(0, row_group, per_row)
-        grad_coeffs = grad_coeffs.to(coeffs.dtype)
+        grad_coeffs = coeff_grad(x, grad_out, weight, coeffs, offsets, bias).to(coeffs.dtype)
     return grad_x, None, grad_coeffs, None, None
 
 

@@ -366,6 +366,18 @@ class DaWinMultiTask(_Base):
         return torch.softmax(-self._uncertainties(expert_logits).double(), dim=0).t().float()
 
     @torch.no_grad()
+    def merge_rows(self, images: torch.Tensor):
+        """(rows, labels, p, expert logits) for the merged pass over ``images``: rows
+        [B, T+1] per sample and labels None, or the cluster table [G, T+1] and labels [B]."""
+        expert = self.expert_logits(images)
+        p = self.weights(expert)
+        clustered = self._cluster(p) if self.mode == "mixture" else None
+        if clustered is None:
+            return self._rows(p), None, p, expert
+        labels, table = clustered
+        return self._rows(table), labels, p, expert
+
+    @torch.no_grad()
     def calibrate(self, batches: Iterable[torch.Tensor]) -> DaWinMultiTask:
         """Fit the Dirichlet mixture on the task weights of a whole calibration set.
 
@@ -392,18 +404,10 @@ class DaWinMultiTask(_Base):
         if not 0 <= task < self.num_tasks:
             raise ValueError(f"task must be in [0, {self.num_tasks}), got {task}")
         device = images.device
-        expert = self.expert_logits(images)
-        p = self.weights(expert)
-        clustered = self._cluster(p) if self.mode == "mixture" else None
-        labels = None
-        if clustered is None:
-            applied = self._rows(p)
-            features = self.encoder(images, applied.to(device))
-        else:
-            labels, table = clustered
-            rows = self._rows(table)
-            applied = rows[labels]
-            features = self.encoder(images, rows.to(device), labels=labels.to(device))
+        rows, labels, p, expert = self.merge_rows(images)
+        applied = rows if labels is None else rows[labels]
+        features = self.encoder(images, rows.to(device),
+                                labels=None if labels is None else labels.to(device))
         logits = self._head(_pooled(features), task)
         if not return_details:
             return logits

@@ -6,6 +6,13 @@ the input (``permute``), run the model with ``coeffs`` and ``offsets`` (``token_
 for [B*L] token rows), and restore the caller's order at the end (``unpermute``).
 
 Everything is torch, on the device of the inputs, without Python loops over samples.
+
+Gradients: a Grouping's ``coeffs`` keep the autograd graph of the rows they came from
+(``group_per_sample``, ``group_by_labels``, ``single_group``), and ``permute``/``unpermute``
+are index operations, so gradients flow through the sort and the unsort to the
+coefficients. ``group_by_rows`` merges identical rows with ``torch.unique``, which has no
+gradient: use ``group_per_sample`` when the rows require grad (a merged row's gradient
+would be the sum over its samples, not each sample's own).
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Grouping", "group_by_labels", "group_by_rows", "single_group", "two_model_rows"]
+__all__ = ["Grouping", "group_by_labels", "group_by_rows", "group_per_sample", "single_group",
+           "two_model_rows"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -134,6 +142,36 @@ def group_by_rows(coeff_rows: torch.Tensor) -> Grouping:
     rows = coeff_rows.float()
     unique, labels = torch.unique(rows, dim=0, return_inverse=True)
     return _from_labels(labels.reshape(-1), unique)
+
+
+def group_per_sample(coeff_rows: torch.Tensor) -> Grouping:
+    """Every sample its own group, in caller order, rows kept as they are (no dedup).
+
+    The grouping for per-sample rows that require grad (trained gates, test-time
+    adaptation): ``coeffs`` is ``coeff_rows`` in float32 with its autograd graph, so the
+    gradient of group b is exactly sample b's own. The order is the identity.
+
+    Parameters
+    ----------
+    coeff_rows : Tensor [B, M]
+        Finite floating-point coefficients of each sample.
+
+    Returns
+    -------
+    Grouping
+        G = B, offsets = [0, 1, ..., B], identity order.
+    """
+    fn = "group_per_sample"
+    coeff_rows = _as_tensor(coeff_rows, None)
+    _check_coeffs(coeff_rows, fn, "coeff_rows")
+    identity = torch.arange(coeff_rows.shape[0], device=coeff_rows.device)
+    return Grouping(
+        order=identity,
+        inverse=identity.clone(),
+        offsets=torch.arange(coeff_rows.shape[0] + 1, device=coeff_rows.device),
+        coeffs=coeff_rows.float(),
+        labels=identity.clone(),
+    )
 
 
 def group_by_labels(labels: torch.Tensor, component_coeffs: torch.Tensor) -> Grouping:

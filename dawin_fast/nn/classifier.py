@@ -35,6 +35,7 @@ class DaWinClassifier(GroupedModel):
             linears = [_with_bias(lin) for lin in linears]
         self.encoder = encoder
         self.head = DaWinLinear.from_linears(linears)
+        self.head.routing_name = "head"  # the encoder's layers keep their own names
         self.normalize = normalize
         self.num_models = encoder.num_models
 

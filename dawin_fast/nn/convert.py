@@ -41,7 +41,7 @@ from .layers import (
     InterpolatedTensor,
 )
 from .linear import DaWinLinear
-from .routing import require_routing
+from .routing import name_layers, require_routing
 
 
 def _is_layer_scale(module: nn.Module) -> bool:
@@ -77,7 +77,7 @@ def _per_sample_property(name: str, shape: torch.Size, what: str) -> property:
     store = f"_dawin_{name}"
 
     def get(module: nn.Module) -> torch.Tensor:
-        routing = require_routing(what)
+        routing = require_routing(what).resolve(getattr(module, store).routing_name)
         if routing.offsets is not None and (len(shape) == 0 or shape[0] != 1):
             raise RuntimeError(
                 f"{what} {tuple(shape)} differs between the models and has no leading "
@@ -179,6 +179,9 @@ def dawinize(models: Sequence[nn.Module]) -> DaWinModel:
         merged = dawinize([zero_shot, fine_tuned])
         logits = merged(images, coeffs=torch.tensor([0.5, 0.5]))   # WiSE-FT
         logits = merged(images, coeffs=per_sample_rows)             # [B, 2] DaWin
+
+    Every converted layer is named as in ``models[0].named_modules()``, the names
+    per-layer coefficients use (``merged(x, coeffs, layer_coeffs={"blocks.3": row})``).
     """
     models = list(models)
     if not models:
@@ -186,4 +189,4 @@ def dawinize(models: Sequence[nn.Module]) -> DaWinModel:
     for i, m in enumerate(models):
         if not isinstance(m, nn.Module):
             raise TypeError(f"dawinize: item {i} is {type(m).__name__}, not an nn.Module")
-    return DaWinModel(convert_modules(models), len(models)).eval()
+    return DaWinModel(name_layers(convert_modules(models)), len(models)).eval()

@@ -8,24 +8,38 @@ modules ``dawinize`` returns). Its ``forward(x, coeffs, labels=None)`` accepts:
   share a group;
 * ``coeffs`` [G, M] with ``labels`` [B]: mixture clusters; sample b uses row labels[b].
 
+``layer_coeffs={layer name: spec}`` gives layers their own coefficients (see
+``dawin_fast.nn.routing``): a spec laid out like ``coeffs`` ([M], [B, M], or [G, M] with
+labels) or a gate ``gate(x) -> [B, M]`` asked with the layer's input.
+
 The batch is sorted by group once at the input, every layer reads the routing, and the
 outputs come back in the caller's order.
+
+Gradients: when per-sample rows require grad (and grad mode is on) or a layer has its
+own per-sample rows, every sample is its own group in caller order (``group_per_sample``)
+instead of merging identical rows, so sample b's rows receive exactly sample b's gradient.
+Sorting by labels and the unsort are index operations: gradients flow through them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..algorithm.grouping import Grouping, group_by_labels, group_by_rows
-from .routing import Routing, route
+from ..algorithm.grouping import Grouping, group_by_labels, group_by_rows, group_per_sample
+from .routing import LayerSpec, Routing, route
 
 
 def make_grouping(coeffs: torch.Tensor, labels: torch.Tensor | None, batch: int,
-                  num_models: int) -> Grouping | None:
-    """The grouping for a call, or None for one row for the whole batch."""
+                  num_models: int, keep_rows: bool = False) -> Grouping | None:
+    """The grouping for a call, or None for one row for the whole batch.
+
+    ``keep_rows``: one group per sample, rows kept with their autograd graph (no merging of
+    identical rows); a single row is then repeated for every sample.
+    """
     if not isinstance(coeffs, torch.Tensor) or not coeffs.is_floating_point():
         raise TypeError("coeffs must be a floating-point tensor")
     if coeffs.shape[-1] != num_models or coeffs.dim() not in (1, 2):
@@ -38,11 +52,26 @@ def make_grouping(coeffs: torch.Tensor, labels: torch.Tensor | None, batch: int,
             raise ValueError(f"labels must be [B]=[{batch}], got {tuple(labels.shape)}")
         return group_by_labels(labels.to(coeffs.device), coeffs)
     if coeffs.dim() == 1 or coeffs.shape[0] == 1:
-        return None
+        if not keep_rows:
+            return None
+        return group_per_sample(coeffs.reshape(1, -1).expand(batch, -1))
     if coeffs.shape[0] != batch:
         raise ValueError(f"coeffs has {coeffs.shape[0]} rows for a batch of {batch}: pass one "
                          f"row per sample, one row for all, or [G, M] rows with labels")
-    return group_by_rows(coeffs)
+    return group_per_sample(coeffs) if keep_rows else group_by_rows(coeffs)
+
+
+def _needs_rows(coeffs: torch.Tensor, labels: torch.Tensor | None,
+                layer_coeffs: Mapping[str, LayerSpec] | None, batch: int) -> bool:
+    """Whether the batch must run one group per sample: per-sample rows that require grad
+    (merging identical rows would pool their gradients), or per-sample layer tables."""
+    if labels is not None or batch <= 1:
+        return False
+    tables = [t for t in (layer_coeffs or {}).values() if isinstance(t, torch.Tensor)]
+    if any(t.dim() == 2 and t.shape[0] == batch for t in tables):
+        return True
+    return (torch.is_grad_enabled() and coeffs.requires_grad and coeffs.dim() == 2
+            and coeffs.shape[0] == batch)
 
 
 def _map_batch(out: Any, fn) -> Any:
@@ -69,18 +98,25 @@ class GroupedModel(nn.Module):
     num_models: int
 
     def forward(self, x: torch.Tensor, coeffs: torch.Tensor,
-                labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        """Run ``x`` [B, ...] with per-sample, per-cluster or whole-batch coefficients."""
+                labels: torch.Tensor | None = None,
+                layer_coeffs: Mapping[str, LayerSpec] | None = None, **kwargs: Any) -> Any:
+        """Run ``x`` [B, ...] with per-sample, per-cluster or whole-batch coefficients.
+
+        ``layer_coeffs``: per-layer coefficients by layer name, laid out like ``coeffs``,
+        or gates (see the module docstring).
+        """
         coeffs = torch.as_tensor(coeffs, dtype=torch.float32, device=x.device) \
             if not isinstance(coeffs, torch.Tensor) else coeffs.to(x.device)
-        grouping = make_grouping(coeffs, labels, x.shape[0], self.num_models)
-        if x.shape[0] == 0:  # nothing to group; any row runs the empty batch
+        batch = x.shape[0]
+        keep_rows = _needs_rows(coeffs, labels, layer_coeffs, batch)
+        grouping = make_grouping(coeffs, labels, batch, self.num_models, keep_rows)
+        if batch == 0:  # nothing to group; any row runs the empty batch
             with route(torch.zeros(self.num_models, device=x.device)):
                 return self.forward_routed(x, **kwargs)
         if grouping is None:
-            with route(coeffs.reshape(1, -1)):
+            with route(coeffs.reshape(1, -1), layers=layer_coeffs):
                 return self.forward_routed(x, **kwargs)
-        with route(Routing(grouping.coeffs, grouping.offsets)):
+        with route(Routing(grouping.coeffs, grouping.offsets, layer_coeffs)):
             out = self.forward_routed(grouping.permute(x), **kwargs)
         return _map_batch(out, grouping.unpermute)
 

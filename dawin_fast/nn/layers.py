@@ -62,6 +62,8 @@ class InterpolatedTensor(nn.Module):
     routing with groups, [1, *S] under a single coefficient row.
     """
 
+    routing_name: str | None = None  # see DaWinLinear
+
     def __init__(self, stacked: torch.Tensor) -> None:
         super().__init__()
         self.stacked = _frozen(stacked)
@@ -71,7 +73,7 @@ class InterpolatedTensor(nn.Module):
         return cls(stack_tensors(tensors, what))
 
     def forward(self) -> torch.Tensor:
-        routing = require_routing("InterpolatedTensor")
+        routing = require_routing("InterpolatedTensor").resolve(self.routing_name)
         table = routing.interpolate(self.stacked)
         if routing.offsets is None:
             return table
@@ -80,6 +82,8 @@ class InterpolatedTensor(nn.Module):
 
 class DaWinLayerNorm(nn.Module):
     """LayerNorm with per-group interpolated weight and bias, normalised in float32."""
+
+    routing_name: str | None = None  # see DaWinLinear
 
     def __init__(self, normalized_shape: tuple[int, ...], eps: float,
                  weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
@@ -99,7 +103,7 @@ class DaWinLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.layer_norm(x.float(), self.normalized_shape, None, None, self.eps)
         if self.weight is not None or self.bias is not None:
-            routing = require_routing("DaWinLayerNorm")
+            routing = require_routing("DaWinLayerNorm").resolve(self.routing_name, x)
             if self.weight is not None:
                 y = y * routing.for_input(routing.interpolate(self.weight.float()), x)
             if self.bias is not None:
@@ -110,6 +114,8 @@ class DaWinLayerNorm(nn.Module):
 class DaWinLayerScale(nn.Module):
     """LayerScale (``x * gamma``, open_clip and timm) with per-group interpolated gamma."""
 
+    routing_name: str | None = None  # see DaWinLinear
+
     def __init__(self, gamma: torch.Tensor) -> None:
         super().__init__()
         self.gamma = _frozen(gamma)
@@ -119,7 +125,7 @@ class DaWinLayerScale(nn.Module):
         return cls(stack_tensors([s.gamma for s in scales], f"{what}.gamma"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        routing = require_routing("DaWinLayerScale")
+        routing = require_routing("DaWinLayerScale").resolve(self.routing_name, x)
         return x * routing.for_input(routing.interpolate(self.gamma), x)
 
 
@@ -129,6 +135,8 @@ class DaWinEmbedding(nn.Module):
     ids [B, ...] give one row of coefficients per sample; ids [1, ...] (shared positions)
     broadcast to every sample.
     """
+
+    routing_name: str | None = None  # see DaWinLinear
 
     def __init__(self, stacked: torch.Tensor) -> None:
         super().__init__()
@@ -143,7 +151,7 @@ class DaWinEmbedding(nn.Module):
         return cls(stack_tensors([e.weight for e in embeddings], f"{what}.weight"))
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        routing = require_routing("DaWinEmbedding")
+        routing = require_routing("DaWinEmbedding").resolve(self.routing_name)
         looked_up = self.weight[:, ids].float()  # [M, *ids.shape, D]
         coeffs = routing.coeffs.to(looked_up.device)
         if routing.offsets is None:
@@ -249,7 +257,8 @@ class DaWinMultiheadAttention(nn.Module):
                    in_proj, out_proj)
 
     def _project(self, x: torch.Tensor, part: slice) -> torch.Tensor:
-        routing = require_routing("DaWinMultiheadAttention")
+        routing = require_routing("DaWinMultiheadAttention").resolve(
+            self.in_proj.routing_name, x)
         bias = None if self.in_proj.bias is None else self.in_proj.bias[:, part]
         # A slice of the stacked QKV weight: a strided view, which the kernels accept.
         return interp_linear(x, self.in_proj.weight[:, part], routing.coeffs,

@@ -26,7 +26,12 @@ class DaWinLinear(nn.Module):
     The stacked parameters ``weight`` [M, N, K] and ``bias`` [M, N] are frozen
     (``requires_grad=False``): this is an inference library. Gradients still flow to the
     input and to the coefficients.
+
+    ``routing_name``: the layer's name for per-layer coefficients (``route(...,
+    layers={name: ...})``), set by ``dawinize``/``DaWinViT``/``name_layers``.
     """
+
+    routing_name: str | None = None
 
     def __init__(self, in_features: int, out_features: int, num_models: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None):
@@ -93,6 +98,7 @@ class DaWinLinear(nn.Module):
             if offsets is not None:
                 raise ValueError("DaWinLinear: offsets given without coeffs")
             routing = require_routing("DaWinLinear (without coeffs=[G, M] and offsets)")
+            routing = routing.resolve(self.routing_name, x)
             coeffs, offsets = routing.coeffs, routing.row_offsets(x)
         else:
             if coeffs.dim() == 1:

@@ -13,6 +13,20 @@ Example::
 
     with route(coeffs, offsets):   # coeffs [G, M], offsets [G+1] over samples
         y = model(x_sorted)
+
+Per-layer coefficients (layer-wise AdaMerging, layer-wise DAWE, gates computed inside the
+forward as WEMoE does): ``layers={name: spec}`` gives a layer its own coefficients. Names
+are the module names of the original model (``model.named_modules()``; ``dawinize`` and
+``DaWinViT`` name every layer they build, ``name_layers`` names any module tree), and an
+entry applies to the layer of that name and to every layer below it (the longest matching
+name wins: ``"encoder.layers.3"`` covers ``"encoder.layers.3.mlp.fc1"``). A spec is
+
+* a table [G, M] (one row per group of the routing) or one row [M] for every sample;
+* a callable ``gate(x) -> [B, M]`` (or [M]) asked with the layer's own input ``x``
+  (batch-first [B, ...]): per-sample rows computed inside the forward.
+
+Every coefficient keeps its autograd graph: gradients flow from the layers' outputs to
+the tables, to the gates' parameters, and to the rows the routing was built from.
 """
 
 from __future__ import annotations
@@ -20,13 +34,15 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
 from ..ops import check_values, skip_value_checks
 
 _state = threading.local()
+
+LayerSpec = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
 
 
 class Routing:
@@ -35,10 +51,12 @@ class Routing:
     Without ``offsets``, ``coeffs`` is one row ([M] or [1, M]) for every row of every layer
     (static interpolation). Values are checked once here (offsets start at 0 and never
     decrease; coeffs finite), so layers skip the per-call checks that would synchronise
-    with the GPU.
+    with the GPU. ``layers``: per-layer tables or gates (see the module docstring); a layer
+    asks ``resolve(its name, its input)`` for the routing it uses.
     """
 
-    def __init__(self, coeffs: torch.Tensor, offsets: torch.Tensor | None = None) -> None:
+    def __init__(self, coeffs: torch.Tensor, offsets: torch.Tensor | None = None,
+                 layers: Mapping[str, LayerSpec] | None = None) -> None:
         if not isinstance(coeffs, torch.Tensor) or not coeffs.is_floating_point():
             raise TypeError("route: coeffs must be a floating-point tensor")
         if coeffs.dim() == 1:
@@ -68,6 +86,87 @@ class Routing:
         # Index tensors derived per row count, cached: every layer of a forward shares them.
         self._offsets_cache: dict[int, torch.Tensor] = {}
         self._groups_cache: dict[int, torch.Tensor] = {}
+        self.layers = self._check_layers(layers)
+        self._match_cache: dict[str, str | None] = {}
+        self._tables: dict[str, Routing] = {}
+
+    @classmethod
+    def _derived(cls, coeffs: torch.Tensor, offsets: torch.Tensor | None,
+                 num_samples: int | None, parent: Routing | None = None) -> Routing:
+        """A routing from values already validated (no checks, no host sync)."""
+        routing = cls.__new__(cls)
+        routing.coeffs, routing.offsets, routing.num_samples = coeffs, offsets, num_samples
+        same_groups = parent is not None and offsets is parent.offsets
+        routing._offsets_cache = parent._offsets_cache if same_groups else {}
+        routing._groups_cache = parent._groups_cache if same_groups else {}
+        routing.layers, routing._match_cache, routing._tables = {}, {}, {}
+        return routing
+
+    def _check_layers(self, layers: Mapping[str, LayerSpec] | None) -> dict[str, LayerSpec]:
+        checked: dict[str, LayerSpec] = {}
+        for name, spec in (layers or {}).items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"route: layer names must be non-empty strings, got {name!r}")
+            if not isinstance(spec, torch.Tensor):
+                if not callable(spec):
+                    raise TypeError(f"route: layer {name!r} needs a [G, M] / [M] tensor or a "
+                                    f"callable gate(x) -> [B, M], got {type(spec).__name__}")
+                checked[name] = spec
+                continue
+            table = spec.unsqueeze(0) if spec.dim() == 1 else spec
+            groups, num_models = self.coeffs.shape
+            if (not table.is_floating_point() or table.dim() != 2
+                    or table.shape[1] != num_models or table.shape[0] not in (1, groups)):
+                raise ValueError(f"route: layer {name!r} coefficients must be floating point "
+                                 f"[G={groups}, M={num_models}] or one row [M], got "
+                                 f"{spec.dtype} {tuple(spec.shape)}")
+            if not bool(torch.isfinite(table).all()):
+                raise ValueError(f"route: layer {name!r} coefficients contain NaN or infinity")
+            checked[name] = table.float().to(self.coeffs.device)
+        return checked
+
+    def resolve(self, name: str | None, x: torch.Tensor | None = None) -> Routing:
+        """The routing of layer ``name`` (its ``layers`` entry, else this one).
+
+        ``x`` is the layer's input, which a gate is asked with.
+        """
+        if not self.layers or name is None:
+            return self
+        if name not in self._match_cache:
+            keys = [k for k in self.layers if name == k or name.startswith(k + ".")]
+            self._match_cache[name] = max(keys, key=len) if keys else None
+        key = self._match_cache[name]
+        if key is None:
+            return self
+        spec = self.layers[key]
+        if isinstance(spec, torch.Tensor):
+            if key not in self._tables:
+                self._tables[key] = (Routing._derived(spec, None, None) if spec.shape[0] == 1
+                                     else Routing._derived(spec, self.offsets, self.num_samples,
+                                                           self))
+            return self._tables[key]
+        return self._gated(key, spec, x)
+
+    def _gated(self, key: str, gate: Callable[[torch.Tensor], torch.Tensor],
+               x: torch.Tensor | None) -> Routing:
+        """Per-sample rows from a gate asked with the layer's input (batch-first)."""
+        if x is None or x.dim() < 2:
+            raise ValueError(f"route: the gate of layer {key!r} needs the layer's batch-first "
+                             f"input [B, ...]; this layer has none")
+        batch = self.num_samples if self.num_samples is not None else x.shape[0]
+        rows = gate(x)
+        if not isinstance(rows, torch.Tensor) or not rows.is_floating_point():
+            raise TypeError(f"route: the gate of layer {key!r} must return a floating-point "
+                            f"tensor [B, M]")
+        rows = rows.float()
+        if rows.dim() == 1 or (rows.dim() == 2 and rows.shape[0] == 1):
+            if rows.shape[-1] == self.num_models:
+                return Routing._derived(rows.reshape(1, -1), None, None)
+        if rows.shape != (batch, self.num_models):
+            raise ValueError(f"route: the gate of layer {key!r} returned {tuple(rows.shape)}, "
+                             f"expected [B={batch}, M={self.num_models}] or [M]")
+        offsets = torch.arange(batch + 1, device=rows.device)
+        return Routing._derived(rows, offsets, batch)
 
     @property
     def num_models(self) -> int:
@@ -165,13 +264,20 @@ def require_routing(layer: str) -> Routing:
 
 
 @contextlib.contextmanager
-def route(coeffs: torch.Tensor | Routing, offsets: torch.Tensor | None = None) -> Iterator[Routing]:
+def route(coeffs: torch.Tensor | Routing, offsets: torch.Tensor | None = None,
+          layers: Mapping[str, LayerSpec] | None = None) -> Iterator[Routing]:
     """Make layers without explicit coefficients use ``coeffs`` (and ``offsets``) here.
 
     ``coeffs`` is [G, M] with ``offsets`` [G+1] over samples, or a single row [M] / [1, M]
     without offsets for the whole batch (static interpolation), or a ``Routing``.
+    ``layers``: per-layer tables [G, M] / [M] or gates ``gate(x) -> [B, M]`` by layer name.
     """
-    routing = coeffs if isinstance(coeffs, Routing) else Routing(coeffs, offsets)
+    if isinstance(coeffs, Routing):
+        if offsets is not None or layers is not None:
+            raise ValueError("route: pass offsets and layers to the Routing, not beside it")
+        routing = coeffs
+    else:
+        routing = Routing(coeffs, offsets, layers)
     stack = getattr(_state, "stack", None)
     if stack is None:
         stack = _state.stack = []
@@ -181,3 +287,19 @@ def route(coeffs: torch.Tensor | Routing, offsets: torch.Tensor | None = None) -
             yield routing
     finally:
         stack.pop()
+
+
+def name_layers(root: torch.nn.Module, prefix: str = "") -> torch.nn.Module:
+    """Give every dawin_fast layer under ``root`` its module name as ``routing_name``.
+
+    The names are ``root.named_modules()``'s (with ``prefix``), so per-layer coefficients
+    use the names of the original model. The interpolated free tensors ``dawinize``
+    stores as ``_dawin_<name>`` are named ``<name>``. Returns ``root``.
+    """
+    for name, module in root.named_modules(prefix=prefix):
+        if hasattr(module, "routing_name"):
+            parts = name.split(".")
+            if parts[-1].startswith("_dawin_"):
+                parts[-1] = parts[-1][len("_dawin_"):]
+            module.routing_name = ".".join(parts)
+    return root

@@ -24,6 +24,7 @@ from .layers import (
     stack_tensors,
 )
 from .linear import DaWinLinear
+from .routing import name_layers
 
 
 def check_same_architecture(models: Sequence[nn.Module], what: str = "models") -> None:
@@ -50,7 +51,9 @@ class DaWinViT(GroupedModel):
     ``forward(images, coeffs, labels=None)`` returns the image features [B, output_dim]
     (and the tokens when the models have ``output_tokens``) of every image under its
     interpolation: ``coeffs`` [M] for all images, [B, M] per image, or [G, M] with
-    ``labels`` [B] for mixture clusters.
+    ``labels`` [B] for mixture clusters. Layers carry open_clip's module names
+    (``transformer.resblocks.3.mlp.c_fc``, ``conv1``, ``proj``, ...) for per-layer
+    coefficients.
     """
 
     def __init__(self, visuals: Sequence[nn.Module]) -> None:
@@ -82,6 +85,8 @@ class DaWinViT(GroupedModel):
                                     bias=False, device=weight.device, dtype=weight.dtype)
             with torch.no_grad():
                 self.proj.weight.copy_(weight)
+        name_layers(self)  # open_clip's names (the patch embedding is its conv1)
+        self.patch_embed.linear.routing_name = "conv1"
         self.eval()
 
     @classmethod

@@ -232,7 +232,7 @@ def test_vit_forward_never_materializes_a_merged_weight():
 def test_kernel_launcher_never_materializes_a_merged_weight(strategy, lengths):
     """Inside the fused path: the launcher's torch ops (the schedule) never produce a
     weight-shaped tensor. Positive control: the PyTorch path with few groups does merge
-    one weight per group, and the recorder sees it."""
+    one weight per group (its "loop" strategy), and the recorder sees it."""
     from dawin_fast import kernels
     from dawin_fast.ops import interp_linear_torch
     from tests.reference import offsets_from_lengths
@@ -245,5 +245,6 @@ def test_kernel_launcher_never_materializes_a_merged_weight(strategy, lengths):
         kernels.interp_matmul(x, weight, coeffs, offsets, None, strategy=strategy)
     assert not recorder.matching({(56, 24)}, [weight])
     with ShapeRecorder() as control:
-        interp_linear_torch(x, weight, coeffs[:1], torch.tensor([0, 40], device=device))
+        interp_linear_torch(x, weight, coeffs[:1], torch.tensor([0, 40], device=device),
+                            strategy="loop")
     assert control.matching({(56, 24)}, [weight]), "the recorder cannot see a merged weight"
