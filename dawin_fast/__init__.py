@@ -12,6 +12,7 @@ Package layout, bottom to top (each floor imports only the floors below it; a te
 * ``ops``, ``reference``: the public op ``interp_linear`` and its float64 reference.
 * ``algorithm/``: expertise, coefficients, mixtures, grouping (imports nothing above).
 * ``nn/``: interpolating layers, routing, whole models.
+* ``distributed``: data parallelism over ``torch.distributed`` (imports none of the above).
 * ``pipeline``: the DaWin method on those models.
 * ``integrations/``, ``bench/``: front-end plug-ins, benchmark harnesses.
 * ``app/``: the command line, demo and evaluation; the only floor that does I/O.

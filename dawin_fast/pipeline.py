@@ -10,7 +10,9 @@ Two usage patterns:
 * per batch: ``dawin.predict(images)`` fits the mixture (and the offset statistics) on
   each batch;
 * calibrated: ``dawin.calibrate(batches)`` fits them once over a dataset, then
-  ``dawin.predict(images)`` applies the fitted mixture batch by batch.
+  ``dawin.predict(images)`` applies the fitted mixture batch by batch. Under a process
+  group (``torchrun``), each rank passes its shard (``dawin_fast.distributed.shard``) and
+  the fit covers all shards in rank order, as one process would on the whole set.
 
 Two weight layouts:
 
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .algorithm.coefficients import coefficients_from_entropies, offset_terms
 from .algorithm.expertise import entropy, max_logit, max_softmax
 from .algorithm.grouping import two_model_rows
@@ -130,6 +133,16 @@ class _Base:
         w = weights.detach().double().cpu().numpy()
         return w[:, 1] if self._mixture_on_lambda else w
 
+    def _gather_for_fit(self, parts: list[torch.Tensor], width: int, what: str
+                        ) -> torch.Tensor | None:
+        """All ranks' per-sample rows [N, width] in rank order, on rank 0 (None elsewhere).
+
+        ``parts``: this rank's rows, batch by batch. In one process, their concatenation.
+        """
+        local = torch.cat(parts) if parts else torch.empty(0, width)
+        distributed.check_distinct_shards(local, what)
+        return distributed.gather_rows(local, dst=0)
+
     def _mixture_means(self, mixture) -> torch.Tensor:
         means = torch.as_tensor(mixture.means_, dtype=torch.float32)
         return two_model_rows(means) if self._mixture_on_lambda else means
@@ -206,10 +219,10 @@ class DaWin(_Base):
         """Per-sample coefficient rows [B, M] (rows sum to 1) from the experts' logits."""
         return self._weights_from(self._uncertainties(expert_logits))
 
-    def _weights_from(self, u: torch.Tensor) -> torch.Tensor:
-        """Rows [B, M] from the experts' uncertainties u [M, B]."""
+    def _weights_from(self, u: torch.Tensor, offset=None) -> torch.Tensor:
+        """Rows [B, M] from the experts' uncertainties u [M, B] (``offset``: fitted (b, w))."""
         if self.offset_adjustment:
-            offset = self.offset if self.offset is not None else True
+            offset = offset or self.offset or True
             return two_model_rows(coefficients_from_entropies(u[0], u[1], offset))
         return torch.softmax(-u.double(), dim=0).t().float()
 
@@ -221,23 +234,50 @@ class DaWin(_Base):
         [B, C, H, W], an ``(images, labels, ...)`` tuple or list (labels are ignored), or a
         dict holding the images under ``"images"`` (or ``"pixel_values"``, Hugging Face's
         name).
-        """
-        expert = [self.expert_logits(batch_images(batch, i, "DaWin.calibrate")).cpu()
-                  for i, batch in enumerate(batches)]
-        if not expert:
-            raise ValueError("DaWin.calibrate: no batches")
-        return self.calibrate_from_logits(torch.cat(expert, dim=1))
 
-    def calibrate_from_logits(self, expert_logits: torch.Tensor) -> DaWin:
-        """``calibrate`` from the experts' logits [M, N, C] on the calibration set."""
+        Under a process group of W > 1 ranks, ``batches`` are this rank's shard (see
+        ``dawin_fast.distributed.shard``) and the fit covers every rank's shard in rank
+        order: with the shards of ``shard``, the same bits as one process on the whole set.
+        """
+        with distributed.shared_errors():
+            u = [self._uncertainties(self.expert_logits(
+                     batch_images(batch, i, "DaWin.calibrate"))).cpu()
+                 for i, batch in enumerate(batches)]
+        return self._calibrate(u)
+
+    def calibrate_from_logits(self, expert_logits: torch.Tensor | Sequence[torch.Tensor]
+                              ) -> DaWin:
+        """``calibrate`` from the experts' logits [M, N, C] on the calibration set.
+
+        Or a list of per-batch logits [M, B_b, C]: each batch's uncertainties are then
+        computed on their own, as ``calibrate`` does. Under a process group: this rank's
+        shard, as in ``calibrate``. (Per-batch logits keep results bit-identical across
+        world sizes for any class count; on one tensor, PyTorch's CPU reductions over more
+        than 32k classes split rows across threads differently for shards of 1-3 rows.)
+        """
+        parts = [expert_logits] if isinstance(expert_logits, torch.Tensor) else expert_logits
+        with distributed.shared_errors():
+            u = [self._uncertainties(z).cpu() for z in parts]
+        return self._calibrate(u)
+
+    def _calibrate(self, u: list[torch.Tensor]) -> DaWin:
+        """Fit on rank 0 from every rank's uncertainties ([M, B_b] per batch), broadcast."""
         self.offset, self.mixture = None, None
-        u = self._uncertainties(expert_logits)
-        if self.offset_adjustment:
-            self.offset = offset_terms(u[0], u[1])
-        if self.mode == "mixture":
-            weights = self._weights_from(u)
-            self.mixture = self._new_mixture(self.n_clusters).fit(self._mixture_input(weights))
+        gathered = self._gather_for_fit([part.t() for part in u], self.num_models,
+                                        "DaWin.calibrate")
+        self.offset, self.mixture = distributed.run_on_main(self._fit, gathered)
         return self
+
+    def _fit(self, u: torch.Tensor):
+        """(offset terms or None, fitted mixture or None) from the uncertainties u [N, M]."""
+        if u.shape[0] == 0:
+            raise ValueError("DaWin.calibrate: no batches (no calibration samples)")
+        u = u.t()
+        offset = offset_terms(u[0], u[1]) if self.offset_adjustment else None
+        if self.mode != "mixture":
+            return offset, None
+        weights = self._weights_from(u, offset)
+        return offset, self._new_mixture(self.n_clusters).fit(self._mixture_input(weights))
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, return_details: bool = False,
@@ -372,16 +412,25 @@ class DaWinMultiTask(_Base):
     @torch.no_grad()
     def calibrate(self, batches: Iterable) -> DaWinMultiTask:
         """Fit the Dirichlet mixture on the task weights of a whole calibration set
-        (batches as in ``DaWin.calibrate``)."""
+        (batches as in ``DaWin.calibrate``).
+
+        Under a process group: this rank's shard, as in ``DaWin.calibrate``.
+        """
         self.mixture = None
-        p = [self.weights(self.expert_logits(batch_images(b, i, "DaWinMultiTask.calibrate")))
-             .cpu() for i, b in enumerate(batches)]
-        if not p:
-            raise ValueError("DaWinMultiTask.calibrate: no batches")
-        p = torch.cat(p)
-        if self.mode == "mixture":
-            self.mixture = self._new_mixture(self.n_clusters).fit(self._mixture_input(p))
+        with distributed.shared_errors():
+            p = [self.weights(self.expert_logits(
+                     batch_images(b, i, "DaWinMultiTask.calibrate"))).cpu()
+                 for i, b in enumerate(batches)]
+        gathered = self._gather_for_fit(p, self.num_tasks, "DaWinMultiTask.calibrate")
+        self.mixture = distributed.run_on_main(self._fit, gathered)
         return self
+
+    def _fit(self, p: torch.Tensor):
+        if p.shape[0] == 0:
+            raise ValueError("DaWinMultiTask.calibrate: no batches (no calibration samples)")
+        if self.mode != "mixture":
+            return None
+        return self._new_mixture(self.n_clusters).fit(self._mixture_input(p))
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, task: int, return_details: bool = False

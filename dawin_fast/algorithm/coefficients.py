@@ -115,8 +115,12 @@ def offset_terms(h0: torch.Tensor, h1: torch.Tensor) -> tuple[float, float]:
         )
     if bool((h0 < 0).any()) or bool((h1 < 0).any()):
         raise ValueError("offset_terms: offset adjustment needs non-negative entropies")
-    m0, m1 = float(h0.mean()), float(h1.mean())
-    s0, s1 = float(h0.std(correction=1)), float(h1.std(correction=1))
+    # NumPy reduces in one thread (pairwise sums): the same bits for any thread count.
+    # torch's CPU mean splits long reductions across threads (50k float32 entropies gave
+    # other last bits with 1 and 2 threads), and torchrun gives each rank one thread.
+    a0, a1 = h0.cpu().numpy(), h1.cpu().numpy()
+    m0, m1 = float(a0.mean()), float(a1.mean())
+    s0, s1 = float(a0.std(ddof=1)), float(a1.std(ddof=1))
     cv0 = s0 / m0 if m0 > 0 else 0.0
     cv1 = s1 / m1 if m1 > 0 else 0.0
     b = (cv0 + cv1) / 2

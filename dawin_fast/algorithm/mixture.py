@@ -9,6 +9,10 @@ tensors; results are numpy arrays.
 
 Shared conventions
 ------------------
+- Sums over the N samples use ``np.einsum`` (one thread, no BLAS), never ``@``: OpenBLAS
+  splits long dot products across threads (``r[k] @ X`` at N = 300k gave other last bits
+  with 1 and 2 threads), and a fit must give the same bits whatever the thread count
+  (torchrun runs each rank with one; ``dawin_fast.distributed`` relies on it).
 - Values are clipped into [eps, 1 - eps] (Beta) or [eps, 1] then renormalised to sum to 1
   (Dirichlet) before taking logs, so exact 0s and 1s are fine. NaN/inf, values outside
   [0, 1] and (Dirichlet) rows not summing to 1 raise ``ValueError``.
@@ -338,7 +342,7 @@ class BetaMixture(_Mixture):
     @staticmethod
     def _moments(x, r, mass):
         """Method-of-moments (α, β) for x [N] weighted by each row of r [K, N]."""
-        m = r @ x / mass
+        m = np.einsum("kn,n->k", r, x) / mass
         var = (r * (x[None, :] - m[:, None]) ** 2).sum(axis=1) / mass
         m1m = m * (1.0 - m)
         v = np.minimum(var, m1m / 4) + _TINY_VAR
@@ -438,8 +442,9 @@ class DirichletMixture(_Mixture):
     @staticmethod
     def _moments(x, r, mass):
         """Weighted method-of-moments α [K, D] for x [N, D], weights r [K, N]."""
-        m = (r @ x) / mass[:, None]
-        var = np.stack([r[k] @ (x - m[k]) ** 2 for k in range(r.shape[0])]) / mass[:, None]
+        m = np.einsum("kn,nd->kd", r, x) / mass[:, None]
+        var = np.stack([np.einsum("n,nd->d", r[k], (x - m[k]) ** 2)
+                        for k in range(r.shape[0])]) / mass[:, None]
         spread = (m * (1 - m)).sum(axis=1)
         s = spread / (var.sum(axis=1) + _TINY_VAR) - 1.0
         s = np.clip(s, 1e-3, _MAX_CONCENTRATION)
@@ -492,7 +497,7 @@ class DirichletMixture(_Mixture):
         else:
             params = params.copy()
             start = params[alive]
-        mean_log = (resp[alive] @ logx) / mass[alive, None]
+        mean_log = np.einsum("kn,nd->kd", resp[alive], logx) / mass[alive, None]
         params[alive] = self._max_likelihood(start, mean_log)
         return params
 

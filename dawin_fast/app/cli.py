@@ -4,11 +4,17 @@ Every command validates its arguments and inspects its input files before any ex
 work, and checks that its output files can be written; a mistake prints one line naming
 the culprit and exits with code 2. Exit codes: 0 success, 1 internal error (a bug; the
 traceback with ``--debug`` or ``DAWIN_FAST_DEBUG=1``), 2 user error, 130 interrupted.
+
+Data parallel: ``torchrun --nproc-per-node N -m dawin_fast.app.cli eval ...`` (only
+``eval``). Every rank validates the arguments and files, then rank 0 alone prints and
+writes; an error on any rank reaches every rank (``dawin_fast.distributed``), and rank 0
+prints it once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import options
@@ -155,9 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PROGRESS_ENV = "DAWIN_FAST_PROGRESS"
+
+
 def _progress() -> bool:
-    """Progress bars on stderr only when it is a terminal (not in logs, not in tests)."""
-    return sys.stderr.isatty()
+    """Progress bars on stderr when it is a terminal (not in logs, not in tests), or when
+    ``DAWIN_FAST_PROGRESS=1`` asks for them (a cluster job's log)."""
+    return sys.stderr.isatty() or os.environ.get(PROGRESS_ENV) == "1"
 
 
 # ------------------------------------------------------------------------------- demo
@@ -203,9 +213,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .eval_command import prepare_eval, progress_bar, run_eval, write_outputs
+    from .parallel import is_main, session
 
-    plan = prepare_eval(args, progress_bar("checking images") if _progress() else iter)
-    write_outputs(plan, run_eval(plan, progress=_progress()))
+    show = _progress() and is_main()
+    plan = prepare_eval(args, progress_bar("checking images") if show else iter)
+    with session(plan.device) as run:  # under torchrun: this rank's device, a process group
+        report = run_eval(plan, run, progress=show)
+        if run.is_main:
+            write_outputs(plan, report)
     return EXIT_OK
 
 
@@ -290,8 +305,20 @@ def main(argv: list[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else EXIT_USER
     debug = debug_requested(getattr(args, "debug", False))
     prog = f"dawin-fast {args.command}"
+    from ..distributed import RankFailure
+    from .parallel import is_main, launched
+
     try:
+        if launched() and args.command != "eval":
+            raise UserError(f"only eval runs under torchrun; run dawin-fast {args.command} "
+                            f"without it")
         return COMMANDS[args.command](args)
+    except RankFailure as err:  # shared by every rank: rank 0 prints it once
+        if debug:
+            raise
+        if is_main():
+            print(f"{prog}: error: {err}", file=sys.stderr)
+        return EXIT_USER if err.user_error else EXIT_INTERNAL
     except UserError as err:
         if debug:
             raise

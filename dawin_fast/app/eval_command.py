@@ -5,8 +5,9 @@ architecture built on the meta device, checkpoint headers (keys and shapes), hea
 the model's feature size, the data's shape and class count against the heads, and every
 image opened with PIL's ``verify()``. Any mistake is a one-line ``UserError`` before a
 model loads. ``run_eval`` then loads, evaluates and returns the report; ``write_outputs``
-writes it (atomically). A launcher that runs several processes (torchrun) can call
-``prepare_eval`` on each, ``run_eval`` with its own data order, and ``write_outputs`` on one.
+writes it (atomically). Under torchrun every rank calls ``prepare_eval``, ``run_eval`` on
+its shard of whole batches (``dawin_fast.distributed.shard``; the report comes back
+gathered in dataset order on every rank), and rank 0 alone ``write_outputs``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .errors import UserError
 from .evaluate import EvalConfig, evaluate, format_table
 from .options import DTYPES, default_device
 from .outputs import check_distinct, check_writable, write_text
+from .parallel import Session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,36 +138,46 @@ class _OnDevice:
             yield images.to(self.device, self.dtype), labels.to(self.device)
 
 
-def build_classifier(plan: EvalPlan):
-    """The interpolating classifier of the plan's checkpoints and heads, on its device."""
+def build_classifier(plan: EvalPlan, device: str):
+    """The interpolating classifier of the plan's checkpoints and heads, on ``device``."""
     from ..nn.classifier import DaWinClassifier
     from ..nn.vit import DaWinViT
 
     visuals = load_visuals(plan.arch.name, plan.checkpoints, plan.model_config)
     heads = [load_head(path) for path in plan.heads]
     return DaWinClassifier(DaWinViT.from_open_clip(visuals), heads,
-                           normalize=plan.normalize).to(device=plan.device,
+                           normalize=plan.normalize).to(device=device,
                                                         dtype=DTYPES[plan.dtype])
 
 
-def run_eval(plan: EvalPlan, progress: bool = False) -> dict:
-    """Load the models and the data, evaluate every method; returns the report."""
+def run_eval(plan: EvalPlan, run: Session | None = None, progress: bool = False) -> dict:
+    """Load the models and the data, evaluate every method; returns the report.
+
+    ``run``: this process's place under torchrun (``parallel.session``); None is one process.
+    """
     from open_clip.transform import image_transform
 
-    classifier = build_classifier(plan)
-    dataset = load_dataset(plan.data.path, image_transform(plan.arch.image_size,
-                                                           is_train=False))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=plan.config.batch_size,
+    from .. import distributed
+
+    run = run or Session(0, 1, plan.device)
+    with distributed.shared_errors():  # a rank that cannot load stops every rank
+        classifier = build_classifier(plan, run.device)
+        dataset = load_dataset(plan.data.path, image_transform(plan.arch.image_size,
+                                                               is_train=False))
+    # This rank's whole global batches: the same batches as one process (see distributed).
+    loader = torch.utils.data.DataLoader(distributed.shard(dataset, plan.config.batch_size),
+                                         batch_size=plan.config.batch_size,
                                          num_workers=plan.workers, collate_fn=collate)
-    batches = _OnDevice(loader, plan.device, DTYPES[plan.dtype])
+    batches = _OnDevice(loader, run.device, DTYPES[plan.dtype])
     results = evaluate(classifier, batches, plan.config, progress=progress)
     return {"arch": plan.arch.name, "checkpoints": list(plan.checkpoints),
             "heads": list(plan.heads), "data": plan.data.path, "n": len(dataset),
             "classes": plan.num_classes, "device": plan.device, "dtype": plan.dtype,
-            "config": dataclasses.asdict(plan.config),
+            "world_size": run.world_size, "config": dataclasses.asdict(plan.config),
             "methods": {k: v for k, v in results.items() if not k.startswith("_")},
             "mixture": results.get("_mixture"),
             "mixture_per_sample_batches": results["_mixture_per_sample_batches"],
+            "per_sample": {"coefficients": results["_coefficients"], **results["_per_sample"]},
             "_results": results}
 
 

@@ -14,6 +14,11 @@ exact DaWin; the report counts such batches (``_mixture_per_sample_batches``).
 
 Each method's time counts what it needs: its own forward, plus the expert pass for the
 methods built on the experts' logits, plus the mixture fit for the mixture.
+
+Under a process group (``torchrun``), ``batches`` are this rank's shard (whole global
+batches, ``dawin_fast.distributed.shard``): the mixture is fitted once on every rank's
+expert outputs, and the counts and per-sample results are gathered back in dataset order,
+so every rank returns the report one process would (seconds: the slowest rank's).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Iterable
 import torch
 from tqdm import tqdm
 
+from .. import distributed
 from ..algorithm.coefficients import dynamic_classifier_selection, dynamic_output_ensemble
 from ..nn.grouped import GroupedModel
 from ..pipeline import DaWin
@@ -46,9 +52,12 @@ class _Meter:
         self.correct = 0
         self.count = 0
         self.seconds = 0.0
+        self.predictions: list[torch.Tensor] = []
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, seconds: float) -> None:
-        self.correct += int((logits.argmax(-1) == labels.to(logits.device)).sum())
+        predictions = logits.argmax(-1)
+        self.predictions.append(predictions.cpu())
+        self.correct += int((predictions == labels.to(logits.device)).sum())
         self.count += labels.numel()
         self.seconds += seconds
 
@@ -102,21 +111,44 @@ def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, tor
         return tqdm(iterable, desc=desc, leave=False, disable=not progress)
 
     expert_all, expert_seconds = [], []
-    for images, _ in bar(batches, "expert pass"):
-        expert, seconds = _timed(per_sample.expert_logits, images)
-        expert_all.append(expert.cpu())
-        expert_seconds.append(seconds)
-    if not expert_all:
+    with distributed.shared_errors():  # a failure on any rank stops every rank here
+        for images, _ in bar(batches, "expert pass"):
+            expert, seconds = _timed(per_sample.expert_logits, images)
+            expert_all.append(expert.cpu())
+            expert_seconds.append(seconds)
+    if sum(distributed.gather_objects(len(expert_all))) == 0:
         raise ValueError("evaluate: the dataset is empty")
     fit_seconds = 0.0
-    if config.calibrated:
-        logits = torch.cat(expert_all, dim=1)
-        _, fit_seconds = _timed(mixture.calibrate_from_logits, logits)
+    if config.calibrated:  # per-batch logits: uncertainties computed batch by batch
+        _, fit_seconds = _timed(mixture.calibrate_from_logits, expert_all)
         per_sample.offset = mixture.offset
 
-    coefficients, cluster_labels = [], []
+    with distributed.shared_errors():
+        coefficients, cluster_labels, truth, fallback_batches = _merged_passes(
+            classifier, bar(batches, "merged passes"), expert_all, expert_seconds, config,
+            per_sample, mixture, meters, names)
+    meters["DaWin mixture"].seconds += fit_seconds
+
+    report = _gathered(meters, coefficients, cluster_labels, truth, m)
+    report["_mixture_per_sample_batches"] = sum(distributed.gather_objects(fallback_batches))
+    if mixture.mixture is not None:
+        report["_mixture"] = {"means": mixture.mixture.means_.tolist(),
+                              "weights": mixture.mixture.weights_.tolist()}
+        if hasattr(mixture.mixture, "alphas_") and m == 2:
+            report["_mixture"].update(alphas=mixture.mixture.alphas_.tolist(),
+                                      betas=mixture.mixture.betas_.tolist())
+    return report
+
+
+def _merged_passes(classifier, batches, expert_all, expert_seconds, config, per_sample,
+                   mixture, meters, names):
+    """Pass 2 over this rank's batches: per-batch coefficients, clusters (-1: none), labels,
+    and the count of per-batch-mode batches that ran per-sample."""
+    m, temps = classifier.num_models, per_sample.temperatures
+    coefficients, cluster_labels, truth = [], [], []
     fallback_batches = 0  # per-batch mode: batches of at most K images run per-sample
-    for b, (images, labels) in enumerate(bar(batches, "merged passes")):
+    for b, (images, labels) in enumerate(batches):
+        truth.append(labels.cpu().long())
         expert = expert_all[b].to(images.device)
         t_expert = expert_seconds[b]
         for i in range(m):
@@ -141,17 +173,32 @@ def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, tor
             cluster_labels.append(details.labels.cpu())
         else:
             fallback_batches += 1
-    meters["DaWin mixture"].seconds += fit_seconds
+            cluster_labels.append(torch.full((images.shape[0],), -1, dtype=torch.int64))
+    return coefficients, cluster_labels, truth, fallback_batches
 
-    report = {name: meter.report() for name, meter in meters.items()}
-    report["_coefficients"] = torch.cat(coefficients).tolist()
-    report["_mixture_per_sample_batches"] = fallback_batches
-    if mixture.mixture is not None:
-        report["_mixture"] = {"means": mixture.mixture.means_.tolist(),
-                              "weights": mixture.mixture.weights_.tolist()}
-        if hasattr(mixture.mixture, "alphas_") and m == 2:
-            report["_mixture"].update(alphas=mixture.mixture.alphas_.tolist(),
-                                      betas=mixture.mixture.betas_.tolist())
+
+def _gathered(meters: dict[str, _Meter], coefficients, cluster_labels, truth, m: int) -> dict:
+    """Every method's report and the per-sample results, all ranks' in dataset order."""
+
+    def rows(parts, empty):
+        return distributed.gather_rows(torch.cat(parts) if parts else empty)
+
+    no_ints = torch.empty(0, dtype=torch.int64)
+    labels = rows(truth, no_ints)
+    seconds = distributed.gather_objects({k: meter.seconds for k, meter in meters.items()})
+    report, predictions = {}, {}
+    for name, meter in meters.items():
+        predicted = rows(meter.predictions, no_ints)
+        total = _Meter()
+        total.correct, total.count = int((predicted == labels).sum()), labels.numel()
+        total.seconds = max(s[name] for s in seconds)  # the ranks run side by side
+        report[name] = total.report()
+        predictions[name] = predicted.tolist()
+    report["_coefficients"] = rows(coefficients, torch.empty(0, m)).tolist()
+    report["_per_sample"] = {"labels": labels.tolist(),
+                             "cluster": rows(cluster_labels, no_ints).tolist(),
+                             "predictions": predictions}
+    report["_world_size"] = distributed.world_size()
     return report
 
 

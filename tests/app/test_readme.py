@@ -42,6 +42,15 @@ def prelude(block: str) -> dict:
         names.update(my_coefficient_rows=torch.tensor([[0.5, 0.5], [0.1, 0.9], [0.5, 0.5]]),
                      batch_tokens=torch.randn(3, 4, 8), stacked_w=torch.randn(2, 6, 8),
                      stacked_b=torch.randn(2, 6))
+    if "distributed.shard(dataset" in block:  # Scaling out: one process, no group
+        from dawin_fast import DaWin, DaWinClassifier, DaWinViT
+        from tests.models import tiny_open_clip_visual
+
+        visuals = [tiny_open_clip_visual(s) for s in (0, 1)]
+        heads = [torch.randn(5, 12), torch.randn(5, 12)]
+        names.update(dawin=DaWin(DaWinClassifier(DaWinViT.from_open_clip(visuals), heads)),
+                     dataset=torch.utils.data.TensorDataset(torch.randn(10, 3, 16, 16),
+                                                            torch.zeros(10, dtype=torch.long)))
     if "interp_linear(x, weight, coeffs, offsets" in block:
         names.update(x=torch.randn(5, 8), weight=torch.randn(2, 6, 8),
                      coeffs=torch.tensor([[1.0, 0.0]]), offsets=torch.tensor([0, 5]))
