@@ -17,14 +17,16 @@ setup(
         "dawin_fast", "dawin_fast.algorithm", "dawin_fast.nn", "dawin_fast.integrations",
         "dawin_fast.integrations.fusion_bench", "dawin_fast.bench", "dawin_fast.app",
         "dawin_fast.kernels",
-        # The Hydra search-path plugin of the FusionBench plug-in. "hydra_plugins" is a
-        # namespace package listed on its own so that an editable install maps it to this
-        # folder: Hydra finds plugins with pkgutil.walk_packages over its __path__.
+        # The Hydra search-path plugin of the FusionBench plug-in, installed as the top-level
+        # namespace package "hydra_plugins" (where Hydra looks: pkgutil.walk_packages over
+        # its __path__) from a folder inside the plug-in. Listed on its own so that an
+        # editable install maps the namespace to that folder.
         "hydra_plugins", "hydra_plugins.dawin_fast",
     ],
     # The FusionBench configs (method/dawin_fast/*.yaml, modelpool/dawin_fast/*.yaml).
     package_data={"dawin_fast.integrations.fusion_bench": ["config/*/*/*.yaml"]},
-    package_dir={"dawin_fast": "dawin_fast", "dawin_fast.kernels": "kernels"},
+    package_dir={"dawin_fast": "dawin_fast", "dawin_fast.kernels": "kernels",
+                 "hydra_plugins": "dawin_fast/integrations/fusion_bench/hydra_plugins"},
     install_requires=[
         "torch>=2.4",
         "triton>=3.0",
@@ -36,7 +38,7 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "timm", "transformers"],
         "demo": ["scikit-learn", "matplotlib", "safetensors"],
-        # The FusionBench plug-in (dawin_fast.integrations.fusion_bench, hydra_plugins).
+        # The FusionBench plug-in (dawin_fast.integrations.fusion_bench and its Hydra plugin).
         "fusionbench": ["fusion-bench==0.2.33"],
     },
     entry_points={"console_scripts": ["dawin-fast=dawin_fast.app.cli:main"]},

@@ -1,8 +1,9 @@
 """Hydra search-path plugin: makes dawin_fast's FusionBench configs visible to the
 ``fusion_bench`` CLI (``method=dawin_fast/clip_we_moe``, ``modelpool=dawin_fast/...``).
 
-Hydra imports every module of the ``hydra_plugins`` namespace package and registers the
-``SearchPathPlugin`` subclasses it finds.
+Installed as ``hydra_plugins.dawin_fast`` (see setup.py): Hydra imports every module of
+the ``hydra_plugins`` namespace package and registers the ``SearchPathPlugin`` subclasses
+it finds.
 """
 
 from hydra.core.config_search_path import ConfigSearchPath
