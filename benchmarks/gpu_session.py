@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import shlex
@@ -60,6 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("correctness", "layers", "compiled", "e2e", "backend", "render")
 DEFAULT_BUDGET_S = 530.0  # of a device call's 600 s: start-up, wheel install, margin
 GRACE_S = 45.0  # after SIGINT, for pytest to write its JUnit XML and summary
+TEST_TIMEOUT_S = 300  # one correctness test (compiles every config of a new shape: minutes)
 
 # Pytest selections of the correctness stage (GPU). The compile gate needs no GPU (CI runs
 # it), the benchmarks have their own stages, and the gloo tests run on the CPU anyway.
@@ -273,10 +275,12 @@ class Stage:
             pass
 
     def pytest(self, label: str, args: list[str], env: dict[str, str], timeout: float,
-               xml_name: str | None = None) -> dict:
+               xml_name: str | None = None, verbose: bool = False) -> dict:
+        """A pytest run with its JUnit XML. ``verbose``: one line per test (the benchmarks:
+        if a run must be killed, the log names the test it was in)."""
         xml = self.out / (xml_name or f"{self.name}-{label}.xml")
-        argv = [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider",
-                "-rfE", "--durations=15", f"--junitxml={xml}"]
+        argv = [sys.executable, "-m", "pytest", *args, "-v" if verbose else "-q",
+                "-p", "no:cacheprovider", "-rfE", "--durations=15", f"--junitxml={xml}"]
         record = self.run(label, argv, env, timeout)
         record.update(junit_summary(xml))
         self.save()
@@ -330,8 +334,6 @@ def xdist_workers(requested: int | None, cuda: bool) -> int:
     """pytest-xdist workers for the correctness runs: on a GPU machine, compiles dominate
     (every new shape or M autotunes and compiles every kernel config, ~2 s each, one CPU
     core apiece), so they run in parallel on its cores; 0 where xdist is missing."""
-    import importlib.util
-
     if importlib.util.find_spec("xdist") is None:
         return 0
     if requested is not None:
@@ -346,6 +348,10 @@ def stage_correctness(stage: Stage) -> None:
     # Fewer hypothesis examples (tests/conftest.py's "gpu" profile): on a GPU each new
     # random shape compiles and autotunes every config.
     common = ["--hypothesis-profile=gpu", *(["-n", str(workers)] if workers else [])]
+    if workers and importlib.util.find_spec("pytest_timeout") is not None:
+        # A test that hangs (a kernel that never finishes) ends its worker after a stack
+        # dump naming it; xdist reports the crash and starts another worker.
+        common += [f"--timeout={TEST_TIMEOUT_S}", "--timeout-method=thread"]
     stage.data["xdist_workers"] = workers
     if args.dry_run:
         plan = [(label, sel, env) for label, sel in DRY_CORRECTNESS.items()]
@@ -390,7 +396,7 @@ def _bench_stage(stage: Stage, test_file: str, select: str, gluon: bool) -> None
     if select:
         selection += ["-k", select]
     stage.pytest(stage.name, [*selection, *args.pytest_args], env, stage.remaining() - 10,
-                 xml_name=f"{stage.name}.xml")
+                 xml_name=f"{stage.name}.xml", verbose=True)
     if records.exists():
         stage.data["records"] = [json.loads(line) for line in
                                  records.read_text(encoding="utf-8").splitlines() if line]
@@ -440,7 +446,9 @@ def stage_backend(stage: Stage) -> None:
     argv = [sys.executable, "-m", "benchmarks.backend", "--device",
             "cpu" if args.dry_run else "cuda"]
     if args.dry_run:
-        argv += ["--repeats", "1", "--only", "layer"]
+        argv += ["--repeats", "1"]
+    if args.dry_run or importlib.util.find_spec("fusion_bench") is None:
+        argv += ["--only", "layer"]  # WEMoE needs fusion_bench (not on the GPU image)
     stage.run("backend", argv, child_env(args.gluon), stage.remaining() - 10)
     lines = stage.log_path.read_text(encoding="utf-8").splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("=== backend/backend:"))
