@@ -1,4 +1,24 @@
-"""Record the software and device next to every benchmark result."""
+"""Benchmark session hooks: the software and device next to every result, a time budget,
+and a record of every benchmark as soon as it finishes.
+
+* ``DAWIN_BENCH_DEADLINE`` (Unix time in seconds): benchmarks that would start after it
+  are skipped with that reason, so a run that must end within a device call's limit
+  writes its results instead of being killed (``benchmarks/gpu_session.py`` sets it).
+* ``DAWIN_BENCH_RECORDS`` (a path): one JSON line per benchmark test as it finishes (its
+  ``extra_info``, the outcome, and the error or skip reason), so a run cut short still
+  leaves every finished record, failures included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+DEADLINE_ENV = "DAWIN_BENCH_DEADLINE"
+RECORDS_ENV = "DAWIN_BENCH_RECORDS"
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
@@ -9,3 +29,45 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["triton"] = triton.__version__
     machine_info["device"] = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
                               else "cpu (no GPU: toy sizes, PyTorch path)")
+    machine_info["gluon"] = os.environ.get("DAWIN_FAST_GLUON", "0")
+
+
+def pytest_runtest_setup(item):
+    deadline = os.environ.get(DEADLINE_ENV)
+    if deadline and time.time() > float(deadline):
+        pytest.skip(f"the stage's time budget ran out before this benchmark ({DEADLINE_ENV})")
+
+
+def _params(item) -> dict:
+    """The case parameters and method of a parametrized benchmark test."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    out = {}
+    case = params.get("case")
+    if hasattr(case, "info"):
+        out.update(case.info())
+    if "method" in params:
+        out["method"] = params["method"]
+    return out
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    path = os.environ.get(RECORDS_ENV)
+    if not path or not (report.when == "call" or report.outcome != "passed"):
+        return  # one line per test: its call, or the phase that failed or skipped it
+    benchmark = item.funcargs.get("benchmark") if hasattr(item, "funcargs") else None
+    record = {**_params(item), **(dict(benchmark.extra_info) if benchmark else {}),
+              "test": item.nodeid, "outcome": report.outcome, "phase": report.when}
+    if report.skipped:
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        record["skipped"] = reason.removeprefix("Skipped: ")
+    elif report.failed:
+        lines = str(report.longrepr).strip().splitlines()
+        errors = [line for line in lines if line.startswith("E ")]
+        record["error"] = (errors[0][1:].strip() if errors else lines[-1])[:300]
+    record.setdefault("median_ms", None)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, default=str) + "\n")

@@ -40,8 +40,8 @@ def test_e2e(benchmark, setup, method):
     benchmark.extra_info.update(case=setup.case.id, method=method, images=count)
     if not benchmark.disabled:
         result = bench_e2e.measure(fn, setup.case.device,
-                                   repeats=1 if method.startswith("rebuild") else 3)
-        benchmark.extra_info.update(result, ms_per_image=result["median_ms"] / count)
+                                   repeats=bench_e2e.repeats_for(method, setup.case.device))
+        benchmark.extra_info.update(bench_e2e.record(setup, method, count, result))
 
     def run():
         with torch.no_grad():
@@ -49,4 +49,6 @@ def test_e2e(benchmark, setup, method):
         if setup.case.device == "cuda":
             torch.cuda.synchronize()
 
-    benchmark.pedantic(run, rounds=1 if method.startswith("rebuild") else 3, warmup_rounds=1)
+    gpu = setup.case.device == "cuda"
+    benchmark.pedantic(run, rounds=3 if gpu and not method.startswith("rebuild") else 1,
+                       warmup_rounds=1 if gpu else 0)

@@ -47,7 +47,14 @@ from .nn import (
     dawinize,
     route,
 )
-from .ops import interp_linear, interp_linear_torch, skip_value_checks, use_backend
+from .ops import (
+    interp_linear,
+    interp_linear_torch,
+    kernel_choice,
+    skip_value_checks,
+    use_backend,
+    use_strategy,
+)
 from .pipeline import DaWin, DaWinMultiTask, DaWinOutput, task_vectors
 
 __all__ = [
@@ -77,6 +84,7 @@ __all__ = [
     "group_per_sample",
     "interp_linear",
     "interp_linear_torch",
+    "kernel_choice",
     "max_logit",
     "max_softmax",
     "offset_terms",
@@ -86,5 +94,6 @@ __all__ = [
     "task_vectors",
     "two_model_rows",
     "use_backend",
+    "use_strategy",
 ]
 __version__ = "0.1.0"

@@ -41,6 +41,8 @@ from . import kernels
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKENDS = ("auto", "triton", "torch")
+#: The Triton kernel strategies ``use_strategy`` can force (``kernels.interp_matmul``).
+KERNEL_STRATEGIES = tuple(kernels.STRATEGIES)
 
 _state = threading.local()
 
@@ -69,6 +71,63 @@ def use_backend(backend: str) -> Iterator[None]:
         yield
     finally:
         _state.backend = previous
+
+
+def _strategy() -> str | None:
+    return getattr(_state, "strategy", None)
+
+
+@contextlib.contextmanager
+def use_strategy(strategy: str | None) -> Iterator[None]:
+    """Force the Triton kernel strategy of ``interp_linear`` calls in this thread.
+
+    One of ``KERNEL_STRATEGIES`` ("combine", "rowscaled", "swapab", "epilogue"), or None
+    for the default rule. For benchmarks and tuning: it applies only where the Triton
+    kernels run (not the PyTorch path, not one-hot calls), to forward calls made in this
+    thread (autograd's backward runs elsewhere), and a strategy that cannot run a call
+    raises there (e.g. "combine" with no config that fits in shared memory).
+    """
+    if strategy is not None and strategy not in KERNEL_STRATEGIES:
+        raise ValueError(f"strategy must be one of {KERNEL_STRATEGIES} or None, got {strategy!r}")
+    previous = _strategy()
+    _state.strategy = strategy
+    try:
+        yield
+    finally:
+        _state.strategy = previous
+
+
+def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -> str:
+    """What ``interp_linear(x, weight, coeffs, ...)`` launches here, for reports.
+
+    "torch" (the PyTorch path), "combine", "rowscaled", "swapab:<config> (Gluon)" or
+    "swapab:<config> (twin)", or "epilogue:<config>" ("... (interpreter)" under
+    ``TRITON_INTERPRET=1``), under this thread's backend and
+    ``use_strategy``. Ignores the one-hot shortcut (one-hot rows run cuBLAS).
+    """
+    from .kernels import dispatch
+    from .kernels.interp_matmul import call_aligned, choose_strategy
+
+    rows = x.reshape(-1, x.shape[-1])
+    if not _use_triton(rows):
+        return "torch"
+    num_rows, k_dim = rows.shape
+    num_models, n_dim, _ = weight.shape
+    num_groups = coeffs.shape[0]
+    target = dispatch.target_for(rows, weight)
+    strategy = _strategy()
+    if strategy is None:
+        ieee = rows.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+        strategy = choose_strategy(num_rows, num_groups, num_models, rows.dtype, ieee,
+                                   call_aligned(rows, weight), n_dim, k_dim, target)
+    if strategy not in dispatch.NEW_STRATEGIES:
+        return strategy
+    if kernels.interpreting():  # one pinned small config per kernel
+        return f"{strategy} (interpreter)"
+    config = dispatch.best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim)
+    if strategy == "swapab":
+        return f"swapab:{config} ({'Gluon' if target.gluon else 'twin'})"
+    return f"epilogue:{config}"
 
 
 @contextlib.contextmanager
@@ -493,7 +552,7 @@ def _interp_linear_op(
 ) -> torch.Tensor:
     if _use_triton(x):
         return kernels.interp_matmul(
-            x, weight, coeffs.float(), offsets, bias
+            x, weight, coeffs.float(), offsets, bias, strategy=_strategy()
         )
     return interp_linear_torch(x, weight, coeffs, offsets, bias)
 

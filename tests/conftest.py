@@ -14,6 +14,10 @@ if not torch.cuda.is_available():
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("default", deadline=None, print_blob=True)
+# The GPU session (`--hypothesis-profile gpu`, benchmarks/gpu_session.py): on a GPU every
+# new random shape is a new autotune key, so each example compiles and benchmarks every
+# kernel config (seconds apiece); fewer examples there, the full 100 on the interpreter.
+settings.register_profile("gpu", max_examples=20, deadline=None, print_blob=True)
 settings.load_profile("default")
 
 import pytest  # noqa: E402

@@ -5,6 +5,9 @@ Methods, all on the same images and models:
     wise_ft              dawin_fast, one static coefficient row (one fused pass)
     dawin_mixture        dawin_fast DaWin: expert passes + Beta mixture (K=3) + merged pass
     dawin_per_sample     dawin_fast DaWin with exact per-sample coefficients
+    merged_forward_k3    one DaWin ViT forward (with head) under 3 given cluster rows: the
+                         merged pass alone, coefficients known (P6's "DaWin ViT forward")
+    merged_forward_per_sample  the same with a given coefficient row per image
     rebuild_per_cluster  the authors' style: plain expert passes, mixture, then per cluster
                          a rebuilt state dict loaded into a model and a forward
     rebuild_per_sample   the same with one rebuilt model per sample (exact DaWin, slow)
@@ -12,7 +15,8 @@ Methods, all on the same images and models:
 On a GPU: ViT-B/32, bf16, 1024 images at 224 px (the P5 setup); the rebuild loops may run
 on a prefix of the batch (``rebuild_images``) and are reported per image. On a CPU: a toy
 ViT so the harness runs anywhere; its times mean nothing. With CUDA, each record also
-holds the peak extra GPU memory of the call (P6).
+holds the peak extra GPU memory of the call (P6) and every record the bytes of the
+largest layer's merged weight (P6's bound).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from ..ops import use_backend
 from ..pipeline import DaWin
 
 METHODS = ("plain_forward", "wise_ft", "dawin_mixture", "dawin_per_sample",
-           "rebuild_per_cluster", "rebuild_per_sample")
+           "merged_forward_k3", "merged_forward_per_sample", "rebuild_per_cluster",
+           "rebuild_per_sample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +151,16 @@ def _build(method: str, setup: E2ESetup) -> tuple[Callable[[], torch.Tensor], in
     if method == "dawin_per_sample":
         dawin = DaWin(classifier, mode="per_sample")
         return (lambda: dawin.predict(images)), case.images
+    gen = torch.Generator().manual_seed(1)
+    if method == "merged_forward_k3":
+        lam = torch.tensor([0.2, 0.5, 0.8])
+        table = torch.stack([1 - lam, lam], dim=1).to(case.device)
+        labels = torch.randint(0, 3, (case.images,), generator=gen).to(case.device)
+        return (lambda: classifier(images, table, labels=labels)), case.images
+    if method == "merged_forward_per_sample":
+        lam = torch.rand(case.images, generator=gen)
+        rows = torch.stack([1 - lam, lam], dim=1).to(case.device)
+        return (lambda: classifier(images, rows)), case.images
     scratch = copy.deepcopy(plains[0])
     if method == "rebuild_per_cluster":
         def per_cluster():
@@ -191,7 +206,37 @@ def measure(fn: Callable[[], torch.Tensor], device: str, repeats: int = 3) -> di
             torch.cuda.synchronize()
             extra = torch.cuda.max_memory_allocated() - before
         times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "peak_extra_bytes": extra}
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "repeats": repeats,
+            "peak_extra_bytes": extra}
+
+
+def repeats_for(method: str, device: str) -> int:
+    """Timed calls per method on a GPU: the per-sample rebuild loop once (seconds per
+    call), the per-cluster one 3 times, everything else 10 times. On a CPU (toy sizes,
+    the times mean nothing) once."""
+    if method == "rebuild_per_sample" or device != "cuda":
+        return 1
+    if method == "rebuild_per_cluster":
+        return 3
+    return 10
+
+
+def layer_weight_bytes(setup: E2ESetup) -> int:
+    """Bytes of the largest single layer's merged weight (one model's share of a stacked
+    [M, ...] tensor): P6's bound on the extra memory of a DaWin forward."""
+    num_models = setup.classifier.num_models
+    stacked = [t for t in (*setup.classifier.parameters(), *setup.classifier.buffers())
+               if t.dim() >= 3 and t.shape[0] == num_models]
+    return max(t[0].numel() * t.element_size() for t in stacked)
+
+
+def record(setup: E2ESetup, method: str, count: int, result: dict) -> dict:
+    """One method's record: the case, the time for the whole batch and per image, memory."""
+    case = setup.case
+    return dict(case=case.id, method=method, images=count, device=case.device,
+                dtype=str(case.dtype).removeprefix("torch."), batch_images=case.images,
+                ms_per_image=result["median_ms"] / count,
+                layer_weight_bytes=layer_weight_bytes(setup), **result)
 
 
 def run(methods: tuple[str, ...] = METHODS, case: E2ECase | None = None) -> list[dict]:
@@ -201,21 +246,26 @@ def run(methods: tuple[str, ...] = METHODS, case: E2ECase | None = None) -> list
     records = []
     for method in methods:
         fn, count = build(method, setup)
-        result = measure(fn, case.device, repeats=1 if method.startswith("rebuild") else 3)
-        records.append(dict(case=case.id, method=method, images=count,
-                            ms_per_image=result["median_ms"] / count, **result))
+        result = measure(fn, case.device, repeats=repeats_for(method, case.device))
+        records.append(record(setup, method, count, result))
     return records
 
 
 def render_markdown(records: list[dict], header: list[str]) -> str:
-    """ms per image, × plain_forward, and peak extra memory, per method."""
-    unit = next((r["ms_per_image"] for r in records if r["method"] == "plain_forward"), None)
+    """ms per image, × plain_forward, and peak extra memory, per method (methods without a
+    time are listed below the table with their reason)."""
+    timed = [r for r in records if r.get("ms_per_image") is not None]
+    unit = next((r["ms_per_image"] for r in timed if r["method"] == "plain_forward"), None)
     lines = list(header) + ["", "| method | images timed | ms / image | × plain forward | "
                             "peak extra GPU memory |", "|---|---|---|---|---|"]
-    for r in records:
+    for r in timed:
         ratio = f"{r['ms_per_image'] / unit:.2f}" if unit else "–"
         memory = (f"{r['peak_extra_bytes'] / 2**20:.0f} MiB"
                   if r.get("peak_extra_bytes") is not None else "–")
         lines.append(f"| {r['method']} | {r['images']} | {r['ms_per_image']:.4f} | {ratio} | "
                      f"{memory} |")
+    missing = [f"{r['method']} ({r.get('error') or r.get('skipped') or 'no time'})"
+               for r in records if r.get("ms_per_image") is None]
+    if missing:
+        lines += ["", f"Not timed: {'; '.join(missing)}."]
     return "\n".join(lines)

@@ -6,12 +6,24 @@ Every method computes the same thing on the same inputs: rows grouped by ``offse
 group g through the interpolation ``sum_i coeffs[g, i] W_i`` of M stacked linears.
 
 Methods:
-    fused                 dawin_fast.interp_linear (one launch, no merged weight)
+    fused                 dawin_fast.interp_linear (one launch, no merged weight; its default
+                          kernel choice, recorded as ``kernel``)
+    fused_<strategy>      the same op with one Triton kernel strategy forced (``use_strategy``):
+                          fused_combine, fused_rowscaled, fused_swapab (the Gluon kernel where
+                          DAWIN_FAST_GLUON=1 lets it run, else its plain-Triton twin),
+                          fused_epilogue. GPU only (on a CPU: only under TRITON_INTERPRET=1,
+                          to test the harness)
     premerged             F.linear with one weight merged beforehand (the floor: a plain GEMM;
                           cuBLAS on a GPU, the CPU's BLAS on a CPU)
     materialize_loop      per group: merge the weight (einsum), then F.linear (eager)
-    materialize_compiled  the same function under torch.compile(mode="max-autotune")
+    materialize_compiled  the same function under torch.compile(mode="max-autotune"),
+                          on a GPU compiled afresh for each case (static shapes)
     einsum_grouped_mm     one einsum into G merged weights, then torch._grouped_mm (sm90 bf16)
+
+Before it is timed, every method's output is compared with a float32 reference (merge in
+float32, then F.linear), and its relative error ``||out - ref|| / ||ref||`` is recorded.
+On a GPU, times are medians of at least 20 CUDA-event-timed calls after a warm-up, with
+the L2 cache flushed before each call (as ``triton.testing.do_bench`` does).
 
 On a GPU the shapes are the real ViT-B/32, B/16 and L/14 layers; on a CPU they shrink to a
 toy size so that the harness itself runs (and is tested) anywhere.
@@ -20,13 +32,24 @@ toy size so that the harness itself runs (and is tested) anywhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import os
+import statistics
+import time
 from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
 
-from ..ops import interp_linear, skip_value_checks, use_backend
+from ..ops import (
+    KERNEL_STRATEGIES,
+    interp_linear,
+    kernel_choice,
+    skip_value_checks,
+    use_backend,
+    use_strategy,
+)
 
 # width, tokens per image, images per batch for one big group (>= 8k rows, DESIGN P1).
 VIT_SHAPES = {
@@ -36,7 +59,9 @@ VIT_SHAPES = {
 }
 LAYERS = ("qkv", "out_proj", "fc1", "fc2")
 PATTERNS = ("one_group", "clusters3", "per_sample")
-METHODS = ("fused", "premerged", "materialize_loop", "materialize_compiled",
+#: fused_<strategy> -> the kernel strategy it forces.
+STRATEGY_METHODS = {f"fused_{name}": name for name in KERNEL_STRATEGIES}
+METHODS = ("fused", *STRATEGY_METHODS, "premerged", "materialize_loop", "materialize_compiled",
            "einsum_grouped_mm")
 
 
@@ -62,6 +87,29 @@ class Case:
         return (f"{self.model}-{self.layer}-{self.pattern}-M{self.num_models}-"
                 f"{self.images}x{self.tokens}")
 
+    @property
+    def target(self) -> str | None:
+        """The DESIGN §5 layer target (H100, bf16) this case measures: P1-P4, or None
+        (always None for the toy cases of a CPU)."""
+        if self.device != "cuda":
+            return None
+        if self.pattern == "one_group":
+            if self.rows <= 512:
+                return "P3"
+            if self.rows >= 8192:
+                return {2: "P1", 8: "P4"}.get(self.num_models)
+        if self.pattern == "per_sample" and self.images == 256 and self.num_models == 2:
+            return "P2"
+        return None
+
+    def info(self) -> dict:
+        """The case's parameters, as stored in every record (for the P1-P6 summary)."""
+        return dict(case=self.id, target=self.target, model=self.model, layer=self.layer,
+                    pattern=self.pattern, rows=self.rows, images=self.images,
+                    tokens=self.tokens, in_features=self.in_features,
+                    out_features=self.out_features, num_models=self.num_models,
+                    dtype=str(self.dtype).removeprefix("torch."), device=self.device)
+
 
 def layer_features(layer: str, width: int) -> tuple[int, int]:
     """(in_features, out_features) of an open_clip ViT layer."""
@@ -74,6 +122,9 @@ def layer_features(layer: str, width: int) -> tuple[int, int]:
 
 
 def gpu_cases() -> list[Case]:
+    """Every DESIGN §5 layer case, the target cases first (P1, P2, P3, P4), then the
+    three-cluster cases that no target covers: a run cut short by its time budget loses
+    the least important ones."""
     cases = []
     for model, (width, tokens, images) in VIT_SHAPES.items():
         for layer in LAYERS:
@@ -89,7 +140,8 @@ def gpu_cases() -> list[Case]:
         width, tokens, images = VIT_SHAPES[model]
         cases.append(Case(model, "fc1", "one_group", images, tokens,
                           *layer_features("fc1", width), num_models=8))
-    return cases
+    order = ("P1", "P2", "P3", "P4", None)
+    return sorted(cases, key=lambda c: order.index(c.target))  # stable: shapes stay in order
 
 
 def cpu_cases() -> list[Case]:
@@ -129,14 +181,18 @@ def group_lengths(pattern: str, images: int, tokens: int) -> list[int]:
 
 
 def make_inputs(case: Case, seed: int = 0) -> Inputs:
+    """Random inputs drawn on the case's device (a GPU fills the large ones in
+    milliseconds; the values depend on the device's generator)."""
     gen = torch.Generator().manual_seed(seed)
+    device_gen = torch.Generator(device=case.device).manual_seed(seed)
     lengths = group_lengths(case.pattern, case.images, case.tokens)
     bounds = [0]
     for n in lengths:
         bounds.append(bounds[-1] + n)
 
     def rand(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen) * scale).to(case.device, case.dtype)
+        values = torch.randn(*shape, generator=device_gen, device=case.device)
+        return (values * scale).to(case.dtype)
 
     coeffs = torch.rand(len(lengths), case.num_models, generator=gen)
     coeffs = (coeffs / coeffs.sum(1, keepdim=True)).to(case.device)
@@ -149,6 +205,28 @@ def make_inputs(case: Case, seed: int = 0) -> Inputs:
         offsets=torch.tensor(bounds, device=case.device),
         bounds=bounds,
     )
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A case's inputs and its float32 reference output, made once for all its methods."""
+
+    case: Case
+    inputs: Inputs
+    reference: torch.Tensor
+
+
+@functools.lru_cache(maxsize=1)  # one case at a time on the device
+def prepare(case: Case) -> Prepared:
+    inputs = make_inputs(case)
+    return Prepared(case, inputs, reference_output(inputs))
+
+
+def reference_output(inputs: Inputs) -> torch.Tensor:
+    """Float32 reference: every group's weight and bias merged in float32, F.linear in
+    float32 (full precision unless the caller enabled TF32)."""
+    x, w, b = inputs.x.float(), inputs.weight.float(), inputs.bias.float()
+    return materialize_loop(x, w, b, inputs.coeffs.float(), inputs.bounds)
 
 
 def materialize_loop(x, weight, bias, coeffs, bounds):
@@ -177,18 +255,46 @@ class Unavailable(Exception):
     """A method that does not apply to a case (the reason is the message)."""
 
 
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _fused_contexts(x: torch.Tensor, strategy: str | None):
+    """The contexts a fused method runs under: modules validate their routing once per
+    forward and skip value checks; on a CPU the PyTorch path (never the interpreter)
+    unless a kernel strategy is forced."""
+    if strategy is None:
+        backend = "auto" if x.is_cuda else "torch"
+    else:
+        backend = "triton"
+    return skip_value_checks(), use_backend(backend), use_strategy(strategy)
+
+
 def build(method: str, case: Case, inputs: Inputs) -> Callable[[], torch.Tensor]:
     """A zero-argument callable running ``method`` on ``inputs``."""
     x, w, b, c, off, bounds = (inputs.x, inputs.weight, inputs.bias, inputs.coeffs,
                                inputs.offsets, inputs.bounds)
-    if method == "fused":
-        # On a CPU, time the PyTorch path, never the Triton interpreter.
-        backend = "auto" if x.is_cuda else "torch"
+    if method == "fused" or method in STRATEGY_METHODS:
+        strategy = STRATEGY_METHODS.get(method)
+        if strategy is not None and not x.is_cuda:
+            if not _interpreting():
+                raise Unavailable("the kernel strategies run compiled on a GPU (on a CPU only "
+                                  "through TRITON_INTERPRET=1, to test this harness)")
+            if x.dtype == torch.bfloat16:
+                raise Unavailable("the Triton interpreter's bf16 dot is broken")
 
         def fused():
-            # Modules validate their routing once per forward, then skip value checks.
-            with skip_value_checks(), use_backend(backend):
+            checks, backend, forced = _fused_contexts(x, strategy)
+            with checks, backend, forced:
                 return interp_linear(x, w, c, off, b)
+
+        if strategy is not None:
+            try:  # a strategy with no config that fits this call is not applicable
+                fused()
+            except ValueError as error:
+                if "fits in shared memory" not in str(error):
+                    raise
+                raise Unavailable(str(error)) from error
         return fused
     if method == "premerged":
         merged = torch.einsum("m,mnk->nk", c[0].to(x.dtype), w)
@@ -199,7 +305,14 @@ def build(method: str, case: Case, inputs: Inputs) -> Callable[[], torch.Tensor]
     if method == "materialize_compiled":
         if len(bounds) - 1 > 8:
             raise Unavailable("compiling the loop would unroll one merge + GEMM per group")
-        compiled = torch.compile(materialize_loop, mode="max-autotune", fullgraph=True)
+        if x.is_cuda:
+            # A fresh compile per case with static shapes: reusing one compiled function
+            # across cases switches Dynamo to a dynamic-shape graph from the second shape
+            # on (and stops recompiling after 8), timing kernels tuned for another shape.
+            # (On a CPU, toy sizes whose times mean nothing, the cheaper reuse is kept.)
+            torch._dynamo.reset()
+        compiled = torch.compile(materialize_loop, mode="max-autotune", fullgraph=True,
+                                 dynamic=False if x.is_cuda else None)
         return lambda: compiled(x, w, b, c, bounds)
     if method == "einsum_grouped_mm":
         if len(bounds) == 2:
@@ -211,6 +324,15 @@ def build(method: str, case: Case, inputs: Inputs) -> Callable[[], torch.Tensor]
     raise ValueError(f"unknown method {method!r}")
 
 
+def kernel_of(method: str, inputs: Inputs) -> str | None:
+    """What a fused method launches for these inputs (None for the baselines)."""
+    if method != "fused" and method not in STRATEGY_METHODS:
+        return None
+    checks, backend, forced = _fused_contexts(inputs.x, STRATEGY_METHODS.get(method))
+    with checks, backend, forced:
+        return kernel_choice(inputs.x, inputs.weight, inputs.coeffs)
+
+
 def unavailable_here(method: str) -> str | None:
     """Why ``method`` cannot run on this machine at all, or None."""
     if method == "einsum_grouped_mm":
@@ -220,87 +342,172 @@ def unavailable_here(method: str) -> str | None:
             return "torch._grouped_mm needs an sm90+ GPU (bf16); this machine has no GPU"
         if torch.cuda.get_device_capability()[0] < 9:
             return "torch._grouped_mm needs an sm90+ GPU (bf16)"
+    if method in STRATEGY_METHODS and not torch.cuda.is_available():
+        return ("the kernel strategies are timed on a GPU; on this machine 'fused' times the "
+                "PyTorch path")
     return None
 
 
-def time_ms(fn: Callable[[], torch.Tensor], device: str) -> float:
-    """Median milliseconds per call: ``triton.testing.do_bench`` on a GPU (CUDA events,
-    L2 flushed between runs), wall clock over repeated calls on a CPU."""
-    if device == "cuda":
-        import triton.testing
+MIN_REPEATS = 20
 
-        return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-    import statistics
-    import time
+_flush_buffer: torch.Tensor | None = None
 
+
+def _flush_l2() -> None:
+    """Overwrite 256 MB so that no input stays in the L2 cache (50 MB on an H100)."""
+    global _flush_buffer
+    if _flush_buffer is None:
+        _flush_buffer = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    _flush_buffer.zero_()
+
+
+def time_cuda(fn: Callable[[], torch.Tensor], min_repeats: int = MIN_REPEATS,
+              min_total_ms: float = 100.0, warmup_ms: float = 25.0,
+              max_repeats: int = 2000) -> dict:
+    """CUDA-event timing of ``fn``: one call (compiles, autotunes), a warm-up of about
+    ``warmup_ms``, then ``max(min_repeats, min_total_ms / estimate)`` calls (at most
+    ``max_repeats``), each timed with its own pair of events and preceded by an L2 flush
+    outside the timed region. Median, min and quartiles in milliseconds."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    estimate = max(start.elapsed_time(end) / 5, 1e-3)
+    for _ in range(max(1, int(warmup_ms / estimate))):
+        fn()
+    repeats = int(min(max(min_repeats, min_total_ms / estimate), max_repeats))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+    for i in range(repeats):
+        _flush_l2()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return _summary([s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)])
+
+
+def time_wall(fn: Callable[[], torch.Tensor], repeats: int = 10) -> dict:
+    """Wall-clock timing on a CPU (toy sizes: tests the harness; the times mean nothing)."""
     fn()
     samples = []
-    for _ in range(10):
-        start = time.perf_counter()
+    for _ in range(repeats):
+        begin = time.perf_counter()
         fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+        samples.append((time.perf_counter() - begin) * 1e3)
+    return _summary(samples)
 
 
-def check_against_fused(method: str, inputs: Inputs, got: torch.Tensor,
-                        fused: torch.Tensor) -> None:
-    """Raise if a baseline computes something other than the fused op (so it cannot win
-    by doing less). The baselines merge in the input dtype, so allow its roundoff."""
-    if method == "premerged":  # one weight for all rows: compare group 0 only
-        rows = slice(inputs.bounds[0], inputs.bounds[1])
-        got, fused = got[rows], fused[rows]
-    scale = fused.float().abs().mean().item() + 1e-6
-    err = (got.float() - fused.float()).abs().max().item() if got.numel() else 0.0
-    if err > 0.05 * scale + 1e-3:
-        raise AssertionError(f"{method} disagrees with fused: max error {err:.3g}")
+def _summary(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    quantile = (lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))])
+    return dict(median_ms=statistics.median(ordered), min_ms=ordered[0],
+                q25_ms=quantile(0.25), q75_ms=quantile(0.75), repeats=len(ordered))
+
+
+def time_ms(fn: Callable[[], torch.Tensor], device: str) -> float:
+    """Median milliseconds per call (``time_cuda`` on a GPU, ``time_wall`` on a CPU)."""
+    return measure(fn, device)["median_ms"]
+
+
+def measure(fn: Callable[[], torch.Tensor], device: str) -> dict:
+    return time_cuda(fn) if device == "cuda" else time_wall(fn)
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    """Largest relative error ||out - ref|| / ||ref|| accepted against the float32
+    reference: fp32 far below 1e-3; 16-bit operands (and the baselines' merge in the
+    input dtype) between 1e-3 and 1e-2."""
+    return 1e-4 if dtype == torch.float32 else 2e-2
+
+
+def check_output(method: str, prepared: Prepared, got: torch.Tensor) -> float:
+    """The relative error of ``got`` against the float32 reference; raise if it is above
+    ``tolerance`` or not finite, so that a method computing something else (or wrongly)
+    is never timed. ``premerged`` uses group 0's weight for every row: group 0 only."""
+    ref = prepared.reference
+    if got.shape != ref.shape:
+        raise AssertionError(f"{method} returned shape {tuple(got.shape)}, expected "
+                             f"{tuple(ref.shape)}")
+    if method == "premerged":
+        rows = slice(prepared.inputs.bounds[0], prepared.inputs.bounds[1])
+        got, ref = got[rows], ref[rows]
+    if not got.numel():
+        return 0.0
+    rel = ((got.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+    limit = tolerance(prepared.case.dtype)
+    if not rel <= limit:  # NaN fails too
+        raise AssertionError(f"{method} disagrees with the float32 reference: relative error "
+                             f"{rel:.3g} > {limit:g}")
+    return rel
 
 
 def run(cases: list[Case] | None = None, methods: tuple[str, ...] = METHODS,
         progress: Callable[[list[Case]], Iterable[Case]] | None = None) -> list[dict]:
-    """Time every method on every case: one record per (case, method); a method that does
-    not apply to a case gets ``median_ms`` None and the reason in ``skipped``.
+    """Time every method on every case: one record per (case, method) with the case's
+    parameters (``Case.info``); a method that does not apply to a case gets ``median_ms``
+    None and the reason in ``skipped``; one that fails (wrong output, an exception) gets
+    None and the error in ``error``, and the run goes on.
 
     ``progress`` wraps the case list for display (the CLI passes a tqdm bar).
     """
     cases = default_cases() if cases is None else cases
     records = []
     for case in (progress(cases) if progress else cases):
-        inputs = make_inputs(case)
-        fused = build("fused", case, inputs)()
+        prepared = prepare(case)
         for method in methods:
-            try:
-                fn = build(method, case, inputs)
-            except Unavailable as reason:
-                records.append(dict(case=case.id, method=method, median_ms=None,
-                                    skipped=str(reason)))
-                continue
-            check_against_fused(method, inputs, fn(), fused)
-            records.append(dict(case=case.id, method=method,
-                                median_ms=time_ms(fn, case.device)))
+            records.append(run_one(method, prepared))
     return records
 
 
+def run_one(method: str, prepared: Prepared) -> dict:
+    """One (case, method) record: build, check against the reference, time."""
+    record = dict(prepared.case.info(), method=method, median_ms=None)
+    try:
+        fn = build(method, prepared.case, prepared.inputs)
+    except Unavailable as reason:
+        return dict(record, skipped=str(reason))
+    try:
+        record["kernel"] = kernel_of(method, prepared.inputs)
+        record["rel_err"] = check_output(method, prepared, fn())
+        record.update(measure(fn, prepared.case.device))
+    except Exception as error:  # noqa: BLE001 (recorded, the run goes on)
+        record["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+    return record
+
+
 def render_markdown(records: list[dict], header: list[str]) -> str:
-    """One table per case: each method's median time, × premerged and × fused."""
-    by_case: dict[str, dict[str, float]] = {}
-    skipped: dict[str, list[str]] = {}
+    """One table per case: each method's median time, × premerged and × fused, what the
+    fused methods launched, and the relative error against the float32 reference."""
+    by_case: dict[str, dict[str, dict]] = {}
+    notes: dict[str, dict[str, list[str]]] = {}  # case -> reason -> methods
     for r in records:
         by_case.setdefault(r["case"], {})
-        if r["median_ms"] is None:
-            skipped.setdefault(r["case"], []).append(f"{r['method']} ({r['skipped']})")
+        if r.get("median_ms") is None:
+            why = (f"failed: {r['error']}" if r.get("error")
+                   else r.get("skipped") or "no time recorded")
+            notes.setdefault(r["case"], {}).setdefault(why, []).append(r["method"])
         else:
-            by_case[r["case"]][r["method"]] = r["median_ms"]
+            by_case[r["case"]][r["method"]] = r
     lines = list(header) + [""]
-    for case, times in by_case.items():
-        floor, fused = times.get("premerged"), times.get("fused")
-        lines += [f"### {case}", "", "| method | median ms | × premerged | × fused |",
-                  "|---|---|---|---|"]
-        for method, ms in sorted(times.items(), key=lambda kv: kv[1]):
+    for case, rows in by_case.items():
+        floor = rows.get("premerged", {}).get("median_ms")
+        fused = rows.get("fused", {}).get("median_ms")
+        lines += [f"### {case}", "", "| method | median ms | × premerged | × fused | kernel | "
+                  "rel. error |", "|---|---|---|---|---|---|"]
+        for method, r in sorted(rows.items(), key=lambda kv: kv[1]["median_ms"]):
+            ms = r["median_ms"]
             vs_floor = f"{ms / floor:.2f}" if floor else "–"
             vs_fused = f"{ms / fused:.2f}" if fused else "–"
-            lines.append(f"| {method} | {ms:.4f} | {vs_floor} | {vs_fused} |")
-        if case in skipped:
-            lines += ["", f"Not applicable: {'; '.join(skipped[case])}."]
+            err = f"{r['rel_err']:.1e}" if r.get("rel_err") is not None else "–"
+            lines.append(f"| {method} | {ms:.4f} | {vs_floor} | {vs_fused} | "
+                         f"{r.get('kernel') or '–'} | {err} |")
+        for why, methods in notes.get(case, {}).items():
+            lines += ["", f"Not timed: {', '.join(methods)}: {why}"]
         lines.append("")
     return "\n".join(lines)
 
@@ -312,5 +519,7 @@ def environment_header(command: str) -> list[str]:
 
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else "cpu (no GPU: toy sizes, PyTorch path; times mean nothing)")
+    gluon = os.environ.get("DAWIN_FAST_GLUON", "0")
     return [f"Device: {device}; torch {torch.__version__}, triton {version('triton')}; "
-            f"{datetime.date.today().isoformat()}", f"Command: `{command}`"]
+            f"{datetime.date.today().isoformat()}; DAWIN_FAST_GLUON={gluon}",
+            f"Command: `{command}`"]

@@ -12,6 +12,8 @@ from torch import nn
 
 import dawin_fast
 from dawin_fast import DaWinClassifier, DaWinViT
+from dawin_fast.nn import Routing, route
+from dawin_fast.nn.grouped import make_grouping
 from tests.devices import BACKENDS, backend_device, run_backend
 from tests.models import interpolate_model, per_sample_reference, tiny_open_clip_visual
 
@@ -168,6 +170,128 @@ def test_gpu_equivalence(dtype):
     ref = per_sample_reference([v.float() for v in visuals], rows.float(), x.float()).float()
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)
     torch.testing.assert_close(got, ref, **tol)
+
+
+def _prebuilt(model, x, coeffs, labels=None):
+    """The host-side half of a DaWinViT call, done once: the grouping (sorting the batch)
+    and the validated routing. What a CUDA graph captures is the other half, the routed
+    forward of the sorted batch, which synchronises with the host nowhere."""
+    grouping = make_grouping(coeffs, labels, x.shape[0], model.num_models)
+    if grouping is None:  # one row for the whole batch
+        return None, Routing(coeffs.reshape(1, -1))
+    return grouping, Routing(grouping.coeffs, grouping.offsets)
+
+
+def _graph_inputs(kind, batch, device, seed):
+    """(coeffs, labels, per-sample rows) of one routing kind, on ``device``."""
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "per_sample":
+        lam = torch.rand(batch, generator=gen)
+        rows = torch.stack([1 - lam, lam], dim=1)
+        return rows.to(device), None, rows
+    if kind == "clusters":
+        lam = torch.rand(3, generator=gen)
+        table = torch.stack([1 - lam, lam], dim=1)
+        labels = torch.tensor([2, 0, 1, 0, 2, 2][:batch])
+        return table.to(device), labels.to(device), table[labels]
+    row = torch.rand(2, generator=gen)
+    return row.to(device), None, row.expand(batch, -1)
+
+
+@pytest.mark.parametrize("kind", ["per_sample", "clusters", "one_row"])
+@torch.no_grad()
+def test_prebuilt_routing_forward_is_the_model_call(kind):
+    """The eager twin of what the CUDA-graph test captures: a routing built beforehand and
+    the routed forward of the sorted batch give the model call's result, bit for bit."""
+    model = DaWinViT.from_open_clip([tiny_open_clip_visual(seed) for seed in range(2)])
+    x = images(6)
+    coeffs, labels, _ = _graph_inputs(kind, 6, "cpu", seed=0)
+    grouping, routing = _prebuilt(model, x, coeffs, labels)
+    with route(routing):
+        out = model.forward_routed(grouping.permute(x) if grouping else x)
+    out = grouping.unpermute(out) if grouping else out
+    assert torch.equal(out, model(x, coeffs, labels=labels))
+
+
+def _check_replay(kind, dtype, device, use_graph):
+    """Run a DaWinViT forward from static buffers: the sorted images and the routing's
+    coefficient table. With ``use_graph`` the routed forward is captured once in a CUDA
+    graph and replayed; without, it is simply called again (the eager stand-in that checks
+    this harness on a CPU). After writing new images and new coefficient values (same
+    groups) into the buffers, the result must equal the eager forward on those inputs bit
+    for bit, and match the interpolated-state-dict reference."""
+    visuals = [tiny_open_clip_visual(seed).to(device, dtype) for seed in range(2)]
+    model = DaWinViT.from_open_clip(visuals)
+    batch = 4
+    coeffs, labels, _ = _graph_inputs(kind, batch, device, seed=0)
+    x = images(batch).to(device, dtype)
+    grouping, routing = _prebuilt(model, x, coeffs, labels)
+    sort = (lambda t: grouping.permute(t)) if grouping else (lambda t: t)
+    static_x = sort(x).clone()
+
+    def forward():
+        with route(routing):
+            return model.forward_routed(static_x)
+
+    if use_graph:
+        # Warm up on a side stream (autotuning, compiles, the routing's index caches), as
+        # torch.cuda.graph requires, then capture.
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                forward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = forward()
+        replay = graph.replay
+    else:
+        static_out = forward()
+
+        def replay():
+            static_out.copy_(forward())
+
+    # New images, and new coefficient values for the same groups (each group's row from
+    # its samples' new rows), written into the buffers.
+    _, _, new_rows = _graph_inputs(kind, batch, device, seed=1)
+    new_x = images(batch, seed=1).to(device, dtype)
+    static_x.copy_(sort(new_x))
+    table = routing.coeffs.clone()
+    if grouping is None:
+        table[0] = new_rows[0]
+    else:
+        table[grouping.labels.to(table.device)] = new_rows.to(table)
+    routing.coeffs.copy_(table)
+    replay()
+    if use_graph:
+        torch.cuda.synchronize()
+    replayed = static_out.clone()
+    eager = forward()
+    assert torch.equal(replayed, eager), (replayed.float() - eager.float()).abs().max()
+    got = grouping.unpermute(replayed) if grouping else replayed
+    ref = per_sample_reference([v.float().cpu() for v in visuals], new_rows.float().cpu(),
+                               new_x.float().cpu()).float()
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=5e-2, atol=5e-2)
+    torch.testing.assert_close(got.float().cpu(), ref, **tol)
+
+
+@pytest.mark.parametrize("kind", ["per_sample", "clusters", "one_row"])
+@torch.no_grad()
+def test_routed_forward_reads_new_inputs_from_its_buffers(kind):
+    """The CUDA-graph harness below, with the graph replaced by a second call (CPU)."""
+    _check_replay(kind, torch.float32, "cpu", use_graph=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (the "
+                    "eager stand-ins above run this harness on a CPU)")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["per_sample", "clusters", "one_row"])
+@torch.no_grad()
+def test_cuda_graph_replay_equals_eager(dtype, kind):
+    """A whole DaWinViT forward (patch embedding to projection, every fused layer) captured
+    in one CUDA graph and replayed on new images and coefficients equals the eager forward."""
+    _check_replay(kind, dtype, "cuda", use_graph=True)
 
 
 class ShapeRecorder:
