@@ -66,7 +66,6 @@ TEST_TIMEOUT_S = 300  # one correctness test (compiles every config of a new sha
 # Pytest selections of the correctness stage (GPU). The compile gate needs no GPU (CI runs
 # it), the benchmarks have their own stages, and the gloo tests run on the CPU anyway.
 GPU_ONLY_ELSEWHERE = ["--ignore=tests/kernels/test_kernel_compile.py",
-                      "--ignore=tests/kernels/test_new_kernels_compile.py",
                       "--ignore=tests/test_distributed.py",
                       "--ignore=tests/app/test_cli_distributed.py"]
 CORE_TESTS = ["tests/test_interp_linear.py", "tests/test_use_strategy.py",

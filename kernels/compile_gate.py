@@ -17,41 +17,50 @@ autotuned kernels the gate compiles every config the autotuner's own ``prune_con
 keeps for that call: every config autotune can pick. CPU and CUDA allocations are both at
 least 64-byte aligned, so the specialization is the one a GPU launch sees.
 
-**What it records** per (variant, config), on each Triton it runs under: the MMA
-instruction (``wgmma``, ``mma.sync`` or none: FMA), wgmma's A operand (registers or
+**What it records** per (variant, config), on each Triton it runs under: the PTX target,
+the MMA instruction (``wgmma``, ``mma.sync`` or none: FMA), wgmma's A operand (registers or
 shared), the ``wgmma.wait_group`` depth in the main loop (the innermost PTX loop with the
-most wgmma), registers, spill bytes and serialization warnings (ptxas ``-v``, the
-invocation Triton itself makes), shared memory (compiled metadata) and, where the kernel
-module gives one, its shared-memory model.
+most wgmma), ``cp.async`` and TMA copies, registers, spill bytes, stack frame (local
+memory), serialization notes and warnings (ptxas ``-v``, the invocation Triton itself
+makes), shared memory (compiled metadata) and, where the kernel module gives one, its
+shared-memory model.
 
-**What it checks** (``CHECKS``): by default ``compiles``, ``smem``, ``spill``, ``wgmma``,
-``serial``, plus ``model_bound`` and ``model`` when the variant has a shared-memory model;
-``wait`` and ``a_regs`` on request. A variant may allow a failing check with a written reason
+**What it checks** (``CHECKS``): by default ``compiles`` (for sm_90a), ``smem``, ``spill``
+(and local memory), ``wgmma``, ``serial``, ``warn``, plus ``model_bound`` and ``model``
+when the variant has a shared-memory model (with ``shared_slack``: the compiled size may
+exceed the model by that much, never fall below it); ``wait``, ``a_regs`` and ``tma`` on
+request. A variant may allow a failing check with a written reason
 (``allow={"wgmma": "why"}``): it passes, and the table shows the reason.
 
 **Registry.** Any module of ``dawin_fast.kernels`` contributes variants by defining
 ``compile_variants()``, a generator of ``Variant``; the gate imports every module of the
-package and collects them (no list to edit)::
+package and collects them (no list to edit). Today: ``interp_matmul`` (combine,
+rowscaled), ``swapab_gluon`` (the Gluon swap-AB kernel), ``swapab_twin`` (its plain-Triton
+twin, which ``dispatch`` runs on a GPU wherever Gluon cannot) and ``epilogue_scaled``::
 
     def compile_variants():
-        from .compile_gate import Variant
-        x = torch.empty(4096, 768, dtype=torch.bfloat16)            # CPU, real shape
-        ...
+        from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
+        name, lengths = grouping(4096, 1)                        # "one group of 4096 rows"
+        call = stand_in_call(lengths, 2, 3072, 768, torch.bfloat16)  # CPU, real shapes
+        plan = plan_swapab_gluon(*call, cfg)                     # the launcher's own plan
         yield Variant(
-            kernel="swapab",                      # section of the table
-            case="bf16 M=2 one group",            # the call
-            fn=_swapab_kernel,                    # what the launcher calls with [grid]
-            args=(x, w, ...), kwargs=dict(M=2, BLOCK_N=128, num_warps=4),
+            kernel="swapab (Gluon)",              # section of the table
+            case=f"bfloat16 M=2, {name}",         # the call
+            fn=plan.kernel, args=plan.args,       # what the launcher calls with [grid]
+            kwargs=plan.kwargs,                   # constexprs, num_warps, maxnreg, ...
+            config=cfg.name, tiles="...",         # shown in the table (no autotuner)
             shared_model=lambda config: ...,      # optional: modeled bytes, checked
-            checks=DEFAULT_CHECKS + ("wait", "a_regs"),
+            shared_slack=0,                       # bytes the compiled size may exceed it
+            checks=(*DEFAULT_CHECKS, "wait", "a_regs", "tma"),
             allow={},                             # check -> written reason
             core=True,                            # also on the secondary Tritons
         )
 
-Best: let the launcher build the arguments (``interp_matmul.plan_launch``), so the gate
-cannot drift from what is launched. ``fn`` may be an autotuner (every kept config is
-compiled), a ``triton.jit`` or a Gluon ``jit`` function (compiled once with ``kwargs``,
-which hold ``num_warps`` etc. as the launcher passes them).
+Always let the launcher build the arguments (``interp_matmul.plan_launch``, the issue-11
+kernels' ``plan_*`` returning a ``planned.PlannedLaunch``), so the gate cannot drift from
+what is launched. ``fn`` may be an autotuner (every kept config is compiled), a
+``triton.jit`` or a Gluon ``jit`` function (compiled once with ``kwargs``, which hold
+``num_warps`` etc. as the launcher passes them).
 
 **Running it.** ``python -m dawin_fast.kernels.compile_gate`` compiles (parallel
 subprocesses, ``--jobs``), prints a summary and the failures, and exits 1 on failure;
@@ -91,18 +100,22 @@ from typing import Any
 from .configs import SHARED_MEMORY_LIMIT
 
 CHECKS = {
-    "compiles": "Triton and ptxas build it for sm_90a",
+    "compiles": "Triton and ptxas build it for sm_90a (the PTX targets sm_90a)",
     "smem": f"shared memory within {SHARED_MEMORY_LIMIT} B (H100 per-block limit)",
-    "spill": "no register spills (ptxas -v: 0 bytes spill stores and loads)",
+    "spill": "no register spills and no local memory (ptxas -v: 0 bytes spill stores and "
+             "loads, 0 bytes stack frame)",
     "wgmma": "the dot runs on wgmma (not mma.sync, not FMA)",
-    "serial": "ptxas did not serialize wgmma (warnings such as C7515)",
-    "model_bound": "the kernel's shared-memory model is at least the compiled size (the "
-                   "autotune prune is safe)",
-    "model": "the kernel's shared-memory model equals the compiled size",
+    "serial": "ptxas did not serialize wgmma (C7510, C7515: 'wgmma ... serialized')",
+    "warn": "ptxas printed no warning (e.g. a register target it ignored)",
+    "model_bound": "the kernel's shared-memory model (plus its stated slack) is at least "
+                   "the compiled size (configs chosen by the model fit)",
+    "model": "the kernel's shared-memory model equals the compiled size (or lies at most "
+             "its stated slack below it)",
     "wait": "main-loop wgmma.wait_group depth >= 1 (the next MMA overlaps the last)",
     "a_regs": "wgmma takes its A operand from registers",
+    "tma": "the loads go through TMA (cp.async.bulk.tensor)",
 }
-DEFAULT_CHECKS = ("compiles", "smem", "spill", "wgmma", "serial")
+DEFAULT_CHECKS = ("compiles", "smem", "spill", "wgmma", "serial", "warn")
 
 HERE = Path(__file__).resolve().parent
 JSON_PATH = HERE / "compiled.json"
@@ -124,12 +137,45 @@ class Variant:
     checks: tuple[str, ...] = DEFAULT_CHECKS
     allow: Mapping[str, str] = dataclasses.field(default_factory=dict)
     core: bool = True
+    #: For a launcher without autotune: its config's name and tiles, shown in the table.
+    config: str = "-"
+    tiles: str = "-"
+    #: Bytes the compiled size may exceed ``shared_model`` by (``model``, ``model_bound``).
+    shared_slack: int = 0
 
     def __post_init__(self) -> None:
         unknown = set(self.checks) | set(self.allow)
         unknown -= set(CHECKS)
         if unknown:
             raise ValueError(f"{self.kernel} {self.case}: unknown checks {sorted(unknown)}")
+
+
+def stand_in_call(lengths: list[int], num_models: int, n_dim: int, k_dim: int, dtype,
+                  *, bias: bool = True, stacked: bool = True) -> tuple:
+    """CPU tensors of a real call, allocated and never touched: (x [T, K], weight [M, N, K],
+    coeffs [G, M] fp32, offsets [G+1] int64, bias [M, N] or None, y [T, N]), groups of
+    ``lengths`` rows. ``stacked=False``: the models' weights are not back to back (a view
+    of a taller buffer), as when they come from separate tensors."""
+    import torch
+
+    num_rows = sum(lengths)
+    x = torch.empty((num_rows, k_dim), dtype=dtype)
+    weight = torch.empty((num_models, n_dim + (0 if stacked else 16), k_dim), dtype=dtype)
+    weight = weight[:, :n_dim]
+    coeffs = torch.empty((len(lengths), num_models), dtype=torch.float32)
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    b = torch.empty((num_models, n_dim), dtype=dtype) if bias else None
+    y = torch.empty((num_rows, n_dim), dtype=dtype)
+    return x, weight, coeffs, offsets, b, y
+
+
+def grouping(num_rows: int, num_groups: int) -> tuple[str, list[int]]:
+    """(name, lengths) of ``num_rows`` rows in ``num_groups`` near-equal groups."""
+    lengths = [num_rows // num_groups] * num_groups
+    lengths[-1] += num_rows - sum(lengths)
+    if num_groups == 1:
+        return f"one group of {num_rows} rows", lengths
+    return f"{num_groups} groups x ~{num_rows // num_groups} rows", lengths
 
 
 # ------------------------------------------------------------------------------ discovery
@@ -184,7 +230,7 @@ def _configs_of(variant: Variant) -> list[tuple[str, Any]]:
 
     fn = variant.fn
     if not isinstance(fn, Autotuner):
-        return [("-", None)]
+        return [(variant.config, None)]
     fn.nargs = dict(zip(fn.arg_names, variant.args, strict=False))
     try:
         kept = fn.prune_configs(dict(variant.kwargs))
@@ -193,9 +239,9 @@ def _configs_of(variant: Variant) -> list[tuple[str, Any]]:
     return [(f"c{fn.configs.index(c)}", c) for c in kept]
 
 
-def _describe(config) -> str:
+def _describe(config, variant: Variant | None = None) -> str:
     if config is None:
-        return "-"
+        return variant.tiles if variant is not None else "-"
     tiles = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in config.kwargs.items()
                      if k.startswith("BLOCK_"))
     return f"{tiles} w={config.num_warps} s={config.num_stages}"
@@ -220,8 +266,8 @@ def compile_variant(variant: Variant, config) -> dict:
 
 
 def analyze(ptx: str, ptxas_log: str) -> dict:
-    """MMA kind, A operand, main-loop wait depth, copies (PTX); registers, spills and
-    serialization warnings (ptxas -v)."""
+    """Target, MMA kind, A operand, main-loop wait depth, copies (PTX); registers, spills,
+    local memory, serialization and other warnings (ptxas -v)."""
     if "wgmma.mma_async" in ptx:
         mma = "wgmma"
     elif re.search(r"\bmma\.sync", ptx):
@@ -234,9 +280,14 @@ def analyze(ptx: str, ptxas_log: str) -> dict:
         a_operand = "registers" if first.group(1) == "{" else "shared"
     regs = [int(n) for n in re.findall(r"Used (\d+) registers", ptxas_log)]
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas_log)
+    stack = [int(n) for n in re.findall(r"(\d+) bytes stack frame", ptxas_log)]
     serial = [line.strip() for line in ptxas_log.splitlines()
-              if re.search(r"serializ", line, re.IGNORECASE)]
+              if re.search(r"serializ|\(C75(10|15)\)", line, re.IGNORECASE)]
+    warnings = [line.strip() for line in ptxas_log.splitlines()
+                if re.search(r"\bwarning\b", line, re.IGNORECASE)]
+    target = re.search(r"^\s*\.target\s+(\S+)", ptx, re.MULTILINE)
     return {
+        "target": target.group(1).rstrip(",") if target else None,
         "mma": mma,
         "a_operand": a_operand,
         "wait": main_loop_wait(ptx),
@@ -245,8 +296,10 @@ def analyze(ptx: str, ptxas_log: str) -> dict:
         "regs": max(regs) if regs else None,
         "spill_stores": sum(int(s) for s, _ in spills),
         "spill_loads": sum(int(lo) for _, lo in spills),
+        "stack": max(stack) if stack else 0,
         "serialized": [re.search(r"\((C\d+)\)", s).group(1) if re.search(r"\(C\d+\)", s)
                        else s for s in serial],
+        "warnings": warnings,
     }
 
 
@@ -301,7 +354,8 @@ def _worker(shard: int, shards: int, only: str | None, core_only: bool, out: Pat
             if (index - 1) % shards != shard:
                 continue
             row = {"kernel": variant.kernel, "case": variant.case, "config": label,
-                   "tiles": _describe(None if isinstance(config, Exception) else config),
+                   "tiles": _describe(None if isinstance(config, Exception) else config,
+                                      variant),
                    "checks": list(variant.checks), "allow": dict(variant.allow),
                    "order": index}
             if variant.shared_model is not None:
@@ -312,6 +366,8 @@ def _worker(shard: int, shards: int, only: str | None, core_only: bool, out: Pat
                 row.update(compile_variant(variant, config))
                 if variant.shared_model is not None:
                     row["model_shared"] = int(variant.shared_model(config))
+                    if variant.shared_slack:
+                        row["model_slack"] = variant.shared_slack
                 row["error"] = None
             except Exception as exc:  # report every unit, not just the first failure
                 row["error"] = f"{type(exc).__name__}: {exc}"[:4000]
@@ -335,22 +391,31 @@ def failed_checks(row: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _problem(check: str, row: Mapping[str, Any]) -> str | None:
+    model, slack = row.get("model_shared"), row.get("model_slack", 0)
+    if check == "compiles" and row.get("target") != "sm_90a":
+        return f"PTX targets {row.get('target')}, not sm_90a"
     if check == "smem" and row["shared"] > SHARED_MEMORY_LIMIT:
         return f"{row['shared']} B of shared memory > {SHARED_MEMORY_LIMIT}"
-    if check == "spill" and (row["spill_stores"] or row["spill_loads"]):
-        return f"spills {row['spill_stores']} B stores / {row['spill_loads']} B loads"
+    if check == "spill" and (row["spill_stores"] or row["spill_loads"] or row.get("stack")):
+        return (f"spills {row['spill_stores']} B stores / {row['spill_loads']} B loads, "
+                f"{row.get('stack')} B stack frame")
     if check == "wgmma" and row["mma"] != "wgmma":
         return f"dot lowered to {row['mma']}"
     if check == "serial" and row["serialized"]:
         return f"ptxas serialized wgmma ({', '.join(row['serialized'])})"
-    if check == "model_bound" and (row.get("model_shared") or 0) < row["shared"]:
-        return f"model says {row.get('model_shared')} B < compiled {row['shared']} B"
-    if check == "model" and row.get("model_shared") != row["shared"]:
-        return f"model says {row.get('model_shared')} B, compiled {row['shared']} B"
+    if check == "warn" and row.get("warnings"):
+        return f"ptxas: {'; '.join(row['warnings'])[:300]}"
+    if check == "model_bound" and (model or 0) + slack < row["shared"]:
+        return f"model says {model} B (+{slack} slack) < compiled {row['shared']} B"
+    if check == "model" and not (model is not None and model <= row["shared"] <= model + slack):
+        return (f"model says {model} B, compiled {row['shared']} B"
+                + (f" (allowed: up to {slack} B more)" if slack else ""))
     if check == "wait" and (row["wait"] is None or row["wait"] < 1):
         return f"main-loop wgmma.wait_group {row['wait']}"
     if check == "a_regs" and row["a_operand"] != "registers":
         return f"wgmma A operand from {row['a_operand']}"
+    if check == "tma" and not row.get("tma"):
+        return "no TMA load (cp.async.bulk.tensor) in the PTX"
     return None
 
 
@@ -443,7 +508,7 @@ def _run_parallel(tasks: list, jobs: int) -> None:
 
 
 def summary_lines(report: Mapping[str, Any]) -> list[str]:
-    """The table's first lines: per Triton, kernels x configs and the four verdicts."""
+    """The table's first lines: per Triton, kernels x configs and the verdicts."""
     lines = []
     for version, rows in report["tritons"].items():
         kernels: dict[str, set] = {}
@@ -461,15 +526,27 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
                 return f"yes, but {len(bad)} allowed (see below)"
             return f"NO ({len(bad) - len(allowed)} failing)"
 
-        max_shared = max((r["shared"] for r in ok), default=0)
+        def where(check, rows=ok):
+            return sum(check in r["checks"] for r in rows)
+
+        most = {}
+        for r in ok:
+            most[r["kernel"]] = max(most.get(r["kernel"], 0), r["shared"])
+        max_shared = max(most.values(), default=0)
         scope = " (core variants only)" if version in report.get("core_only", []) else ""
         lines.append(
             f"- **Triton {version}**{scope}: kernels × configs: {shape} "
-            f"({len(rows)} compiled variants); all wgmma: {verdict('wgmma')}; "
+            f"({len(rows)} compiled variants); all compile for sm_90a: "
+            f"{'yes' if len(ok) == len(rows) else 'NO'}; all wgmma: {verdict('wgmma')}; "
+            f"register A where required ({where('a_regs')} variants): {verdict('a_regs')}; "
+            f"main-loop wait >= 1 where required ({where('wait')}): {verdict('wait')}; "
+            f"TMA where required ({where('tma')}): {verdict('tma')}; "
             f"no spills: {verdict('spill')}; no serialization: {verdict('serial')}; "
+            f"no ptxas warnings: {verdict('warn')}; "
             f"max shared memory: {max_shared} B of {report['limit']} B "
-            f"(within limit: {verdict('smem')}); model = compiled: {verdict('model')}; "
-            f"all compile: {'yes' if len(ok) == len(rows) else 'NO'}.")
+            f"(within limit: {verdict('smem')}; per kernel: "
+            f"{', '.join(f'{k} {v}' for k, v in most.items())}); "
+            f"model = compiled: {verdict('model')}.")
     return lines
 
 
@@ -491,8 +568,11 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "", "Where the Tritons a row was built on disagree, a cell shows their values in "
             "the order of its `Triton` column (e.g. `3.8.0 / 3.6.0`). "
             "`wait`: main-loop `wgmma.wait_group` depth "
-            "(0: every MMA waits for the last). `A`: wgmma's A operand. `copies`: "
-            "`cp.async` / TMA instructions in the PTX (pipelined loads). Sizes in bytes.", ""]
+            "(0: every MMA waits for the last). `A`: wgmma's A operand. `spill`: spill "
+            "stores + loads + stack frame. `model`: the kernel's shared-memory model "
+            "(`+slack`: what the compiled size may exceed it by). `copies`: "
+            "`cp.async` / TMA instructions in the PTX (pipelined loads). `ptxas`: "
+            "serialization codes and warnings. Sizes in bytes.", ""]
     allowed = {}
     keyed: dict[tuple, dict[str, dict]] = {}
     for version, rows in report["tritons"].items():
@@ -529,10 +609,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             case, config, present[0]["tiles"], ", ".join(built), col(lambda r: r["mma"]),
             col(lambda r: {"registers": "reg", "shared": "smem"}.get(r["a_operand"])),
             col(lambda r: r["wait"]), col(lambda r: r["regs"]),
-            col(lambda r: r["spill_stores"] + r["spill_loads"]), col(lambda r: r["shared"]),
-            col(lambda r: r.get("model_shared")),
+            col(lambda r: r["spill_stores"] + r["spill_loads"] + r.get("stack", 0)),
+            col(lambda r: r["shared"]),
+            col(lambda r: r.get("model_shared") if not r.get("model_slack")
+                else f"{r['model_shared']}+{r['model_slack']}"),
             col(lambda r: f"{r['cp_async']}/{r['tma']}"),
-            col(lambda r: ",".join(r["serialized"]) or "-"),
+            col(lambda r: ",".join(r["serialized"] + ["warning"] * bool(r.get("warnings")))
+                or "-"),
             _cell(verdicts)]) + " |")
     return "\n".join(out) + "\n"
 

@@ -4,9 +4,15 @@ Two strategies join ``interp_matmul``'s "combine" and "rowscaled":
 
 * ``"swapab"``: the Gluon swap-AB register-combine kernel (``swapab_gluon``) on a Hopper
   GPU; wherever Gluon cannot run (the interpreter, another GPU, a Triton without Gluon,
-  fp32, strides TMA cannot address) its plain-Triton twin (``swapab_twin``) with the
-  same tiling and schedule;
-* ``"epilogue"``: the epilogue-scaled multi-GEMM (``epilogue_scaled``), anywhere.
+  fp32, strides TMA cannot address, DAWIN_FAST_GLUON unset) its plain-Triton twin
+  (``swapab_twin``) with the same tiling and schedule (fp32 on a GPU: ``TWIN_FP32``'s);
+* ``"epilogue"``: the epilogue-scaled multi-GEMM (``epilogue_scaled``), anywhere (fp32 on
+  a GPU: its fp32 configs).
+
+Every kernel and config ``launch`` can run on a GPU, the twin included, is compiled for
+sm_90a on Triton 3.6 and 3.8 by the compile gate (``compile_gate``; each kernel module's
+``compile_variants``), and ``tests/kernels/test_dispatch.py`` checks that the configs
+routed here are the gated ones.
 
 ``choose`` is the default rule for CUDA fp16/bf16 calls that the Gluon kernel can run:
 every candidate (each swap-AB config, the epilogue kernel) is costed by the traffic model
@@ -28,9 +34,10 @@ from .configs import interpreting
 from .epilogue_scaled import epilogue_scaled_matmul
 from .fused_configs import (
     EPILOGUE_CONFIGS,
-    INTERPRETER_EPILOGUE,
     SWAPAB_CONFIGS,
+    epilogue_config,
     swapab_config,
+    twin_config,
 )
 from .swapab_gluon import GLUON_AVAILABLE, swapab_gluon_matmul, tma_compatible
 from .swapab_twin import swapab_twin_matmul
@@ -115,11 +122,11 @@ def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.T
         config = best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim)
     # fp32 inputs: full-precision dot unless the user opted into TF32, like F.linear.
     ieee = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    # The configs below are the compile gate's (see the module doc).
     if strategy == "epilogue":
-        cfg = INTERPRETER_EPILOGUE if interpreting() else next(
-            c for c in EPILOGUE_CONFIGS if c.name == config)
+        cfg = epilogue_config(config, x.dtype, ieee, interpreting=interpreting())
         return epilogue_scaled_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)
     if target_for(x, weight).gluon:
         return swapab_gluon_matmul(x, weight, coeffs, offsets, bias, y, swapab_config(config))
-    cfg = swapab_config(config, interpreting=interpreting())
+    cfg = twin_config(config, x.dtype, interpreting=interpreting())
     return swapab_twin_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)

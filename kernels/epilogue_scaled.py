@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .fused_configs import EpilogueConfig
+from .planned import PlannedLaunch
 from .schedule import tile_coords
 
 try:
@@ -152,6 +153,26 @@ def epilogue_scaled_matmul(
 
     ``use_tma=None`` uses tensor descriptors whenever ``tma_reason`` allows them.
     """
+    plan_epilogue_scaled(x, weight, coeffs, offsets, bias, y, cfg, group_m=group_m,
+                         use_tma=use_tma, ieee=ieee).run()
+    return y
+
+
+def plan_epilogue_scaled(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+    y: torch.Tensor,
+    cfg: EpilogueConfig,
+    *,
+    group_m: int = 8,
+    use_tma: bool | None = None,
+    ieee: bool = False,
+) -> PlannedLaunch:
+    """The launch ``epilogue_scaled_matmul`` makes (CPU tensors too: the compile gate's
+    way)."""
     block_m, block_n, block_k = cfg.block_m, cfg.block_n, cfg.block_k
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
@@ -172,16 +193,71 @@ def epilogue_scaled_matmul(
     bias_arg = bias if has_bias else weight
     stride_b = (bias.stride(0), bias.stride(1)) if has_bias else (0, 0)
     grid = (triton.cdiv(num_rows, block_m) * triton.cdiv(n_dim, block_n),)
-    _epilogue_scaled_kernel[grid](
-        x_src, w_src, bias_arg, coeffs, y, groups,
-        num_rows, n_dim, k_dim,
-        x.stride(0), x.stride(1),
-        weight.stride(0), weight.stride(1), weight.stride(2),
-        stride_b[0], stride_b[1],
-        coeffs.stride(0), coeffs.stride(1),
-        y.stride(0), y.stride(1),
+    args = (x_src, w_src, bias_arg, coeffs, y, groups,
+            num_rows, n_dim, k_dim,
+            x.stride(0), x.stride(1),
+            weight.stride(0), weight.stride(1), weight.stride(2),
+            stride_b[0], stride_b[1],
+            coeffs.stride(0), coeffs.stride(1),
+            y.stride(0), y.stride(1))
+    kwargs = dict(
         M=num_models, SINGLE_GROUP=single, HAS_BIAS=has_bias, IEEE=ieee, USE_TMA=use_tma,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
         NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return y
+    return PlannedLaunch(_epilogue_scaled_kernel, grid, args, kwargs)
+
+
+# ------------------------------------------------------------------------ compile gate
+
+_GATE_ROWS = 4096
+_GATE_LAYER = dict(n_dim=3072, k_dim=768)
+_GATE_UNALIGNED = ("K = 770: rows are not 16-byte aligned, so neither TMA nor cp.async can "
+                   "load them; Triton falls back to synchronous loads (wait depth 0) and "
+                   "spills at 8 warps. Correctness fallback for odd shapes, reached only by "
+                   "an explicit strategy='epilogue' (the default rule needs TMA-addressable "
+                   "operands)")
+_GATE_FMA = ("fp32 with IEEE precision (F.linear's default) runs its dot on CUDA cores by "
+             "design; TF32 (allow_tf32) takes wgmma")
+
+
+def compile_variants():
+    """The compile gate's variants of the epilogue-scaled kernel, as ``dispatch.launch``
+    plans it (``plan_epilogue_scaled`` with ``fused_configs.epilogue_config``'s tiles):
+    every 16-bit config at M = 2 (per-sample), 8 (one group) and 32, on TMA descriptors;
+    the pointer-load fallback (models not stacked; K = 770, unaligned); fp32 IEEE and TF32
+    at M = 2. Held to wgmma, main-loop wait depth >= 1 and, on descriptors, TMA loads."""
+    from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
+    from .fused_configs import EPILOGUE_CONFIGS, epilogue_config
+
+    def variant(name, dtype, num_models, num_groups, *, ieee=False, k_dim=768, stacked=True,
+                core=True, allow=None):
+        cfg = epilogue_config(name, dtype, ieee)
+        rows, lengths = grouping(_GATE_ROWS, num_groups)
+        call = stand_in_call(lengths, num_models, dtype=dtype, stacked=stacked,
+                             **{**_GATE_LAYER, "k_dim": k_dim})
+        plan = plan_epilogue_scaled(*call, cfg, ieee=ieee)
+        tma = plan.kwargs["USE_TMA"]
+        precision = " IEEE" if ieee else " TF32" if dtype == torch.float32 else ""
+        extra = ("" if tma else ", pointer loads") + (f", K={k_dim}" if k_dim != 768 else "")
+        extra += "" if stacked else " (models not stacked)"
+        return Variant(
+            kernel="epilogue",
+            case=f"{str(dtype).removeprefix('torch.')}{precision} M={num_models}, {rows}"
+                 f"{extra}",
+            fn=plan.kernel, args=plan.args, kwargs=plan.kwargs, config=cfg.name,
+            tiles=f"M={cfg.block_m} N={cfg.block_n} K={cfg.block_k} w={cfg.num_warps} "
+                  f"s={cfg.num_stages}",
+            checks=(*DEFAULT_CHECKS, "wait", *(("tma",) if tma else ())), core=core,
+            allow=allow or {})
+
+    for cfg in EPILOGUE_CONFIGS:
+        yield variant(cfg.name, torch.bfloat16, 2, 256)
+        yield variant(cfg.name, torch.float16, 8, 1)
+        yield variant(cfg.name, torch.bfloat16, 32, 256)
+    yield variant("e64x128", torch.float16, 16, 3, stacked=False)
+    yield variant("e128x128", torch.bfloat16, 2, 256, k_dim=770,
+                  allow={"spill": _GATE_UNALIGNED, "wait": _GATE_UNALIGNED})
+    yield variant("e128x128", torch.float32, 2, 256, ieee=True, core=False,
+                  allow={"wgmma": _GATE_FMA, "wait": _GATE_FMA})
+    yield variant("e128x128", torch.float32, 2, 256, core=False)

@@ -2,15 +2,19 @@
 
 Plain data, chosen by a rule instead of run-time autotuning (which stalls the first call
 and cannot run inside CUDA-graph capture). Every GPU config here is compiled for sm_90a
-on Triton 3.6 and 3.8 by ``tests/kernels/test_new_kernels_compile.py``, which holds it
-to: wgmma (register A operand for swap-AB), main-loop wait depth >= 1, no spills, no
-ptxas serialization, shared memory within ``SMEM_LIMIT`` for M up to 32. None of them
-has been timed: the choice between them follows the traffic model (``traffic_model``).
+on Triton 3.6 and 3.8 by the compile gate (``compile_gate``; the kernels' own
+``compile_variants``), which holds it to: wgmma (register A operand for the Gluon
+swap-AB kernel), main-loop wait depth >= 1, no spills, no ptxas serialization or warning,
+shared memory within ``SMEM_LIMIT`` for M up to 32; the twin, which has no asynchronous
+MMA, is allowed its wait depth 0 with that reason. None of them has been timed: the
+choice between them follows the traffic model (``traffic_model``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import torch
 
 from .schedule import SMEM_LIMIT
 
@@ -103,6 +107,20 @@ INTERPRETER_EPILOGUE = EpilogueConfig("interp", block_m=16, block_n=32, block_k=
                                       num_stages=2, num_warps=4)
 
 
+# fp32 on a GPU: only an explicit strategy="swapab" / "epilogue" gets here (the default
+# rule never sends fp32 to these kernels, and the Gluon kernel has no fp32). The 16-bit
+# tiles do not suit it (compiled for sm_90a, Triton 3.8, M = 2): the twin spilled 88-1136 B
+# at 128 x 256 and 128 x 128 tiles (IEEE and TF32); the epilogue kernel's 16-bit configs
+# spilled 17-28 KB with the FMA dot (IEEE) and needed 196-262 KB of shared memory with
+# TF32 (e128x128: over the limit, the launch would fail). The ones below compile clean
+# (the compile gate's fp32 rows; kernels/NOTES.md).
+TWIN_FP32 = "pack4x32"
+EPILOGUE_FP32_IEEE = EpilogueConfig("f64x64", block_m=64, block_n=64, block_k=16, num_stages=4,
+                                    num_warps=4)
+EPILOGUE_TF32 = EpilogueConfig("tf128x128", block_m=128, block_n=128, block_k=32, num_stages=3,
+                               num_warps=8)
+
+
 def swapab_config(name: str, *, interpreting: bool = False) -> SwapABConfig:
     if interpreting:
         return INTERPRETER_SWAPAB[name]
@@ -112,9 +130,31 @@ def swapab_config(name: str, *, interpreting: bool = False) -> SwapABConfig:
     raise KeyError(f"no swap-AB config {name!r}; have {[c.name for c in SWAPAB_CONFIGS]}")
 
 
+def twin_config(name: str, dtype: torch.dtype, *, interpreting: bool = False) -> SwapABConfig:
+    """The twin's tiles for the model's pick ``name``: the same as the Gluon kernel's, but
+    small ones in the interpreter and ``TWIN_FP32``'s for fp32 on a GPU."""
+    if interpreting:
+        return INTERPRETER_SWAPAB[name]
+    return swapab_config(TWIN_FP32 if dtype == torch.float32 else name)
+
+
+def epilogue_config(name: str, dtype: torch.dtype, ieee: bool, *,
+                    interpreting: bool = False) -> EpilogueConfig:
+    """The epilogue kernel's tiles: the model's pick ``name`` for 16-bit inputs, the fp32
+    configs for fp32 (IEEE: the FMA dot; else TF32), ``INTERPRETER_EPILOGUE`` there."""
+    if interpreting:
+        return INTERPRETER_EPILOGUE
+    if dtype == torch.float32:
+        return EPILOGUE_FP32_IEEE if ieee else EPILOGUE_TF32
+    for cfg in EPILOGUE_CONFIGS:
+        if cfg.name == name:
+            return cfg
+    raise KeyError(f"no epilogue config {name!r}; have {[c.name for c in EPILOGUE_CONFIGS]}")
+
+
 #: Compiled shared memory above ``gluon_smem_bytes`` (alignment, the epilogue's layout
-#: conversion): 0-4100 B over every compiled variant (tests/kernels/
-#: test_new_kernels_compile.py holds the model to it).
+#: conversion): 0-4100 B over every compiled variant (the compile gate holds every Gluon
+#: variant to model <= compiled <= model + slack: its ``model`` check).
 GLUON_SMEM_SLACK = 8192
 
 

@@ -23,7 +23,8 @@ Four strategies, one contract:
 
 ``plan_launch`` turns a combine/rowscaled call into the exact kernel arguments;
 ``interp_matmul`` launches them, and the compile gate (``compile_variants`` below,
-``compile_gate``) compiles the same plans for sm_90a on a CPU. Autotune only sees configs
+``compile_gate``) compiles the same plans for sm_90a on a CPU (the issue-11 kernels plan
+theirs the same way and register their own ``compile_variants``). Autotune only sees configs
 whose modeled shared memory fits (``configs.fitting_configs``); ``choose_strategy`` never
 picks a kernel with none.
 
@@ -96,7 +97,7 @@ def choose_strategy(num_rows: int, num_groups: int, num_models: int, dtype: torc
     """The strategy ``interp_matmul`` uses when none is given: ``default_strategy``'s pick,
     or the other kernel when the pick has no config that fits in shared memory (combine
     runs out from M ~ 100 with 16-bit inputs; row-scaled fits at any M). The issue-11
-    kernels keep their shared memory independent of M (``compiled_fused.md``)."""
+    kernels keep their shared memory independent of M (``compiled.md``)."""
     first = default_strategy(num_rows, num_groups, num_models, n_dim, k_dim, target)
     if first in dispatch.NEW_STRATEGIES:
         return first
@@ -494,7 +495,7 @@ def compile_variants() -> Iterator:
                        kwargs=launch.kwargs, shared_model=launch.shared_bytes,
                        allow=allow or {}, core=core)
 
-    for strategy in STRATEGIES:
+    for strategy in OLD_STRATEGIES:  # the issue-11 kernels register in their own modules
         for dtype, models in ((torch.bfloat16, (1, 2, 8, 16, 32)),
                               (torch.float16, (2, 8, 16, 32))):
             name = str(dtype).removeprefix("torch.")

@@ -28,6 +28,7 @@ import torch
 import triton
 
 from .fused_configs import SwapABConfig
+from .planned import PlannedLaunch
 from .schedule import single_group_tiles, slot_schedule, slot_span, tile_coords
 
 try:
@@ -338,6 +339,25 @@ def swapab_gluon_matmul(
 
     Callers check ``tma_compatible`` first. Rows, N and K must be > 0.
     """
+    plan_swapab_gluon(x, weight, coeffs, offsets, bias, y, cfg, group_t=group_t).run()
+    return y
+
+
+def plan_swapab_gluon(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+    y: torch.Tensor,
+    cfg: SwapABConfig,
+    *,
+    group_t: int = 8,
+) -> PlannedLaunch:
+    """The launch ``swapab_gluon_matmul`` makes (schedule, TMA descriptors, every argument).
+
+    Works on CPU tensors too: the compile gate plans real calls this way.
+    """
     slot_t, slots, block_n, block_k = cfg.slot_t, cfg.slots, cfg.block_n, cfg.block_k
     if not GLUON_AVAILABLE:
         raise RuntimeError("swapab_gluon needs triton.experimental.gluon (Triton >= 3.5)")
@@ -363,12 +383,62 @@ def swapab_gluon_matmul(
     bias_arg = bias if has_bias else weight
     stride_b = (bias.stride(0), bias.stride(1)) if has_bias else (0, 0)
     grid = (num_tiles * triton.cdiv(n_dim, block_n),)
-    _swapab_gluon_kernel[grid](
-        w_desc, x_desc, bias_arg, coeffs, y, slot_group, slot_row, offsets,
-        num_tiles, n_dim, k_dim,
-        stride_b[0], stride_b[1], coeffs.stride(0), coeffs.stride(1), y.stride(0), y.stride(1),
+    args = (w_desc, x_desc, bias_arg, coeffs, y, slot_group, slot_row, offsets,
+            num_tiles, n_dim, k_dim,
+            stride_b[0], stride_b[1], coeffs.stride(0), coeffs.stride(1),
+            y.stride(0), y.stride(1))
+    kwargs = dict(
         M=num_models, SLOTS=slots, SLOT_T=slot_t, BLOCK_N=block_n, BLOCK_K=block_k,
         W_STAGES=cfg.w_stages, X_STAGES=cfg.x_stages, GROUP_T=group_t,
         SINGLE_GROUP=single, HAS_BIAS=has_bias, num_warps=cfg.num_warps, maxnreg=cfg.maxnreg,
     )
-    return y
+    return PlannedLaunch(_swapab_gluon_kernel, grid, args, kwargs)
+
+
+# ------------------------------------------------------------------------ compile gate
+
+# The calls the compile gate builds (``compile_gate``): 4096 rows of a ViT-B/32 MLP layer
+# (K = 768, N = 3072) in groups of the lengths the traffic model gives each config (one
+# group; 33-64 rows; 17-32; <= 16), every config, fp16 and bf16, M from 1 to 32 (M = 3:
+# LLVM unrolls short model loops fully, and w8pack4x64 once spilled at M = 3 only).
+GATE_ROWS = 4096
+GATE_LAYER = dict(n_dim=3072, k_dim=768)
+GATE_GROUPS = {"w8t256": 1, "big128": 1, "w8pack4x64": 80, "pack2x64": 80, "pack4x32": 160,
+               "pack8x16": 300}
+GATE_MODELS = ((torch.bfloat16, 2), (torch.bfloat16, 3), (torch.float16, 8),
+               (torch.float16, 16), (torch.bfloat16, 32))
+
+
+def compile_variants():
+    """The compile gate's variants of the Gluon kernel, planned by ``plan_swapab_gluon``:
+    every config (``SWAPAB_CONFIGS``) at every (dtype, M) of ``GATE_MODELS``, plus one call
+    without bias (M = 1) and a big-group config with many groups. Held to wgmma with a
+    register A operand, main-loop wait depth >= 1, TMA loads, and the shared-memory model
+    (``gluon_smem_bytes``, up to ``GLUON_SMEM_SLACK`` below the compiled size)."""
+    if not GLUON_AVAILABLE:
+        return
+    from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
+    from .fused_configs import GLUON_SMEM_SLACK, SWAPAB_CONFIGS, gluon_smem_bytes
+
+    def variant(cfg, dtype, num_models, num_groups, bias=True):
+        name, lengths = grouping(GATE_ROWS, num_groups)
+        call = stand_in_call(lengths, num_models, dtype=dtype, bias=bias, **GATE_LAYER)
+        plan = plan_swapab_gluon(*call, cfg)
+        elem = call[0].element_size()
+        return Variant(
+            kernel="swapab (Gluon)",
+            case=f"{str(dtype).removeprefix('torch.')} M={num_models}, {name}"
+                 + ("" if bias else ", no bias"),
+            fn=plan.kernel, args=plan.args, kwargs=plan.kwargs, config=cfg.name,
+            tiles=f"N={cfg.block_n} K={cfg.block_k} T={cfg.slots}x{cfg.slot_t} "
+                  f"w={cfg.num_warps}+1 ring={cfg.w_stages}/{cfg.x_stages}",
+            checks=(*DEFAULT_CHECKS, "wait", "a_regs", "tma"),
+            shared_model=lambda _config: gluon_smem_bytes(cfg, elem),
+            shared_slack=GLUON_SMEM_SLACK)
+
+    for cfg in SWAPAB_CONFIGS:
+        for dtype, num_models in GATE_MODELS:
+            yield variant(cfg, dtype, num_models, GATE_GROUPS[cfg.name])
+    configs = {c.name: c for c in SWAPAB_CONFIGS}
+    yield variant(configs["w8t256"], torch.bfloat16, 1, 1, bias=False)
+    yield variant(configs["big128"], torch.bfloat16, 16, 64)

@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from .fused_configs import SwapABConfig
+from .planned import PlannedLaunch
 from .schedule import single_group_tiles, slot_schedule, slot_span, tile_coords
 
 
@@ -103,6 +104,24 @@ def swapab_twin_matmul(
     ieee: bool = False,
 ) -> torch.Tensor:
     """Launch the twin into ``y`` ([T, N], any strides). Rows, N and K must be > 0."""
+    plan_swapab_twin(x, weight, coeffs, offsets, bias, y, cfg, group_t=group_t,
+                     ieee=ieee).run()
+    return y
+
+
+def plan_swapab_twin(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    coeffs: torch.Tensor,
+    offsets: torch.Tensor,
+    bias: torch.Tensor | None,
+    y: torch.Tensor,
+    cfg: SwapABConfig,
+    *,
+    group_t: int = 8,
+    ieee: bool = False,
+) -> PlannedLaunch:
+    """The launch ``swapab_twin_matmul`` makes (CPU tensors too: the compile gate's way)."""
     slot_t, slots, block_n, block_k = cfg.slot_t, cfg.slots, cfg.block_n, cfg.block_k
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
@@ -117,16 +136,59 @@ def swapab_twin_matmul(
     bias_arg = bias if has_bias else weight
     stride_b = (bias.stride(0), bias.stride(1)) if has_bias else (0, 0)
     grid = (num_tiles * triton.cdiv(n_dim, block_n),)
-    _swapab_twin_kernel[grid](
-        x, weight, bias_arg, coeffs, y, slot_group, slot_row, offsets,
-        num_tiles, n_dim, k_dim,
-        x.stride(0), x.stride(1),
-        weight.stride(0), weight.stride(1), weight.stride(2),
-        stride_b[0], stride_b[1],
-        coeffs.stride(0), coeffs.stride(1),
-        y.stride(0), y.stride(1),
-        M=num_models, SLOTS=slots, SLOT_T=slot_t, BLOCK_N=block_n, BLOCK_K=block_k,
-        GROUP_T=group_t, SINGLE_GROUP=single, HAS_BIAS=has_bias, IEEE=ieee,
-        num_warps=cfg.num_warps, num_stages=1,
-    )
-    return y
+    args = (x, weight, bias_arg, coeffs, y, slot_group, slot_row, offsets,
+            num_tiles, n_dim, k_dim,
+            x.stride(0), x.stride(1),
+            weight.stride(0), weight.stride(1), weight.stride(2),
+            stride_b[0], stride_b[1],
+            coeffs.stride(0), coeffs.stride(1),
+            y.stride(0), y.stride(1))
+    kwargs = dict(M=num_models, SLOTS=slots, SLOT_T=slot_t, BLOCK_N=block_n, BLOCK_K=block_k,
+                  GROUP_T=group_t, SINGLE_GROUP=single, HAS_BIAS=has_bias, IEEE=ieee,
+                  num_warps=cfg.num_warps, num_stages=1)
+    return PlannedLaunch(_swapab_twin_kernel, grid, args, kwargs)
+
+
+# ------------------------------------------------------------------------ compile gate
+
+# Why the gate allows what the twin does not do: it is a correctness twin, not a fast kernel.
+_GATE_NO_OVERLAP = ("the twin has no asynchronous MMA (no TMA ring, num_stages=1): each "
+                    "k-step's dot waits for the last by design. It runs on a GPU only where "
+                    "the Gluon kernel cannot (or is not enabled: DAWIN_FAST_GLUON), as "
+                    "strategy 'swapab''s fallback; the default rule never picks it there")
+_GATE_FMA = ("fp32 with IEEE precision (F.linear's default) runs its dot on CUDA cores by "
+             "design; TF32 (allow_tf32) takes wgmma")
+
+
+def compile_variants():
+    """The compile gate's variants of the twin, as ``dispatch.launch`` runs it on a GPU
+    (``plan_swapab_twin`` with ``fused_configs.twin_config``'s tiles): every swap-AB config
+    for fp16/bf16 at M = 2, 3, 8 and 32 in the groupings the Gluon kernel's variants use,
+    and fp32 (IEEE and TF32, ``TWIN_FP32``'s tiles) at M = 2."""
+    from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
+    from .fused_configs import SWAPAB_CONFIGS, twin_config
+    from .swapab_gluon import GATE_GROUPS, GATE_LAYER, GATE_ROWS
+
+    def variant(name, dtype, num_models, num_groups, ieee=False, core=True, allow=None):
+        cfg = twin_config(name, dtype)
+        rows, lengths = grouping(GATE_ROWS, num_groups)
+        plan = plan_swapab_twin(*stand_in_call(lengths, num_models, dtype=dtype, **GATE_LAYER),
+                                cfg, ieee=ieee)
+        precision = " IEEE" if ieee else " TF32" if dtype == torch.float32 else ""
+        return Variant(
+            kernel="swapab twin",
+            case=f"{str(dtype).removeprefix('torch.')}{precision} M={num_models}, {rows}",
+            fn=plan.kernel, args=plan.args, kwargs=plan.kwargs, config=cfg.name,
+            tiles=f"N={cfg.block_n} K={cfg.block_k} T={cfg.slots}x{cfg.slot_t} "
+                  f"w={cfg.num_warps} s=1",
+            checks=(*DEFAULT_CHECKS, "wait"), core=core,
+            allow={"wait": _GATE_NO_OVERLAP, **(allow or {})})
+
+    for cfg in SWAPAB_CONFIGS:
+        for dtype, num_models in ((torch.bfloat16, 2), (torch.bfloat16, 3), (torch.float16, 8),
+                                  (torch.bfloat16, 32)):
+            yield variant(cfg.name, dtype, num_models, GATE_GROUPS[cfg.name])
+    for num_groups in (1, 80):
+        yield variant("w8t256", torch.float32, 2, num_groups, ieee=True, core=False,
+                      allow={"wgmma": _GATE_FMA})
+        yield variant("w8t256", torch.float32, 2, num_groups, core=False)

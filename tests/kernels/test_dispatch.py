@@ -13,9 +13,13 @@ import pytest
 import torch
 
 from dawin_fast import kernels
-from dawin_fast.kernels import dispatch, traffic_model
-from dawin_fast.kernels.fused_configs import EPILOGUE_CONFIGS, SWAPAB_CONFIGS
-from tests.kernels import fused_compile
+from dawin_fast.kernels import compile_gate, dispatch, traffic_model
+from dawin_fast.kernels.fused_configs import (
+    EPILOGUE_CONFIGS,
+    SWAPAB_CONFIGS,
+    epilogue_config,
+    twin_config,
+)
 from tests.reference import assert_close_to_reference
 from tests.test_interp_linear import make_inputs
 
@@ -57,14 +61,29 @@ def test_choice_is_the_cheapest_prediction():
 
 
 def test_every_routable_config_is_in_the_compile_gate():
-    """M = 1 ... 32 and every grouping only ever reach configs the gate compiles."""
-    gated = {(v["launcher"], v["config"]) for v in fused_compile.VARIANTS}
+    """M = 1 ... 32 and every grouping only ever reach kernels and configs the compile gate
+    compiles: the default rule's picks on a Hopper (Gluon or epilogue), and what
+    ``dispatch.launch`` runs for an explicit strategy where Gluon cannot run (the twin, with
+    its fp32 tiles) or for fp32 (the epilogue kernel's fp32 configs), fp16/bf16 and fp32."""
+    variants = list(compile_gate.discover())
+    gated = {(v.kernel, v.config) for v in variants}
+    fp32_gated = {(v.kernel, v.config) for v in variants if v.case.startswith("float32")}
     for num_models in range(1, 33):
         for rows, groups in ((12800, 1), (400, 1), (12800, 256), (12800, 12800), (5000, 700)):
             for n_dim, k_dim in ((3072, 768), (768, 3072), (4096, 1024)):
                 choice = dispatch.choose(rows, groups, num_models, n_dim, k_dim, HOPPER)
-                launcher = "swapab_gluon" if choice.strategy == "swapab" else "epilogue"
-                assert (launcher, choice.config) in gated, choice
+                kernel = "swapab (Gluon)" if choice.strategy == "swapab" else "epilogue"
+                assert (kernel, choice.config) in gated, choice
+                shape = (rows, groups, num_models, n_dim, k_dim)
+                swapab = dispatch.best_config("swapab", *shape)
+                epilogue = dispatch.best_config("epilogue", *shape)
+                for dtype in (torch.bfloat16, torch.float16):
+                    assert ("swapab twin", twin_config(swapab, dtype).name) in gated
+                    assert ("epilogue", epilogue_config(epilogue, dtype, False).name) in gated
+                assert ("swapab twin", twin_config(swapab, torch.float32).name) in fp32_gated
+                for ieee in (True, False):
+                    cfg = epilogue_config(epilogue, torch.float32, ieee)
+                    assert ("epilogue", cfg.name) in fp32_gated
 
 
 def test_uniform_packing_closed_form_matches_the_schedule():
