@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import bias_args, dot
 from .fused_configs import EpilogueConfig
 from .planned import PlannedLaunch
 from .schedule import tile_coords
@@ -26,14 +27,6 @@ try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # a Triton without host tensor descriptors: pointer path only
     TensorDescriptor = None
-
-
-@triton.jit
-def _dot(a, b, acc, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -93,7 +86,7 @@ def _epilogue_scaled_kernel(
                 + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
                 mask=col_mask[:, None] & k_mask[None, :], other=0.0,
             )
-        acc = _dot(x_tile, w_tile.T, acc, IEEE)
+        acc = dot(x_tile, w_tile.T, acc, IEEE)
         if kt == k_tiles - 1:  # model i done: scale its product per row, start the next
             if SINGLE_GROUP:
                 out += tl.load(c_rows + i * stride_cm) * acc
@@ -189,19 +182,17 @@ def plan_epilogue_scaled(
     else:
         x_src, w_src = x, weight
     groups = offsets if single else row_groups(offsets, num_rows)
-    has_bias = bias is not None
-    bias_arg = bias if has_bias else weight
-    stride_b = (bias.stride(0), bias.stride(1)) if has_bias else (0, 0)
+    bias_arg, stride_bm, stride_bn = bias_args(bias, weight)
     grid = (triton.cdiv(num_rows, block_m) * triton.cdiv(n_dim, block_n),)
     args = (x_src, w_src, bias_arg, coeffs, y, groups,
             num_rows, n_dim, k_dim,
             x.stride(0), x.stride(1),
             weight.stride(0), weight.stride(1), weight.stride(2),
-            stride_b[0], stride_b[1],
+            stride_bm, stride_bn,
             coeffs.stride(0), coeffs.stride(1),
             y.stride(0), y.stride(1))
     kwargs = dict(
-        M=num_models, SINGLE_GROUP=single, HAS_BIAS=has_bias, IEEE=ieee, USE_TMA=use_tma,
+        M=num_models, SINGLE_GROUP=single, HAS_BIAS=bias is not None, IEEE=ieee, USE_TMA=use_tma,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
         NUM_STAGES=cfg.num_stages, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 
 from . import dispatch
+from .common import bias_args, dot
 from .configs import (
     PRUNE_COMBINE,
     PRUNE_ROWSCALED,
@@ -127,14 +128,6 @@ def _swizzle(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
     return pid_m, pid_n
 
 
-@triton.jit
-def _dot(a, b, acc, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
-
-
 @triton.autotune(configs=combine_configs(), key=["N", "K", "M", "ROWS_BUCKET", "BLOCK_M"],
                  prune_configs_by=PRUNE_COMBINE)
 @triton.jit
@@ -190,7 +183,7 @@ def _combine_kernel(
             coeff = tl.load(c_row + i * stride_cm)
             w_i = tl.load(w_ptr + i * stride_wm + w_offs, mask=w_mask, other=0.0)
             w_tile += coeff * w_i.to(tl.float32)
-        acc = _dot(x_tile, w_tile.to(x_tile.dtype), acc, IEEE)
+        acc = dot(x_tile, w_tile.to(x_tile.dtype), acc, IEEE)
 
     if HAS_BIAS:
         bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -253,7 +246,7 @@ def _rowscaled_kernel(
                 w_model + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn,
                 mask=k_mask[:, None] & col_mask[None, :], other=0.0,
             )
-            acc = _dot(x_scaled, w_tile, acc, IEEE)
+            acc = dot(x_scaled, w_tile, acc, IEEE)
 
     if HAS_BIAS:
         for i in range(0, M):
@@ -348,17 +341,15 @@ def plan_launch(
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
     num_groups = coeffs.shape[0]
-    has_bias = bias is not None
-    bias_arg = bias if has_bias else weight  # never read when HAS_BIAS is False
-    stride_b = (bias.stride(0), bias.stride(1)) if has_bias else (0, 0)
+    bias_arg, stride_bm, stride_bn = bias_args(bias, weight)
     ieee = _ieee(x.dtype)
     common = dict(
         stride_xt=x.stride(0), stride_xk=x.stride(1),
         stride_wm=weight.stride(0), stride_wn=weight.stride(1), stride_wk=weight.stride(2),
-        stride_bm=stride_b[0], stride_bn=stride_b[1],
+        stride_bm=stride_bm, stride_bn=stride_bn,
         stride_cg=coeffs.stride(0), stride_cm=coeffs.stride(1),
         stride_yt=y.stride(0), stride_yn=y.stride(1),
-        M=num_models, SINGLE_GROUP=num_groups == 1, HAS_BIAS=has_bias, IEEE=ieee,
+        M=num_models, SINGLE_GROUP=num_groups == 1, HAS_BIAS=bias is not None, IEEE=ieee,
     )
     bucket = rows_bucket(num_rows)
 

@@ -74,6 +74,15 @@ def single_group_tiles(num_rows: int, slot_t: int, slots: int) -> int:
     return triton.cdiv(triton.cdiv(num_rows, slot_t), slots)
 
 
+def call_schedule(offsets: torch.Tensor, num_rows: int, num_groups: int, slot_t: int,
+                  slots: int) -> SlotSchedule:
+    """The slot schedule a launch passes: a one-group call (SINGLE_GROUP) needs no tables,
+    so offsets stand in for them, unread."""
+    if num_groups == 1:
+        return SlotSchedule(offsets, offsets, single_group_tiles(num_rows, slot_t, slots))
+    return slot_schedule(offsets, num_rows, slot_t, slots)
+
+
 def padded_rows(lengths: list[int], slot_t: int) -> int:
     """Rows the MMA computes for groups of these lengths (each padded to ``slot_t``)."""
     return sum(triton.cdiv(n, slot_t) * slot_t for n in lengths)

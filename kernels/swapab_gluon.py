@@ -27,9 +27,10 @@ from __future__ import annotations
 import torch
 import triton
 
+from .common import bias_args
 from .fused_configs import SwapABConfig
 from .planned import PlannedLaunch
-from .schedule import single_group_tiles, slot_schedule, slot_span, tile_coords
+from .schedule import call_schedule, slot_span, tile_coords
 
 try:
     from triton.experimental import gluon
@@ -372,25 +373,19 @@ def plan_swapab_gluon(
     w_desc = TensorDescriptor(w2d, list(w2d.shape), list(w2d.stride()), [block_n, block_k],
                               w_layout)
     x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [slot_t, block_k], x_layout)
-    single = coeffs.shape[0] == 1
-    if single:
-        num_tiles = single_group_tiles(num_rows, slot_t, slots)
-        slot_group = slot_row = offsets  # unread when SINGLE_GROUP
-    else:
-        sched = slot_schedule(offsets, num_rows, slot_t, slots)
-        num_tiles, slot_group, slot_row = sched.num_tiles, sched.slot_group, sched.slot_row
-    has_bias = bias is not None
-    bias_arg = bias if has_bias else weight
-    stride_b = (bias.stride(0), bias.stride(1)) if has_bias else (0, 0)
+    sched = call_schedule(offsets, num_rows, coeffs.shape[0], slot_t, slots)
+    num_tiles, slot_group, slot_row = sched.num_tiles, sched.slot_group, sched.slot_row
+    bias_arg, stride_bm, stride_bn = bias_args(bias, weight)
     grid = (num_tiles * triton.cdiv(n_dim, block_n),)
     args = (w_desc, x_desc, bias_arg, coeffs, y, slot_group, slot_row, offsets,
             num_tiles, n_dim, k_dim,
-            stride_b[0], stride_b[1], coeffs.stride(0), coeffs.stride(1),
+            stride_bm, stride_bn, coeffs.stride(0), coeffs.stride(1),
             y.stride(0), y.stride(1))
     kwargs = dict(
         M=num_models, SLOTS=slots, SLOT_T=slot_t, BLOCK_N=block_n, BLOCK_K=block_k,
         W_STAGES=cfg.w_stages, X_STAGES=cfg.x_stages, GROUP_T=group_t,
-        SINGLE_GROUP=single, HAS_BIAS=has_bias, num_warps=cfg.num_warps, maxnreg=cfg.maxnreg,
+        SINGLE_GROUP=coeffs.shape[0] == 1, HAS_BIAS=bias is not None,
+        num_warps=cfg.num_warps, maxnreg=cfg.maxnreg,
     )
     return PlannedLaunch(_swapab_gluon_kernel, grid, args, kwargs)
 

@@ -18,17 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .common import bias_args, dot
 from .fused_configs import SwapABConfig
 from .planned import PlannedLaunch
-from .schedule import single_group_tiles, slot_schedule, slot_span, tile_coords
-
-
-@triton.jit
-def _dot(a, b, acc, IEEE: tl.constexpr):
-    if IEEE:
-        return tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        return tl.dot(a, b, acc)
+from .schedule import call_schedule, slot_span, tile_coords
 
 
 @triton.jit
@@ -79,7 +72,7 @@ def _swapab_twin_kernel(
                 x_ptr + offs_t[None, :] * stride_xt + offs_k[:, None] * stride_xk,
                 mask=t_mask[None, :] & k_mask[:, None], other=0.0,
             )
-            acc = _dot(w_c.to(x_t.dtype), x_t, acc, IEEE)
+            acc = dot(w_c.to(x_t.dtype), x_t, acc, IEEE)
         if HAS_BIAS:
             bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
             for i in range(M):
@@ -125,27 +118,20 @@ def plan_swapab_twin(
     slot_t, slots, block_n, block_k = cfg.slot_t, cfg.slots, cfg.block_n, cfg.block_k
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
-    single = coeffs.shape[0] == 1
-    if single:
-        num_tiles = single_group_tiles(num_rows, slot_t, slots)
-        slot_group = slot_row = offsets  # unread when SINGLE_GROUP
-    else:
-        sched = slot_schedule(offsets, num_rows, slot_t, slots)
-        num_tiles, slot_group, slot_row = sched.num_tiles, sched.slot_group, sched.slot_row
-    has_bias = bias is not None
-    bias_arg = bias if has_bias else weight
-    stride_b = (bias.stride(0), bias.stride(1)) if has_bias else (0, 0)
+    sched = call_schedule(offsets, num_rows, coeffs.shape[0], slot_t, slots)
+    num_tiles, slot_group, slot_row = sched.num_tiles, sched.slot_group, sched.slot_row
+    bias_arg, stride_bm, stride_bn = bias_args(bias, weight)
     grid = (num_tiles * triton.cdiv(n_dim, block_n),)
     args = (x, weight, bias_arg, coeffs, y, slot_group, slot_row, offsets,
             num_tiles, n_dim, k_dim,
             x.stride(0), x.stride(1),
             weight.stride(0), weight.stride(1), weight.stride(2),
-            stride_b[0], stride_b[1],
+            stride_bm, stride_bn,
             coeffs.stride(0), coeffs.stride(1),
             y.stride(0), y.stride(1))
     kwargs = dict(M=num_models, SLOTS=slots, SLOT_T=slot_t, BLOCK_N=block_n, BLOCK_K=block_k,
-                  GROUP_T=group_t, SINGLE_GROUP=single, HAS_BIAS=has_bias, IEEE=ieee,
-                  num_warps=cfg.num_warps, num_stages=1)
+                  GROUP_T=group_t, SINGLE_GROUP=coeffs.shape[0] == 1,
+                  HAS_BIAS=bias is not None, IEEE=ieee, num_warps=cfg.num_warps, num_stages=1)
     return PlannedLaunch(_swapab_twin_kernel, grid, args, kwargs)
 
 
