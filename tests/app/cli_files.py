@@ -30,27 +30,34 @@ def save_png(path: Path, seed: int = 0) -> None:
     Image.fromarray(pixels).save(path, format="PNG")
 
 
-def make_files(root: Path) -> Path:
-    """A model config, two checkpoints (full CLIP .pt, visual-only .safetensors), two heads
-    (3 classes), a 3-class ImageFolder, a tensor dataset, an empty folder."""
+def make_models(root: Path, gen: torch.Generator, arch: str = ARCH) -> None:
+    """``<arch>.json`` (registered with open_clip), two checkpoints: zs.pt (full CLIP) and
+    ft.safetensors (visual only, perturbed), and two 3-class heads: head_zs.pt (a tensor)
+    and head_ft.pt (weight and bias), drawn from ``gen``."""
     import open_clip
     from safetensors.torch import save_file
 
-    config = root / f"{ARCH}.json"
+    config = root / f"{arch}.json"
     config.write_text(json.dumps(CONFIG))
     open_clip.add_model_config(str(config))
     torch.manual_seed(0)
-    zero_shot = open_clip.create_model(ARCH, pretrained=None)
-    fine_tuned = open_clip.create_model(ARCH, pretrained=None)
+    zero_shot = open_clip.create_model(arch, pretrained=None)
+    fine_tuned = open_clip.create_model(arch, pretrained=None)
     fine_tuned.load_state_dict(zero_shot.state_dict())
     perturb(fine_tuned.visual, seed=1)
     torch.save(zero_shot.state_dict(), root / "zs.pt")
     save_file({k: v.contiguous() for k, v in fine_tuned.visual.state_dict().items()},
               str(root / "ft.safetensors"))
-    gen = torch.Generator().manual_seed(0)
     torch.save(torch.randn(3, FEATURES, generator=gen) * 5, root / "head_zs.pt")
     torch.save({"weight": torch.randn(3, FEATURES, generator=gen) * 5,
                 "bias": torch.zeros(3)}, root / "head_ft.pt")
+
+
+def make_files(root: Path) -> Path:
+    """The models (``make_models``), a 3-class ImageFolder, a tensor dataset, an empty
+    folder."""
+    gen = torch.Generator().manual_seed(0)
+    make_models(root, gen)
     for c, cls in enumerate(("cat", "dog", "eel")):
         (root / "images" / cls).mkdir(parents=True)
         for i in range(3):

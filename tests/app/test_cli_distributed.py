@@ -19,17 +19,11 @@ import torch
 
 from dawin_fast import use_backend
 from dawin_fast.app.cli import main
+from tests.app.cli_files import make_models
 from tests.launch import base_env, free_port, launch, python
-from tests.models import perturb
 
 TIMEOUT = 180  # seconds per launch; one takes ~20-30 s on 2 shared cores
 ARCH = "tiny-dist-vit"
-CONFIG = {
-    "embed_dim": 12,
-    "vision_cfg": {"image_size": 16, "layers": 2, "width": 32, "patch_size": 4,
-                   "head_width": 8},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
-}
 N = 13  # in batches of 2: 7 global batches, uneven over 2 and 3 ranks
 
 
@@ -40,24 +34,10 @@ def files(tmp_path_factory):
     "corrupt" a truncated JPEG, which passes PIL's verify() (headers only) and fails when
     decoded, so that the failure happens inside the run, on one rank; in "unreadable" a
     file that is no image at all, which every rank finds before any work."""
-    import open_clip
     from PIL import Image
 
     root = tmp_path_factory.mktemp("cli_dist")
-    config = root / f"{ARCH}.json"
-    config.write_text(json.dumps(CONFIG))
-    open_clip.add_model_config(str(config))
-    torch.manual_seed(0)
-    zero_shot = open_clip.create_model(ARCH, pretrained=None)
-    fine_tuned = open_clip.create_model(ARCH, pretrained=None)
-    fine_tuned.load_state_dict(zero_shot.state_dict())
-    perturb(fine_tuned.visual, seed=1)
-    torch.save(zero_shot.state_dict(), root / "zs.pt")
-    torch.save(fine_tuned.visual.state_dict(), root / "ft.pt")
-    gen = torch.Generator().manual_seed(0)
-    torch.save(torch.randn(3, 12, generator=gen) * 5, root / "head_zs.pt")
-    torch.save({"weight": torch.randn(3, 12, generator=gen) * 5, "bias": torch.zeros(3)},
-               root / "head_ft.pt")
+    make_models(root, torch.Generator().manual_seed(0), ARCH)
     rng = np.random.default_rng(0)
     for folder in ("images", "corrupt", "unreadable"):
         for i in range(N):
@@ -77,7 +57,7 @@ def files(tmp_path_factory):
 
 def eval_argv(files, data: str, output) -> list[str]:
     return ["eval", "--arch", ARCH, "--model-config", str(files / f"{ARCH}.json"),
-            "--checkpoints", str(files / "zs.pt"), str(files / "ft.pt"),
+            "--checkpoints", str(files / "zs.pt"), str(files / "ft.safetensors"),
             "--heads", str(files / "head_zs.pt"), str(files / "head_ft.pt"),
             "--data", str(files / data), "--workers", "0", "--batch-size", "2",
             "--clusters", "2", "--offset-adjustment", "--output", str(output)]
