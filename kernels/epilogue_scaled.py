@@ -18,10 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import bias_args, dot
+from .common import bias_args, dot, tile_coords, tma_layout_reason
 from .fused_configs import EpilogueConfig
 from .planned import PlannedLaunch
-from .schedule import tile_coords
 
 try:
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -118,15 +117,7 @@ def tma_reason(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     """None if x [T, K] and weight as [M*N, K] can be TMA descriptors, else why not."""
     if TensorDescriptor is None:
         return "this Triton has no host tensor descriptors"
-    elem = x.element_size()
-    num_models, n_dim, _ = weight.shape
-    if x.stride(1) != 1 or (x.stride(0) * elem) % 16 or x.data_ptr() % 16:
-        return "x rows are not contiguous 16-byte-aligned runs"
-    if weight.stride(2) != 1 or (weight.stride(1) * elem) % 16 or weight.data_ptr() % 16:
-        return "weight rows are not contiguous 16-byte-aligned runs"
-    if num_models > 1 and weight.stride(0) != n_dim * weight.stride(1):
-        return "weight models are not stacked back to back ([M*N, K] view)"
-    return None
+    return tma_layout_reason(x, weight)
 
 
 def epilogue_scaled_matmul(

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from . import dispatch
-from .common import bias_args, dot
+from .common import bias_args, dot, tile_coords
 from .configs import (
     PRUNE_COMBINE,
     PRUNE_ROWSCALED,
@@ -116,18 +116,6 @@ def call_aligned(x: torch.Tensor, weight: torch.Tensor) -> bool:
         (x.data_ptr(), weight.data_ptr())))
 
 
-@triton.jit
-def _swizzle(pid, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
-    """Map a 1-D program id to (pid_m, pid_n) in GROUP_M-tall column bands (L2 reuse)."""
-    num_pid_in_band = GROUP_M * num_pid_n
-    band = pid // num_pid_in_band
-    first_pid_m = band * GROUP_M
-    band_m = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
-    pid_m = first_pid_m + (pid % num_pid_in_band) % band_m
-    pid_n = (pid % num_pid_in_band) // band_m
-    return pid_m, pid_n
-
-
 @triton.autotune(configs=combine_configs(), key=["N", "K", "M", "ROWS_BUCKET", "BLOCK_M"],
                  prune_configs_by=PRUNE_COMBINE)
 @triton.jit
@@ -149,7 +137,7 @@ def _combine_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_n = _swizzle(tl.program_id(0), num_row_blocks, tl.cdiv(N, BLOCK_N), GROUP_M)
+    pid_m, pid_n = tile_coords(tl.program_id(0), num_row_blocks, tl.cdiv(N, BLOCK_N), GROUP_M)
     if SINGLE_GROUP:
         c_row = c_ptr
         row_start = pid_m.to(tl.int64) * BLOCK_M
@@ -218,7 +206,7 @@ def _rowscaled_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid_m, pid_n = _swizzle(tl.program_id(0), tl.cdiv(T, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
+    pid_m, pid_n = tile_coords(tl.program_id(0), tl.cdiv(T, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
     offs_m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
     offs_n = pid_n.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     row_mask = offs_m < T

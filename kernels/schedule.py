@@ -92,19 +92,6 @@ def padded_rows(lengths: list[int], slot_t: int) -> int:
 
 
 @triton.jit
-def tile_coords(pid, num_tiles, num_n_tiles, GROUP_T: tl.constexpr):
-    """Program id -> (row tile, N tile), in GROUP_T-tall bands so that programs running
-    together share x row tiles and weight N tiles in L2."""
-    per_band = GROUP_T * num_n_tiles
-    band = pid // per_band
-    first = band * GROUP_T
-    band_t = tl.minimum(num_tiles - first, GROUP_T)
-    tile = first + (pid % per_band) % band_t
-    n_tile = (pid % per_band) // band_t
-    return tile, n_tile
-
-
-@triton.jit
 def slot_span(slot_group_ptr, slot_row_ptr, offsets_ptr, tile, s,
               SLOTS: tl.constexpr, SLOT_T: tl.constexpr, SINGLE_GROUP: tl.constexpr):
     """(group, first row, end row) of slot ``s`` of row tile ``tile``.

@@ -27,10 +27,10 @@ from __future__ import annotations
 import torch
 import triton
 
-from .common import bias_args
+from .common import bias_args, tile_coords, tma_layout_reason
 from .fused_configs import SwapABConfig
 from .planned import PlannedLaunch
-from .schedule import call_schedule, slot_span, tile_coords
+from .schedule import call_schedule, slot_span
 
 try:
     from triton.experimental import gluon
@@ -314,15 +314,7 @@ def tma_compatible(x: torch.Tensor, weight: torch.Tensor) -> str | None:
     """None if TMA descriptors can address x [T, K] and weight as [M*N, K], else why not."""
     if x.dtype not in (torch.float16, torch.bfloat16):
         return f"dtype {x.dtype} (the kernel runs fp16/bf16 wgmma)"
-    elem = x.element_size()
-    if x.stride(1) != 1 or (x.stride(0) * elem) % 16 or x.data_ptr() % 16:
-        return "x rows are not contiguous 16-byte-aligned runs"
-    num_models, n_dim, k_dim = weight.shape
-    if weight.stride(2) != 1 or (weight.stride(1) * elem) % 16 or weight.data_ptr() % 16:
-        return "weight rows are not contiguous 16-byte-aligned runs"
-    if num_models > 1 and weight.stride(0) != n_dim * weight.stride(1):
-        return "weight models are not stacked back to back ([M*N, K] view)"
-    return None
+    return tma_layout_reason(x, weight)
 
 
 def swapab_gluon_matmul(

@@ -1,7 +1,7 @@
 """Plain-Triton twin of the Gluon swap-AB register-combine kernel (``swapab_gluon``).
 
 Same tiling (BLOCK_N weight rows x SLOTS slots of SLOT_T x rows per program), same
-program order (``schedule.tile_coords``), same slots (``schedule.slot_span``), same
+program order (``common.tile_coords``), same slots (``schedule.slot_span``), same
 operand roles: the interpolated weight tile W_c = sum_i c_i W_i, combined in fp32, is
 the A operand and x^T the B operand, so the program computes y^T for its slots. What
 differs is only what Triton cannot express without Gluon: no TMA ring, no loader warp,
@@ -18,10 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import bias_args, dot
+from .common import bias_args, dot, tile_coords
 from .fused_configs import SwapABConfig
 from .planned import PlannedLaunch
-from .schedule import call_schedule, slot_span, tile_coords
+from .schedule import call_schedule, slot_span
 
 
 @triton.jit
