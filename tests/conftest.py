@@ -36,3 +36,17 @@ DEVICES = _devices()
 @pytest.fixture(params=DEVICES)
 def device(request):
     return request.param
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if a command gets as far as building models, loading or training on
+    data, or running a benchmark: its arguments and files must be checked first."""
+    def forbidden(*args, **kwargs):
+        raise AssertionError("expensive work started before validation finished")
+
+    monkeypatch.setattr("dawin_fast.app.eval_command.build_classifier", forbidden)
+    monkeypatch.setattr("dawin_fast.app.demo.build_models", forbidden)
+    monkeypatch.setattr("dawin_fast.app.demo.load_digits_data", forbidden)
+    monkeypatch.setattr("dawin_fast.bench.layers.run", forbidden)
+    monkeypatch.setattr("dawin_fast.bench.e2e.run", forbidden)

@@ -50,18 +50,6 @@ def files(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def no_work(monkeypatch):
-    def forbidden(*args, **kwargs):
-        raise AssertionError("expensive work started before validation finished")
-
-    monkeypatch.setattr("dawin_fast.app.eval_command.build_classifier", forbidden)
-    monkeypatch.setattr("dawin_fast.app.demo.build_models", forbidden)
-    monkeypatch.setattr("dawin_fast.app.demo.load_digits_data", forbidden)
-    monkeypatch.setattr("dawin_fast.bench.layers.run", forbidden)
-    monkeypatch.setattr("dawin_fast.bench.e2e.run", forbidden)
-
-
 # ------------------------------------------------------------------ the command line
 
 # (command, {option: value} for eval (merged into valid arguments) or an argv list,

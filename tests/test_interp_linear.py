@@ -175,13 +175,13 @@ def test_strided_inputs(impl, device):
     assert_close_to_reference(out, x, weight, coeffs, offsets, b)
 
 
-@pytest.mark.parametrize("impl", ["combine", "rowscaled"])
-def test_int64_addressing(impl, device):
-    """Row offsets past 2**31 elements: x and y rows 2**30 elements apart.
+def rows_past_int32(device):
+    """x and a NaN-poisoned output whose 3 rows lie 2**30 elements apart (row 2 starts past
+    2**31 elements: 32-bit index arithmetic would wrap), and the same call's compact
+    inputs ``(x_small, weight, coeffs, offsets, bias)`` for the reference.
 
     The storages are allocated but barely touched (only the rows in use), so this costs
-    little memory. With 32-bit index arithmetic row 2 would wrap around.
-    """
+    little memory; a GPU needs 24 GiB (skipped below that)."""
     if device == "cuda" and torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
         pytest.skip("needs 24 GiB of GPU memory")
     k_dim = n_dim = 32
@@ -190,10 +190,16 @@ def test_int64_addressing(impl, device):
     y_storage = torch.empty(2 * row_stride + n_dim, dtype=torch.float16, device=device)
     x = x_storage.as_strided((3, k_dim), (row_stride, 1))
     out = y_storage.as_strided((3, n_dim), (row_stride, 1))
-    x_small, weight, coeffs, offsets, b = make_inputs([2, 1], k_dim, n_dim, 2, torch.float16,
-                                                      device)
-    x.copy_(x_small)
+    compact = make_inputs([2, 1], k_dim, n_dim, 2, torch.float16, device)
+    x.copy_(compact[0])
     out.fill_(float("nan"))
+    return x, out, compact
+
+
+@pytest.mark.parametrize("impl", ["combine", "rowscaled"])
+def test_int64_addressing(impl, device):
+    """Row offsets past 2**31 elements: x and y rows 2**30 elements apart."""
+    x, out, (x_small, weight, coeffs, offsets, b) = rows_past_int32(device)
     kernels.interp_matmul(x, weight, coeffs, offsets, b, strategy=impl, out=out)
     assert_close_to_reference(out, x_small, weight, coeffs, offsets, b)
 

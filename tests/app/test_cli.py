@@ -37,17 +37,6 @@ def files(tmp_path_factory):
     return make_files(tmp_path_factory.mktemp("cli"))
 
 
-@pytest.fixture
-def no_work(monkeypatch):
-    """Fail the test if a command gets as far as building models or training."""
-    def forbidden(*args, **kwargs):
-        raise AssertionError("expensive work started before validation finished")
-
-    monkeypatch.setattr("dawin_fast.app.eval_command.build_classifier", forbidden)
-    monkeypatch.setattr("dawin_fast.app.demo.build_models", forbidden)
-    monkeypatch.setattr("dawin_fast.app.demo.load_digits_data", forbidden)
-
-
 def out(tmp_path, name="report.json") -> str:
     return str(tmp_path / name)
 

@@ -27,7 +27,7 @@ from dawin_fast.kernels.schedule import num_slots_upper, padded_rows, slot_sched
 from dawin_fast.kernels.swapab_gluon import swapab_gluon_matmul, tma_compatible
 from dawin_fast.kernels.swapab_twin import swapab_twin_matmul
 from tests.reference import assert_close_to_reference, offsets_from_lengths
-from tests.test_interp_linear import make_inputs, segment_lengths
+from tests.test_interp_linear import make_inputs, rows_past_int32, segment_lengths
 
 SLOT_CONFIGS = [c.name for c in SWAPAB_CONFIGS]
 IMPLS = [f"twin:{name}" for name in SLOT_CONFIGS] + ["epilogue:auto", "epilogue:pointers"]
@@ -157,18 +157,7 @@ def test_int64_addressing(impl):
     """x and y rows 2**30 elements apart: row 2 starts past 2**31 elements."""
     device = _device()
     _runnable(device)
-    if device == "cuda" and torch.cuda.get_device_properties(0).total_memory < 24 * 2**30:
-        pytest.skip("needs 24 GiB of GPU memory")
-    k_dim = n_dim = 32
-    row_stride = 2**30
-    x_storage = torch.empty(2 * row_stride + k_dim, dtype=torch.float16, device=device)
-    y_storage = torch.empty(2 * row_stride + n_dim, dtype=torch.float16, device=device)
-    x = x_storage.as_strided((3, k_dim), (row_stride, 1))
-    out = y_storage.as_strided((3, n_dim), (row_stride, 1))
-    x_small, weight, coeffs, offsets, b = make_inputs([2, 1], k_dim, n_dim, 2, torch.float16,
-                                                      device)
-    x.copy_(x_small)
-    out.fill_(float("nan"))
+    x, out, (x_small, weight, coeffs, offsets, b) = rows_past_int32(device)
     run_impl(impl, x, weight, coeffs, offsets, b, out=out)
     assert_close_to_reference(out, x_small, weight, coeffs, offsets, b)
 
