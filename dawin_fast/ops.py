@@ -106,6 +106,7 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     ``use_strategy``. Ignores the one-hot shortcut (one-hot rows run cuBLAS).
     """
     from .kernels import dispatch
+    from .kernels.common import use_ieee
     from .kernels.interp_matmul import call_aligned, choose_strategy
 
     rows = x.reshape(-1, x.shape[-1])
@@ -117,7 +118,7 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     target = dispatch.target_for(rows, weight)
     strategy = _strategy()
     if strategy is None:
-        ieee = rows.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+        ieee = use_ieee(rows.dtype)
         strategy = choose_strategy(num_rows, num_groups, num_models, rows.dtype, ieee,
                                    call_aligned(rows, weight), n_dim, k_dim, target)
     if strategy not in dispatch.NEW_STRATEGIES:

@@ -1,5 +1,5 @@
 """Pieces every kernel module shares: the program-to-tile order, the dot that honours IEEE
-fp32, the bias arguments, the TMA layout check."""
+fp32 and when to ask it for IEEE, the bias arguments, the TMA layout check."""
 
 from __future__ import annotations
 
@@ -28,6 +28,11 @@ def dot(a, b, acc, IEEE: tl.constexpr):
         return tl.dot(a, b, acc, input_precision="ieee")
     else:
         return tl.dot(a, b, acc)
+
+
+def use_ieee(dtype: torch.dtype) -> bool:
+    """fp32 inputs: full-precision dot unless the user opted into TF32, like F.linear."""
+    return dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
 
 
 def bias_args(bias: torch.Tensor | None, weight: torch.Tensor) -> tuple[torch.Tensor, int, int]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from . import traffic_model
+from .common import use_ieee
 from .configs import interpreting
 from .epilogue_scaled import epilogue_scaled_matmul
 from .fused_configs import (
@@ -120,8 +121,7 @@ def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.T
     num_groups = coeffs.shape[0]
     if config is None:
         config = best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim)
-    # fp32 inputs: full-precision dot unless the user opted into TF32, like F.linear.
-    ieee = x.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
+    ieee = use_ieee(x.dtype)
     # The configs below are the compile gate's (see the module doc).
     if strategy == "epilogue":
         cfg = epilogue_config(config, x.dtype, ieee, interpreting=interpreting())

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from . import dispatch
-from .common import bias_args, dot, tile_coords
+from .common import bias_args, dot, tile_coords, use_ieee
 from .configs import (
     PRUNE_COMBINE,
     PRUNE_ROWSCALED,
@@ -290,11 +290,6 @@ def combine_block_m(num_rows: int, num_groups: int, dtype: torch.dtype) -> int:
     return gpu_combine_block_m(num_rows, num_groups, dtype)
 
 
-def _ieee(dtype: torch.dtype) -> bool:
-    """fp32 inputs: full-precision dot unless the user opted into TF32, like F.linear."""
-    return dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32
-
-
 @dataclasses.dataclass
 class Launch:
     """One kernel launch, fully decided: ``kernel[grid](*args, **kwargs)``."""
@@ -330,7 +325,7 @@ def plan_launch(
     num_models, n_dim, _ = weight.shape
     num_groups = coeffs.shape[0]
     bias_arg, stride_bm, stride_bn = bias_args(bias, weight)
-    ieee = _ieee(x.dtype)
+    ieee = use_ieee(x.dtype)
     common = dict(
         stride_xt=x.stride(0), stride_xk=x.stride(1),
         stride_wm=weight.stride(0), stride_wn=weight.stride(1), stride_wk=weight.stride(2),
@@ -406,7 +401,7 @@ def interp_matmul(
         return y
     if k_dim == 0:  # an empty reduction: only the interpolated bias remains
         return _bias_only(y, coeffs, offsets, bias)
-    ieee = _ieee(x.dtype)
+    ieee = use_ieee(x.dtype)
     is_aligned = call_aligned(x, weight)
     if strategy is None:
         strategy = choose_strategy(num_rows, num_groups, num_models, x.dtype, ieee, is_aligned,
