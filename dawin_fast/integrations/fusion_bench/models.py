@@ -49,12 +49,13 @@ def task_arithmetic(pretrained: nn.Module, finetuned: Sequence[nn.Module],
     modules with parameters. Floating-point parameters and buffers are merged.
     """
     base = {k: v.clone() for k, v in pretrained.state_dict().items()}
+    states = [m.state_dict() for m in finetuned]
     merged = {}
     for name, value in base.items():
         if not value.is_floating_point():
             merged[name] = value
             continue
-        delta = sum(m.state_dict()[name].to(value.dtype) - value for m in finetuned)
+        delta = sum(state[name].to(value.dtype) - value for state in states)
         merged[name] = value + scaling_factor * delta
     pretrained.load_state_dict(merged)
     return pretrained
@@ -76,13 +77,14 @@ def _task_vector_modules(base: nn.Module, task_vectors: Sequence[nn.Module]) -> 
     deleted a frozen parameter), so that ``dawinize`` can stack [base, tau_1, ...]."""
     out = []
     base_state = base.state_dict()
+    base_params = {name for name, _ in base.named_parameters()}
     for tv in task_vectors:
         params = dict(tv.named_parameters())
         state = {}
         for name, value in base_state.items():
             if name in params:
                 state[name] = params[name].detach().to(value.dtype)
-            elif value.is_floating_point() and name in dict(base.named_parameters()):
+            elif value.is_floating_point() and name in base_params:
                 state[name] = torch.zeros_like(value)  # not merged by FusionBench
             else:
                 state[name] = value  # buffers: the base model's, shared
