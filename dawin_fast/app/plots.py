@@ -28,12 +28,13 @@ def check_plot_path(path: str, option: str = "--plot") -> str:
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError:
         raise UserError(f"{option} needs matplotlib: pip install 'dawin_fast[demo]'") from None
+    check_writable(path, option)  # first: /dev/null is no format question
     formats = FigureCanvasBase.get_supported_filetypes()
     ext = os.path.splitext(path)[1].lstrip(".").lower()
     if ext not in formats:
         raise UserError(f"{option} {path}: expected a file name ending in one of "
                         f"{', '.join('.' + f for f in sorted(formats))}")
-    return check_writable(path, option)
+    return path
 
 
 def make_figure(sets: dict[str, dict]):

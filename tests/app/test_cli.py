@@ -179,7 +179,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(outputs.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(ValueError, match=f"cannot write {target}: disk full"):
         outputs.write_text(str(target), "new")
     assert target.read_text() == "previous"
     assert sorted(os.listdir(tmp_path)) == ["report.json"]

@@ -1,0 +1,136 @@
+"""Issue 21, "CLI outputs": what --output / --plot may name, and how a report is replaced.
+
+Each case fails first (``no_work``: before any model is built) with exit 2 and one line,
+or checks that a replaced report keeps what the user set (mode, symlink).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+import pytest
+
+from dawin_fast import use_backend
+from dawin_fast.app import outputs
+from dawin_fast.app.errors import UserError
+from tests.app.cli_files import eval_args, make_files, run_error
+
+
+@pytest.fixture(autouse=True)
+def torch_backend():
+    with use_backend("torch"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return make_files(tmp_path_factory.mktemp("outputs"))
+
+
+@pytest.mark.parametrize("option", ["--output", "--plot"])
+def test_device_node_and_pipe_are_refused(files, tmp_path, capsys, no_work, option):
+    """As root, os.replace onto /dev/null would turn the device into a regular file."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    for path in ("/dev/null", str(fifo)):
+        argv = eval_args(files, **{"--output": str(tmp_path / "r.json"), option: path})
+        run_error(argv, capsys, option, path, "not a regular file")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+@pytest.mark.parametrize("name, fragment", [("", "empty file name"),
+                                            ("newdir/", "names a directory"),
+                                            ("x" * 300 + ".json", "file name is 305 bytes")])
+def test_bad_names_fail_up_front(files, tmp_path, capsys, no_work, name, fragment):
+    path = name if not name else f"{tmp_path}/{name}"  # pathlib would drop the slash
+    run_error(eval_args(files, **{"--output": path}), capsys, "--output", fragment,
+              no_files_in=tmp_path)
+
+
+def test_demo_refuses_a_missing_directory_with_a_trailing_slash(tmp_path, capsys, no_work):
+    run_error(["demo", "--output", str(tmp_path / "newdir") + "/"], capsys, "--output",
+              "names a directory", no_files_in=tmp_path)
+
+
+def test_a_250_character_name_is_written(tmp_path):
+    path = str(tmp_path / ("r" * 245 + ".json"))
+    assert outputs.check_writable(path, "--output") == path
+    assert outputs.write_text(path, "new") is False
+    assert open(path).read() == "new"
+    assert os.listdir(tmp_path) == [os.path.basename(path)]
+
+
+def test_a_replaced_report_keeps_its_mode(tmp_path):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    os.chmod(target, 0o444)
+    assert outputs.write_text(str(target), "new") is True
+    assert target.read_text() == "new"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o444
+    os.chmod(target, 0o640)
+    outputs.write_text(str(target), "newer")
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o640
+
+
+def test_a_new_report_gets_the_umask_mode(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        outputs.write_text(str(tmp_path / "r.json"), "new")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(os.stat(tmp_path / "r.json").st_mode) == 0o644
+
+
+def test_a_symlinked_report_is_written_at_its_target(tmp_path):
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "report.json"
+    target.write_text("old")
+    link = tmp_path / "report.json"
+    link.symlink_to(target)
+    assert outputs.check_writable(str(link), "--output") == str(link)
+    outputs.write_text(str(link), "new")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == "new"
+    assert sorted(os.listdir(tmp_path / "real")) == ["report.json"]
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "real" / "new.json")
+    outputs.write_text(str(dangling), "fresh")
+    assert dangling.is_symlink() and (tmp_path / "real" / "new.json").read_text() == "fresh"
+
+
+def test_disk_full_names_the_path(tmp_path, monkeypatch):
+    """A failed write leaves the previous file intact, no temporary file, and a one-line
+    UserError (exit 2) naming the path."""
+    target = tmp_path / "report.json"
+    target.write_text("previous")
+    real_replace = os.replace
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(outputs.os, "replace", full)
+    with pytest.raises(UserError, match=f"cannot write {target}: No space left on device"):
+        outputs.write_text(str(target), "new")
+    monkeypatch.setattr(outputs.os, "replace", real_replace)
+    assert target.read_text() == "previous"
+    assert sorted(os.listdir(tmp_path)) == ["report.json"]
+
+
+def test_disk_full_in_the_command_is_exit_2(tmp_path, capsys, monkeypatch):
+    from dawin_fast.app import cli
+
+    monkeypatch.setattr("dawin_fast.bench.layers.run", lambda *a, **k: [])
+    monkeypatch.setattr("dawin_fast.bench.layers.render_markdown", lambda *a, **k: "table")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(outputs.os, "replace", full)
+    output = tmp_path / "b.md"
+    assert cli.main(["bench", "--output", str(output)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"cannot write {output}" in err, err
+    assert "No space left on device" in err
