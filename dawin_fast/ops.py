@@ -168,7 +168,8 @@ def check_inputs(
     the rows are not all one-hot, or when values were not checked on the host).
     """
     _check_metadata(x, weight, coeffs, offsets, bias)
-    if not _value_checks_enabled() or _is_fake(x) or _is_capturing(x):
+    if not _value_checks_enabled() or _is_fake(x) or _is_capturing(x) or _is_meta(
+            coeffs, offsets):
         return None
     if torch.compiler.is_compiling():
         _assert_values(math.prod(x.shape[:-1]), coeffs, offsets)
@@ -310,6 +311,11 @@ def _is_fake(t: torch.Tensor) -> bool:
     from torch._subclasses.fake_tensor import FakeTensor
 
     return isinstance(t, FakeTensor)
+
+
+def _is_meta(*tensors: torch.Tensor) -> bool:
+    """Meta tensors carry shapes, no values: there is nothing to check (shape propagation)."""
+    return any(t.is_meta for t in tensors)
 
 
 def _is_capturing(t: torch.Tensor) -> bool:

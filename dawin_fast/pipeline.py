@@ -90,6 +90,27 @@ def _check_images(images, fn: str) -> None:
         raise TypeError(f"{fn}: images must be a tensor [B, ...], got {type(images).__name__}")
 
 
+def _image_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """The [C, H, W] a model's images must have, where it says (DaWinViT, a classifier or
+    encoder around one); None for models that check their own input."""
+    for candidate in (model, getattr(model, "encoder", None)):
+        shape = getattr(candidate, "image_shape", None)
+        if shape is not None:
+            return tuple(shape)
+    return None
+
+
+def _check_image_shape(model: nn.Module, images: torch.Tensor, fn: str) -> None:
+    """Before the expert pass stacks M copies of the batch: an error shows the caller's
+    shape, not the stacked one."""
+    _check_images(images, fn)
+    shape = _image_shape(model)
+    if shape is not None and (images.dim() != len(shape) + 1
+                              or tuple(images.shape[1:]) != shape):
+        raise ValueError(f"{fn}: images must be [B, {', '.join(map(str, shape))}], got "
+                         f"{list(images.shape)}")
+
+
 def _check_mode(mode) -> None:
     if isinstance(mode, str):
         if mode not in ("mixture", "per_sample"):
@@ -208,12 +229,13 @@ class DaWin(_Base):
     @torch.no_grad()
     def expert_logits(self, images: torch.Tensor) -> torch.Tensor:
         """[M, B, C]: each model's own logits, from one fused pass over M copies."""
+        _check_image_shape(self.model, images, "DaWin")
         batch = images.shape[0]
         stacked = images.unsqueeze(0).expand(self.num_models, *images.shape)
         labels = torch.arange(self.num_models, device=images.device).repeat_interleave(batch)
         eye = torch.eye(self.num_models, device=images.device)
         logits = self.model(stacked.reshape(-1, *images.shape[1:]), eye, labels=labels)
-        return logits.reshape(self.num_models, batch, -1)
+        return logits.reshape(self.num_models, batch, logits.shape[-1])  # B may be 0
 
     def weights(self, expert_logits: torch.Tensor) -> torch.Tensor:
         """Per-sample coefficient rows [B, M] (rows sum to 1) from the experts' logits."""
@@ -287,7 +309,7 @@ class DaWin(_Base):
         ``expert_logits`` [M, B, C]: the experts' logits if already computed (skips the
         expert pass).
         """
-        _check_images(images, "DaWin.predict")
+        _check_image_shape(self.model, images, "DaWin.predict")
         device = images.device
         if self._static is not None and not return_details:
             return self.model(images, self._static.to(device))
@@ -384,13 +406,15 @@ class DaWinMultiTask(_Base):
     @torch.no_grad()
     def expert_logits(self, images: torch.Tensor) -> list[torch.Tensor]:
         """T tensors [B, C_t]: task model t (θ_pre + τ_t) through head t, one fused pass."""
+        _check_image_shape(self.encoder, images, "DaWinMultiTask")
         batch, tasks = images.shape[0], self.num_tasks
         stacked = images.unsqueeze(0).expand(tasks, *images.shape).reshape(-1, *images.shape[1:])
         rows = torch.zeros(tasks, tasks + 1, device=images.device)
         rows[:, 0] = 1.0
         rows[torch.arange(tasks), torch.arange(tasks) + 1] = 1.0
         labels = torch.arange(tasks, device=images.device).repeat_interleave(batch)
-        features = _pooled(self.encoder(stacked, rows, labels=labels)).reshape(tasks, batch, -1)
+        features = _pooled(self.encoder(stacked, rows, labels=labels))
+        features = features.reshape(tasks, batch, features.shape[-1])  # B may be 0
         return [self._head(features[t], t) for t in range(tasks)]
 
     def weights(self, expert_logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -438,7 +462,7 @@ class DaWinMultiTask(_Base):
         """Logits of task ``task``'s head on the per-sample merged encoder."""
         if not 0 <= task < self.num_tasks:
             raise ValueError(f"task must be in [0, {self.num_tasks}), got {task}")
-        _check_images(images, "DaWinMultiTask.predict")
+        _check_image_shape(self.encoder, images, "DaWinMultiTask.predict")
         device = images.device
         rows, labels, p, expert = self.merge_rows(images)
         applied = rows if labels is None else rows[labels]

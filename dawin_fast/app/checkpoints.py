@@ -13,6 +13,7 @@ device (shapes without allocating or initialising weights).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import io
@@ -209,10 +210,31 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     return _state_dict(load_tensors(path), path, "checkpoint")
 
 
-def visual_state(state: Mapping[str, object]) -> dict[str, object]:
-    """The vision tower's entries: a full CLIP state dict's ``visual.*``, or all entries."""
+# Prefixes that wrappers put on every key: DistributedDataParallel / DataParallel
+# ("module."), torch.compile ("_orig_mod.").
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def split_visual_state(state: Mapping[str, object]) -> tuple[dict[str, object], str]:
+    """(the vision tower's entries, the prefix they had in the file).
+
+    Wrapper prefixes shared by every key (``WRAPPER_PREFIXES``: a DDP or compiled model's
+    state dict) are stripped first; then a full CLIP state dict's ``visual.*`` entries are
+    taken, or all entries of a vision-tower-only file. Messages put the prefix back, so
+    they name keys as the file has them.
+    """
+    prefix, state = "", dict(state)
+    while state and (wrapper := next((w for w in WRAPPER_PREFIXES
+                                      if all(k.startswith(w) for k in state)), None)):
+        state = {k[len(wrapper):]: v for k, v in state.items()}
+        prefix += wrapper
     visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
-    return visual or dict(state)
+    return (visual, prefix + "visual.") if visual else (state, prefix)
+
+
+def visual_state(state: Mapping[str, object]) -> dict[str, object]:
+    """The vision tower's entries (``split_visual_state`` without the prefix)."""
+    return split_visual_state(state)[0]
 
 
 # ------------------------------------------------------------------------------ models
@@ -293,17 +315,33 @@ def inspect_arch(arch: str) -> ArchInfo:
 
 def check_checkpoint(path: str, arch: ArchInfo) -> None:
     """Keys and shapes of a checkpoint against the architecture; a mismatch names the key."""
-    shapes = visual_state(tensor_shapes(path))
+    shapes, prefix = split_visual_state(tensor_shapes(path))
     for key, expected in arch.shapes.items():
         if key not in shapes:
-            raise CheckpointError(f"checkpoint {path}: missing key '{key}' for {arch.name}")
+            raise CheckpointError(f"checkpoint {path}: missing key '{prefix}{key}' for "
+                                  f"{arch.name}{_layout_hint(shapes, arch)}")
         if tuple(shapes[key]) != expected:
             raise CheckpointError(
-                f"checkpoint {path}: key '{key}' has shape {tuple(shapes[key])}, "
+                f"checkpoint {path}: key '{prefix}{key}' has shape {tuple(shapes[key])}, "
                 f"{arch.name} expects {expected}")
     extra = sorted(set(shapes) - set(arch.shapes))
     if extra:
-        raise CheckpointError(f"checkpoint {path}: unexpected key '{extra[0]}' for {arch.name}")
+        raise CheckpointError(f"checkpoint {path}: unexpected key '{prefix}{extra[0]}' for "
+                              f"{arch.name}")
+
+
+def _layout_hint(shapes: Mapping[str, object], arch: ArchInfo) -> str:
+    """Why no expected key matched, when the file's keys are the model's under another
+    prefix (a wrapper we do not know): say which (the prefix most keys share)."""
+    if any(k in shapes for k in arch.shapes):
+        return ""
+    prefixes = collections.Counter(
+        key[:-len(name)] for key in shapes for name in arch.shapes if key.endswith("." + name))
+    if not prefixes:
+        return ""
+    prefix = prefixes.most_common(1)[0][0]
+    return (f" (its keys start with '{prefix}'; expected an open_clip CLIP or vision-tower "
+            f"state dict, optionally under 'module.')")
 
 
 def load_visuals(arch: str, paths: Sequence[str], model_config: str | None = None
@@ -316,10 +354,11 @@ def load_visuals(arch: str, paths: Sequence[str], model_config: str | None = Non
     visuals = []
     for path in paths:
         check_checkpoint(path, info)
-        state = visual_state(load_state_dict(path))
+        state, prefix = split_visual_state(load_state_dict(path))
         for key, value in state.items():  # read once here, while loading
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-                raise CheckpointError(f"checkpoint {path}: '{key}' contains NaN or infinity")
+                raise CheckpointError(f"checkpoint {path}: '{prefix}{key}' contains NaN or "
+                                      f"infinity")
         visual = meta_visual(arch)
         visual.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
         meta = [n for n, t in [*visual.named_parameters(), *visual.named_buffers()] if t.is_meta]

@@ -390,12 +390,12 @@ def test_eval_rejects_mismatched_checkpoint(files, tmp_path, capsys, no_work):
     torch.save(state, tmp_path / "bad.pt")
     run_error(eval_args(files, **{"--checkpoints": [str(files / "zs.pt"),
                                                     str(tmp_path / "bad.pt")]}), capsys,
-              "key 'conv1.weight' has shape (8, 3, 4, 4)")
+              "key 'visual.conv1.weight' has shape (8, 3, 4, 4)")
     del state["visual.conv1.weight"]
     torch.save(state, tmp_path / "missing.pt")
     run_error(eval_args(files, **{"--checkpoints": [str(files / "zs.pt"),
                                                     str(tmp_path / "missing.pt")]}), capsys,
-              "missing key 'conv1.weight'")
+              "missing key 'visual.conv1.weight'")
     torch.save({"visual": [1, 2, 3]}, tmp_path / "notdict.pt")
     run_error(eval_args(files, **{"--checkpoints": [str(files / "zs.pt"),
                                                     str(tmp_path / "notdict.pt")]}), capsys,
@@ -409,7 +409,7 @@ def test_checkpoint_with_nan_weights_is_named(files, tmp_path, capsys):
     run_error(eval_args(files, **{"--checkpoints": [str(files / "zs.pt"),
                                                     str(tmp_path / "nan.pt")],
                                   "--output": out(tmp_path)}), capsys,
-              f"checkpoint {tmp_path / 'nan.pt'}", "'proj' contains NaN or infinity",
+              f"checkpoint {tmp_path / 'nan.pt'}", "'visual.proj' contains NaN or infinity",
               no_files_in=tmp_path)
 
 

@@ -134,3 +134,60 @@ def test_disk_full_in_the_command_is_exit_2(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"cannot write {output}" in err, err
     assert "No space left on device" in err
+
+
+# ------------------------------------------------------------ checkpoint key names
+
+
+def _arch(files):
+    from dawin_fast.app.checkpoints import inspect_arch, register_model_config
+
+    return inspect_arch(register_model_config(str(files / "tiny-test-vit.json")))
+
+
+def test_key_messages_name_keys_as_the_file_has_them(files, tmp_path):
+    """A full CLIP file's keys are 'visual.*': the message says so (it said 'conv1.weight')."""
+    import torch
+
+    from dawin_fast.app.checkpoints import CheckpointError, check_checkpoint
+
+    arch = _arch(files)
+    state = torch.load(files / "zs.pt", weights_only=True)
+    del state["visual.conv1.weight"]
+    torch.save(state, tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="missing key 'visual.conv1.weight' for"):
+        check_checkpoint(str(tmp_path / "missing.pt"), arch)
+    visual_only = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+    visual_only["extra.weight"] = torch.zeros(1)
+    visual_only["conv1.weight"] = torch.zeros(1)
+    torch.save(visual_only, tmp_path / "extra.pt")
+    with pytest.raises(CheckpointError, match="key 'conv1.weight' has shape"):
+        check_checkpoint(str(tmp_path / "extra.pt"), arch)
+
+
+def test_a_ddp_checkpoint_is_recognised(files, tmp_path):
+    """DistributedDataParallel saves 'module.'-prefixed keys (torch.compile '_orig_mod.'):
+    stripped, and the same weights load; messages keep the prefix."""
+    import torch
+
+    from dawin_fast.app.checkpoints import CheckpointError, check_checkpoint, load_visuals
+
+    arch = _arch(files)
+    state = torch.load(files / "zs.pt", weights_only=True)
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp.pt")
+    torch.save({f"_orig_mod.module.{k}": v for k, v in state.items()},
+               tmp_path / "compiled.pt")
+    for name in ("ddp.pt", "compiled.pt"):
+        check_checkpoint(str(tmp_path / name), arch)
+    ddp, plain = load_visuals(arch.name, [str(tmp_path / "ddp.pt"), str(files / "zs.pt")])
+    for (key, a), (_, b) in zip(ddp.state_dict().items(), plain.state_dict().items(),
+                                strict=True):
+        assert torch.equal(a, b), key
+    del state["visual.proj"]
+    torch.save({f"module.{k}": v for k, v in state.items()}, tmp_path / "ddp_missing.pt")
+    with pytest.raises(CheckpointError, match="missing key 'module.visual.proj'"):
+        check_checkpoint(str(tmp_path / "ddp_missing.pt"), arch)
+    state = torch.load(files / "zs.pt", weights_only=True)
+    torch.save({f"wrapper.{k}": v for k, v in state.items()}, tmp_path / "wrapped.pt")
+    with pytest.raises(CheckpointError, match="its keys start with 'wrapper.visual.'"):
+        check_checkpoint(str(tmp_path / "wrapped.pt"), arch)
