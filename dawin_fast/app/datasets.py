@@ -20,6 +20,11 @@ from torchvision.datasets import ImageFolder
 from .checkpoints import ArchInfo, CheckpointError, load_tensors
 from .errors import one_line
 
+# Normalised pixels are of order 1 (open_clip: within about ±3); even raw 0-255 values
+# pass. Values beyond this are a scaling mistake, and overflow float16 (max 65504) as soon
+# as the patch embedding sums them; at ~1e19 float32's LayerNorm variance overflows too.
+PIXEL_LIMIT = 1e4
+
 
 @dataclasses.dataclass(frozen=True)
 class DataInfo:
@@ -91,6 +96,12 @@ def inspect_dataset(path: str, arch: ArchInfo, num_classes: int,
             f"classes; expected labels in [0, {num_classes - 1}]")
     if not bool(torch.isfinite(images).all()):
         raise CheckpointError(f"dataset {path}: images contain NaN or infinity")
+    peak = float(images.abs().max())
+    if peak > PIXEL_LIMIT:
+        raise CheckpointError(
+            f"dataset {path}: pixel values reach {peak:.3g}; expected images normalised as "
+            f"the model expects (open_clip's mean and std give values within about ±3; "
+            f"values beyond ±{PIXEL_LIMIT:g} are a scaling mistake and overflow float16)")
     return DataInfo(path, len(labels), None)
 
 

@@ -169,7 +169,8 @@ def run_eval(plan: EvalPlan, run: Session | None = None, progress: bool = False)
                                          batch_size=plan.config.batch_size,
                                          num_workers=plan.workers, collate_fn=collate)
     batches = _OnDevice(loader, run.device, DTYPES[plan.dtype])
-    results = evaluate(classifier, batches, plan.config, progress=progress)
+    results = evaluate(classifier, batches, plan.config, progress=progress,
+                       source=f"dataset {plan.data.path}")
     return {"arch": plan.arch.name, "checkpoints": list(plan.checkpoints),
             "heads": list(plan.heads), "data": plan.data.path, "n": len(dataset),
             "classes": plan.num_classes, "device": plan.device, "dtype": plan.dtype,

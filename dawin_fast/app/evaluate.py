@@ -34,6 +34,7 @@ from .. import distributed
 from ..algorithm.coefficients import dynamic_classifier_selection, dynamic_output_ensemble
 from ..nn.grouped import GroupedModel
 from ..pipeline import DaWin
+from .errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,18 @@ class _Meter:
                 "images_per_s": self.count / self.seconds if self.seconds > 0 else None}
 
 
+def _check_finite(expert: torch.Tensor, images: torch.Tensor, batch: int, source: str) -> None:
+    """Non-finite logits are bad input (images the model's arithmetic cannot take), not
+    a bug: a ``UserError`` naming the data, before any coefficient is computed from them."""
+    bad = ~torch.isfinite(expert).all(dim=(0, 2))
+    if bool(bad.any()):
+        peak = float(images.abs().max())
+        raise UserError(
+            f"{source}: the models' logits are NaN or infinite on {int(bad.sum())} image(s) "
+            f"of batch {batch} ({images.dtype} pixels up to {peak:.3g}); expected images "
+            f"normalised as the model expects, within its dtype's range")
+
+
 def _timed(fn, *args, **kwargs):
     """(fn(*args, **kwargs), seconds), synchronised with the GPU on both ends."""
     if torch.cuda.is_available():
@@ -90,10 +103,12 @@ def method_names(num_models: int, wise_lambda: float = 0.5,
 
 @torch.no_grad()
 def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             config: EvalConfig = EvalConfig(), progress: bool = False) -> dict:
+             config: EvalConfig = EvalConfig(), progress: bool = False,
+             source: str = "the data") -> dict:
     """Accuracy and throughput of every method; see the module docstring.
 
-    ``progress``: tqdm bars over both passes (on stderr).
+    ``progress``: tqdm bars over both passes (on stderr). ``source``: how errors about
+    the data name it (e.g. "dataset PATH").
     """
     if iter(batches) is batches:  # a one-shot iterator: keep it for the second pass
         batches = list(batches)
@@ -112,8 +127,9 @@ def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, tor
 
     expert_all, expert_seconds = [], []
     with distributed.shared_errors():  # a failure on any rank stops every rank here
-        for images, _ in bar(batches, "expert pass"):
+        for b, (images, _) in enumerate(bar(batches, "expert pass")):
             expert, seconds = _timed(per_sample.expert_logits, images)
+            _check_finite(expert, images, b, source)
             expert_all.append(expert.cpu())
             expert_seconds.append(seconds)
     if sum(distributed.gather_objects(len(expert_all))) == 0:

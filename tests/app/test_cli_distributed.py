@@ -175,3 +175,25 @@ def test_only_eval_runs_under_torchrun(monkeypatch, capsys):
     monkeypatch.setenv("RANK", "1")
     assert main(["selfcheck"]) == 2
     assert "only eval runs under torchrun" in capsys.readouterr().err
+
+
+def test_huge_pixels_fail_every_rank_naming_the_data(files, tmp_path):
+    """Finite but huge pixels (x 1e20) overflow the model into NaN logits: every rank
+    finds them up front (before the process group) and exits 2 naming the file and the
+    problem, as one process does (tests/app/test_outputs.py)."""
+    data = tmp_path / "huge.pt"
+    gen = torch.Generator().manual_seed(0)
+    torch.save({"images": torch.randn(4, 3, 16, 16, generator=gen) * 1e20,
+                "labels": torch.tensor([0, 1, 2, 0])}, data)
+    out = tmp_path / "report.json"
+    port, world = str(free_port()), 2
+    envs = [base_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world),
+                     LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+            for r in range(world)]
+    command = python("-m", "dawin_fast.app.cli", *eval_argv(files, str(data), out))
+    finished = launch([command] * world, envs, timeout=TIMEOUT)
+    assert [f.returncode for f in finished] == [2, 2], [f.stderr[-2000:] for f in finished]
+    for f in finished:
+        (line,) = messages(f.stderr)
+        assert line.startswith(f"dawin-fast eval: error: dataset {data}: pixel values reach")
+    assert not out.exists()

@@ -191,3 +191,39 @@ def test_a_ddp_checkpoint_is_recognised(files, tmp_path):
     torch.save({f"wrapper.{k}": v for k, v in state.items()}, tmp_path / "wrapped.pt")
     with pytest.raises(CheckpointError, match="its keys start with 'wrapper.visual.'"):
         check_checkpoint(str(tmp_path / "wrapped.pt"), arch)
+
+
+# ------------------------------------------------------------------------ extreme data
+
+
+def test_huge_pixels_are_named_before_any_work(files, tmp_path, capsys, no_work):
+    """Data x 1e20: finite, but the model's logits overflow (it was an internal error
+    about logits, exit 1)."""
+    import torch
+
+    data = torch.load(files / "data.pt", weights_only=True)
+    torch.save({"images": data["images"] * 1e20, "labels": data["labels"]},
+               tmp_path / "huge.pt")
+    run_error(eval_args(files, **{"--data": str(tmp_path / "huge.pt"),
+                                  "--output": str(tmp_path / "r.json")}), capsys,
+              f"dataset {tmp_path / 'huge.pt'}: pixel values reach", "expected images "
+              "normalised")
+
+
+def test_non_finite_logits_during_the_run_are_a_user_error(files):
+    """The safety net behind the up-front check (say float16 overflowing on sane data):
+    a UserError naming the data, not an internal error."""
+    import torch
+
+    from dawin_fast.app.cli import build_parser
+    from dawin_fast.app.eval_command import build_classifier, prepare_eval
+    from dawin_fast.app.evaluate import EvalConfig, evaluate
+
+    plan = prepare_eval(build_parser().parse_args(eval_args(files, **{
+        "--data": str(files / "data.pt"), "--output": str(files / "out" / "x.json")})))
+    classifier = build_classifier(plan, "cpu")
+    images = torch.randn(4, 3, 16, 16) * 1e20
+    with pytest.raises(UserError, match="data.pt: the models' logits are NaN or infinite on "
+                                        "4 image"):
+        evaluate(classifier, [(images, torch.zeros(4, dtype=torch.long))],
+                 EvalConfig(n_clusters=2), source=f"dataset {files / 'data.pt'}")
