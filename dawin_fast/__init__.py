@@ -18,6 +18,8 @@ Package layout, bottom to top (each floor imports only the floors below it; a te
 * ``app/``: the command line, demo and evaluation; the only floor that does I/O.
 """
 
+# First: in the dawin-fast command only, Ctrl-C during the imports below is one line.
+from . import _launch  # noqa: F401
 from .algorithm.coefficients import (
     TEMPERATURES,
     coefficients_from_entropies,

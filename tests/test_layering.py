@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # import Triton: dawin_fast knows nothing of Triton beyond the ops it calls.
 ALLOWED = {
     "kernels": {"third:triton"},
+    # _launch: the command's Ctrl-C handler during imports; runs before everything else.
+    "_launch": set(),
     "reference": set(),
     "ops": {"kernels"},
     "algorithm": set(),
@@ -34,10 +36,10 @@ ALLOWED = {
     # not kernel internals.
     "bench": {"ops", "reference", "algorithm", "nn", "pipeline", "third:triton"},
     "app": {"ops", "reference", "algorithm", "nn", "pipeline", "distributed", "bench",
-            "integrations"},
+            "integrations", "_launch"},
     # The package root re-exports the public API (never the application).
     "root": {"ops", "reference", "algorithm", "nn", "pipeline", "distributed",
-             "integrations"},
+             "integrations", "_launch"},
     "main": {"app"},  # dawin_fast/__main__.py: `python -m dawin_fast`
 }
 # Folders allowed to print or open files: only the application.

@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+from .. import _launch
 from . import options
 from .errors import (
     DEBUG_ENV,
@@ -299,6 +300,20 @@ COMMANDS = {"demo": cmd_demo, "eval": cmd_eval, "bench": cmd_bench, "selfcheck":
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (see the module docstring)."""
+    try:  # Ctrl-C from here on (imports included) is one line and 130
+        _launch.restore_interrupts()
+        return _main(argv)
+    except KeyboardInterrupt:
+        if debug_requested("--debug" in (sys.argv[1:] if argv is None else argv)):
+            raise
+        from .parallel import is_main
+
+        if is_main():
+            print("dawin-fast: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, --version (0), usage errors (2)
@@ -327,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
+        if is_main():
+            print(f"{prog}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as err:
         if debug:
