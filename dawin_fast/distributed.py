@@ -27,12 +27,19 @@ the whole calibration set. The scheme:
 * **Shared errors** (``shared_errors``, ``RankFailure``): an exception on one rank inside
   a shared block is raised on every rank, with that rank's one-line message, instead of
   leaving the others waiting in the next collective.
+* **Silent ranks** (``barrier``, ``RankTimeout``): a rank that stops answering (stopped,
+  hung, killed without an error) makes the others' next collective time out after the
+  process group's ``timeout`` (``init_process_group(..., timeout=...)``; gloo's default is
+  30 minutes). Every collective here counts itself in the group's store first, so the
+  ranks still alive can tell which rank never arrived: they raise a ``RankTimeout``
+  naming it instead of gloo's "Timed out waiting 5000ms for recv operation".
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -41,8 +48,10 @@ import torch.distributed as dist
 
 __all__ = [
     "RankFailure",
+    "RankTimeout",
     "RankValueError",
     "active",
+    "barrier",
     "check_distinct_shards",
     "gather_objects",
     "gather_rows",
@@ -122,8 +131,14 @@ def gather_objects(obj: _T) -> list[_T]:
     if not active():
         return [obj]
     out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    _collective(dist.all_gather_object, out, obj)
     return out
+
+
+def barrier() -> None:
+    """``torch.distributed.barrier`` with a ``RankTimeout`` naming a silent rank."""
+    if _initialized():
+        _collective(dist.barrier)
 
 
 def gather_rows(tensor: torch.Tensor, dst: int | None = None) -> torch.Tensor | None:
@@ -152,10 +167,10 @@ def gather_rows(tensor: torch.Tensor, dst: int | None = None) -> torch.Tensor | 
     padded[: tensor.shape[0]] = tensor.detach().to(device)
     if dst is None:
         parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded)
+        _collective(dist.all_gather, parts, padded)
     else:
         parts = [torch.empty_like(padded) for _ in sizes] if dist.get_rank() == dst else None
-        dist.gather(padded, parts, dst=dst)
+        _collective(dist.gather, padded, parts, dst=dst)
         if parts is None:
             return None
     return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]).to(tensor.device)
@@ -201,6 +216,69 @@ class RankFailure(RuntimeError):
 
 class RankValueError(RankFailure, ValueError):
     """A ``RankFailure`` whose origin was a ``ValueError``."""
+
+
+class RankTimeout(RankFailure):
+    """A collective timed out because a rank stopped answering; raised on the ranks that
+    are still alive (each on its own: there is nobody to agree with).
+
+    ``silent``: the ranks that never reached the collective (empty when every rank reached
+    it, i.e. one stopped inside it); ``rank``: the first of them (-1 if unknown);
+    ``reporter``: the lowest rank still alive, the one that should print the error.
+    """
+
+    def __init__(self, silent: tuple[int, ...], collective: int, reporter: int) -> None:
+        if silent:
+            who = (f"rank {silent[0]}" if len(silent) == 1
+                   else "ranks " + ", ".join(map(str, silent)))
+            message = (f"{who} stopped answering: never reached collective #{collective} "
+                       f"within the process group's timeout (stopped, hung or killed)")
+        else:
+            message = (f"collective #{collective} timed out: every rank reached it, one "
+                       f"stopped inside it (which one is unknown)")
+        RuntimeError.__init__(self, message)
+        self.rank, self.message, self.user_error = (silent[0] if silent else -1), message, False
+        self.silent, self.collective, self.reporter = silent, collective, reporter
+
+    def __reduce__(self):
+        return type(self), (self.silent, self.collective, self.reporter)
+
+
+_ARRIVALS = "dawin_fast/collectives/"  # store key prefix: collectives each rank entered
+
+
+def _store():
+    try:
+        return dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):  # private API; gone or no group
+        return None
+
+
+def _timed_out(err: BaseException) -> bool:
+    return isinstance(err, RuntimeError) and bool(re.search(r"timed out|timeout", str(err),
+                                                            re.IGNORECASE))
+
+
+def _collective(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """``fn(*args, **kwargs)``, a torch.distributed collective, counted in the store first;
+    a timeout becomes a ``RankTimeout`` naming the ranks that never arrived."""
+    store, me = _store(), dist.get_rank()
+    arrived = None
+    if store is not None:
+        with contextlib.suppress(Exception):
+            arrived = store.add(f"{_ARRIVALS}{me}", 1)
+    try:
+        return fn(*args, **kwargs)
+    except Exception as err:
+        if not _timed_out(err) or arrived is None:
+            raise
+        try:  # add(key, 0) reads without waiting for a key that is not there yet
+            counts = [store.add(f"{_ARRIVALS}{r}", 0) for r in range(dist.get_world_size())]
+        except Exception:  # the store itself is gone with a silent rank
+            raise err from None
+        silent = tuple(r for r, n in enumerate(counts) if n < arrived)
+        reporter = min(r for r in range(len(counts)) if r not in silent)
+        raise RankTimeout(silent, arrived, reporter) from err
 
 
 def one_line(err: BaseException) -> str:
@@ -273,7 +351,7 @@ def run_on_main(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         except Exception as err:
             error = err
             payload[0] = ("error", _status(err))
-    dist.broadcast_object_list(payload, src=0)
+    _collective(dist.broadcast_object_list, payload, src=0)
     status, value = payload[0]
     if status == "error":
         raise RankFailure.of(*value) from error

@@ -66,6 +66,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from ..bench import e2e as bench_e2e
     from ..bench import layers as bench_layers
+    from .parallel import DEFAULT_TIMEOUT_S
 
     parser = _Parser(prog="dawin-fast", description=DESCRIPTION, epilog=EPILOG,
                      formatter_class=_Formatter)
@@ -139,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     ev.add_argument("--dtype", choices=sorted(options.DTYPES), default="float32",
                     help="dtype of the models and images")
+    ev.add_argument("--dist-timeout", type=options.positive_seconds, default=DEFAULT_TIMEOUT_S,
+                    metavar="SECONDS",
+                    help="under torchrun: how long a rank waits for the others in a "
+                         "collective before it names the silent rank and stops")
     ev.add_argument("--output", default="dawin_report.json", metavar="JSON",
                     help="where to write the JSON report (replaced if it exists)")
     ev.add_argument("--plot", metavar="PNG",
@@ -218,7 +223,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     show = _progress() and is_main()
     plan = prepare_eval(args, progress_bar("checking images") if show else iter)
-    with session(plan.device) as run:  # under torchrun: this rank's device, a process group
+    # under torchrun: this rank's device, a process group
+    with session(plan.device, args.dist_timeout) as run:
         report = run_eval(plan, run, progress=show)
         if run.is_main:
             write_outputs(plan, report)
@@ -320,7 +326,7 @@ def _main(argv: list[str] | None) -> int:
         return done.code if isinstance(done.code, int) else EXIT_USER
     debug = debug_requested(getattr(args, "debug", False))
     prog = f"dawin-fast {args.command}"
-    from ..distributed import RankFailure
+    from ..distributed import RankFailure, RankTimeout
     from .parallel import is_main, launched
 
     try:
@@ -328,6 +334,13 @@ def _main(argv: list[str] | None) -> int:
             raise UserError(f"only eval runs under torchrun; run dawin-fast {args.command} "
                             f"without it")
         return COMMANDS[args.command](args)
+    except RankTimeout as err:  # each live rank has its own: the lowest one prints it
+        if debug:
+            raise
+        if err.reporter == int(os.environ.get("RANK", "0")):
+            print(f"{prog}: error: {err} (--dist-timeout "
+                  f"{getattr(args, 'dist_timeout', 0):g} s)", file=sys.stderr)
+        return EXIT_INTERNAL
     except RankFailure as err:  # shared by every rank: rank 0 prints it once
         if debug:
             raise

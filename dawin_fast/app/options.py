@@ -57,6 +57,17 @@ def unit_float(value: str) -> float:
     return number
 
 
+def positive_seconds(value: str) -> float:
+    """A finite number of seconds > 0."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {value!r}")
+    return number
+
+
 def temperatures(value: str) -> tuple[float, ...]:
     """"0.96,1.0066" (finite, > 0), or an open_clip name of the paper's ("ViT-B-16")."""
     from ..algorithm.coefficients import TEMPERATURES

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import os
 from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
-from ..distributed import RankFailure
+from .. import distributed
+from ..distributed import RankFailure, RankTimeout
 from .errors import UserError
 
 
@@ -45,12 +47,22 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+# How long a rank waits in a collective for the others (--dist-timeout). gloo's own
+# default, 30 minutes, leaves a job hanging that long when a rank stops. A healthy run
+# waits far less: shards differ by at most one batch, and rank 0 alone fits the mixture
+# (seconds for 50k samples) while the others wait.
+DEFAULT_TIMEOUT_S = 600.0
+
+
 @contextlib.contextmanager
-def session(device: str) -> Iterator[Session]:
+def session(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Session]:
     """This process's place in the run: a process group under torchrun, else one process.
 
     ``device``: the device the user asked for ("cpu", "cuda"); under torchrun with CUDA
     each rank takes ``cuda:LOCAL_RANK`` (a device index of the user's is then an error).
+    ``timeout_s``: the process group's collective timeout; a rank that stops answering
+    makes the others raise a ``RankTimeout`` naming it after that long (gloo; with NCCL,
+    its watchdog ends the processes instead).
     """
     if not launched():
         yield Session(0, 1, device)
@@ -67,12 +79,15 @@ def session(device: str) -> Iterator[Session]:
                             f"visible: start at most that many processes per node")
         torch.cuda.set_device(local)
         device, backend = f"cuda:{local}", "nccl"
-    dist.init_process_group(backend, rank=rank, world_size=world)
+    dist.init_process_group(backend, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
     try:
         yield Session(rank, world, device)
-        dist.barrier()  # every rank is done with every collective before any tears down
+        distributed.barrier()  # every rank is done with every collective before teardown
+    except RankTimeout:  # a rank is silent: waiting for it again would time out again
+        raise
     except RankFailure:  # raised on every rank: they are in step
-        dist.barrier()
+        distributed.barrier()
         raise
     finally:
         dist.destroy_process_group()

@@ -197,3 +197,58 @@ def test_huge_pixels_fail_every_rank_naming_the_data(files, tmp_path):
         (line,) = messages(f.stderr)
         assert line.startswith(f"dawin-fast eval: error: dataset {data}: pixel values reach")
     assert not out.exists()
+
+
+STOPPING_RANK = """
+import os, signal, sys, types
+from dawin_fast import distributed
+from dawin_fast.app import cli, eval_command
+
+def run_eval(plan, run, progress=False):
+    distributed.gather_objects(run.rank)  # collective 1: every rank is there
+    if run.rank == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)  # as `kill -STOP`: no error, no exit
+    distributed.gather_objects(run.rank)  # collective 2: rank 1 never comes
+
+eval_command.prepare_eval = lambda args, progress=iter: types.SimpleNamespace(device="cpu")
+eval_command.run_eval = run_eval
+sys.exit(cli.main(["eval", "--arch", "a", "--checkpoints", "a", "b", "--heads", "a", "b",
+                   "--data", "d", "--dist-timeout", "3"]))
+"""
+
+
+def test_a_stopped_rank_is_named_after_the_collective_timeout(tmp_path):
+    """Rank 1 stops (SIGSTOP) between two collectives: rank 0 gives up after
+    --dist-timeout (not gloo's 30 minutes), prints one line naming rank 1 and exits 1.
+    The stopped rank is killed here (torchrun's agent would do it when rank 0 exits)."""
+    import subprocess
+
+    port, world = str(free_port()), 2
+    procs = [subprocess.Popen(python("-c", STOPPING_RANK), env=base_env(
+        RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=port), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True) for r in range(world)]
+    try:
+        _, err = procs[0].communicate(timeout=TIMEOUT)
+        assert procs[0].returncode == 1, err[-3000:]
+        assert messages(err) == ["dawin-fast eval: error: rank 1 stopped answering: never "
+                                 "reached collective #2 within the process group's timeout "
+                                 "(stopped, hung or killed) (--dist-timeout 3 s)"], err[-3000:]
+        assert procs[1].poll() is None  # still stopped: it never printed or exited
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+
+
+def test_timeout_messages_and_option(capsys):
+    from dawin_fast.distributed import RankTimeout
+
+    assert str(RankTimeout((1, 2), 4, 0)).startswith("ranks 1, 2 stopped answering: never "
+                                                    "reached collective #4")
+    assert "every rank reached it" in str(RankTimeout((), 4, 0))
+    for value in ("0", "-1", "nan", "inf", "soon"):
+        assert main(["eval", "--arch", "a", "--checkpoints", "a", "b", "--heads", "a", "b",
+                     "--data", "d", "--dist-timeout", value]) == 2
+        err = capsys.readouterr().err
+        assert "argument --dist-timeout: expected a number of seconds > 0" in err, err
