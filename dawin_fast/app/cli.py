@@ -33,7 +33,8 @@ from .outputs import check_distinct, check_writable, write_text
 
 DESCRIPTION = ("Fast DaWin (training-free dynamic weight interpolation): the demo, DaWin on "
                "your own open_clip checkpoints, the fused-kernel benchmarks and a self-check.")
-EPILOG = (f"Exit codes: 0 success, 1 internal error, 2 user error (bad argument or file). "
+EPILOG = (f"Exit codes: 0 success, 1 internal error, 2 user error (bad argument or file, "
+          f"unusable output), 130 interrupted (see docs/errors.md). "
           f"Add --debug (or set {DEBUG_ENV}=1) to see tracebacks. Run 'dawin-fast COMMAND "
           f"--help' for a command's options.")
 
