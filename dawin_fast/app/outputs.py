@@ -49,7 +49,9 @@ def check_writable(path: str, option: str) -> str:
                             f"({_kind(mode)}); expected a new name or a file to replace")
     directory = os.path.dirname(target)
     if not os.path.isdir(directory):
-        raise UserError(f"{option} {path}: directory {directory} does not exist")
+        what = (f"{directory} is not a directory" if os.path.exists(directory)
+                else f"directory {directory} does not exist")
+        raise UserError(f"{option} {path}: {what}")
     name = os.path.basename(target)
     if len(os.fsencode(name)) > _name_max(directory):
         raise UserError(f"{option} {path}: file name is {len(os.fsencode(name))} bytes; "

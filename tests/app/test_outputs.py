@@ -50,6 +50,12 @@ def test_bad_names_fail_up_front(files, tmp_path, capsys, no_work, name, fragmen
               no_files_in=tmp_path)
 
 
+def test_a_file_in_place_of_the_directory_is_named(tmp_path, capsys, no_work):
+    (tmp_path / "report.json").write_text("a file")
+    run_error(["demo", "--output", str(tmp_path / "report.json" / "r.json")], capsys,
+              "--output", f"{tmp_path / 'report.json'} is not a directory")
+
+
 def test_demo_refuses_a_missing_directory_with_a_trailing_slash(tmp_path, capsys, no_work):
     run_error(["demo", "--output", str(tmp_path / "newdir") + "/"], capsys, "--output",
               "names a directory", no_files_in=tmp_path)
