@@ -320,6 +320,8 @@ def shared_errors() -> Iterator[None]:
         return
     try:
         yield
+    except RankTimeout:  # a silent rank: agreeing would wait for it once more
+        raise
     except Exception as err:
         _agree(err)
         raise  # not reached: _agree raises
@@ -348,6 +350,8 @@ def run_on_main(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
     if dist.get_rank() == 0:
         try:
             payload[0] = ("ok", fn(*args, **kwargs))
+        except RankTimeout:  # a silent rank: the broadcast would wait for it once more
+            raise
         except Exception as err:
             error = err
             payload[0] = ("error", _status(err))
