@@ -215,6 +215,16 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+def strip_wrappers(state: Mapping[str, object]) -> tuple[dict[str, object], str]:
+    """(``state`` without the ``WRAPPER_PREFIXES`` every key shares, those prefixes)."""
+    prefix, state = "", dict(state)
+    while state and all(isinstance(k, str) for k in state) and (wrapper := next(
+            (w for w in WRAPPER_PREFIXES if all(k.startswith(w) for k in state)), None)):
+        state = {k[len(wrapper):]: v for k, v in state.items()}
+        prefix += wrapper
+    return state, prefix
+
+
 def split_visual_state(state: Mapping[str, object]) -> tuple[dict[str, object], str]:
     """(the vision tower's entries, the prefix they had in the file).
 
@@ -223,11 +233,7 @@ def split_visual_state(state: Mapping[str, object]) -> tuple[dict[str, object], 
     taken, or all entries of a vision-tower-only file. Messages put the prefix back, so
     they name keys as the file has them.
     """
-    prefix, state = "", dict(state)
-    while state and (wrapper := next((w for w in WRAPPER_PREFIXES
-                                      if all(k.startswith(w) for k in state)), None)):
-        state = {k[len(wrapper):]: v for k, v in state.items()}
-        prefix += wrapper
+    state, prefix = strip_wrappers(state)
     visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
     return (visual, prefix + "visual.") if visual else (state, prefix)
 
@@ -380,7 +386,7 @@ class HeadInfo:
 
 def inspect_head(path: str) -> HeadInfo:
     """A head's shape: a tensor [C, D] (zero-shot) or {"weight" [C, D], "bias" [C]}."""
-    obj = load_tensors(path, "head")
+    obj = _head_object(path)
     if isinstance(obj, torch.Tensor):
         if obj.dim() != 2 or not obj.is_floating_point():
             raise CheckpointError(f"head {path}: expected a floating-point [C, D] tensor, got "
@@ -403,6 +409,13 @@ def inspect_head(path: str) -> HeadInfo:
         return HeadInfo(path, tuple(weight.shape), bias is not None)
     raise CheckpointError(f"head {path}: expected a [C, D] tensor or a dict with 'weight' "
                           f"[C, D] (and 'bias' [C])")
+
+
+def _head_object(path: str) -> object:
+    """The head file's tensor or dict; a DDP-saved linear's 'module.weight' and
+    'module.bias' (``WRAPPER_PREFIXES``) become 'weight' and 'bias'."""
+    obj = load_tensors(path, "head")
+    return strip_wrappers(obj)[0] if isinstance(obj, Mapping) else obj
 
 
 def _check_finite(tensor: torch.Tensor, path: str, what: str = "") -> None:
@@ -428,7 +441,7 @@ def check_heads(heads: Sequence[HeadInfo], arch: ArchInfo) -> int:
 def load_head(path: str) -> torch.Tensor | nn.Linear:
     """A classification head: a tensor [C, D] (zero-shot) or {"weight", "bias"} (linear)."""
     inspect_head(path)
-    obj = load_tensors(path, "head")
+    obj = _head_object(path)
     if isinstance(obj, torch.Tensor):
         return obj.float()
     weight, bias = obj["weight"], obj.get("bias")

@@ -233,3 +233,14 @@ def test_non_finite_logits_during_the_run_are_a_user_error(files):
                                         "4 image"):
         evaluate(classifier, [(images, torch.zeros(4, dtype=torch.long))],
                  EvalConfig(n_clusters=2), source=f"dataset {files / 'data.pt'}")
+
+
+def test_a_ddp_saved_head_is_recognised(files, tmp_path):
+    import torch
+
+    from dawin_fast.app.checkpoints import inspect_head, load_head
+
+    head = torch.load(files / "head_ft.pt", weights_only=True)
+    torch.save({f"module.{k}": v for k, v in head.items()}, tmp_path / "head.pt")
+    assert inspect_head(str(tmp_path / "head.pt")).shape == tuple(head["weight"].shape)
+    assert torch.equal(load_head(str(tmp_path / "head.pt")).weight, head["weight"])
