@@ -49,8 +49,8 @@ def is_main() -> bool:
 
 # How long a rank waits in a collective for the others (--dist-timeout). gloo's own
 # default, 30 minutes, leaves a job hanging that long when a rank stops. A healthy run
-# waits far less: shards differ by at most one batch, and rank 0 alone fits the mixture
-# (seconds for 50k samples) while the others wait.
+# waits far less (an estimate, not measured on large runs): shards differ by at most one
+# batch, and the others wait while rank 0 alone fits the mixture.
 DEFAULT_TIMEOUT_S = 600.0
 
 
