@@ -280,6 +280,21 @@ class DaWin(_Base):
         return offset, self._new_mixture(self.n_clusters).fit(self._mixture_input(weights))
 
     @torch.no_grad()
+    def merge_rows(self, images: torch.Tensor, expert_logits: torch.Tensor | None = None):
+        """(rows, labels, per-sample rows, expert logits) for the merged pass over
+        ``images``: rows [1, M] (static mode) or [B, M] per sample and labels None, or the
+        cluster table [G, M] and labels [B] (mixture mode)."""
+        expert = self.expert_logits(images) if expert_logits is None else expert_logits
+        rows = self.weights(expert)
+        if self._static is not None:
+            return self._static.reshape(1, -1), None, rows, expert
+        clustered = self._cluster(rows) if self.mode == "mixture" else None
+        if clustered is None:
+            return rows, None, rows, expert
+        labels, table = clustered
+        return table, labels, rows, expert
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor, return_details: bool = False,
                 expert_logits: torch.Tensor | None = None) -> torch.Tensor | DaWinOutput:
         """Logits [B, C] of every image under its DaWin interpolation.
@@ -291,21 +306,10 @@ class DaWin(_Base):
         device = images.device
         if self._static is not None and not return_details:
             return self.model(images, self._static.to(device))
-        expert = self.expert_logits(images) if expert_logits is None else expert_logits
-        rows = self.weights(expert)
-        labels = None
-        if self._static is not None:
-            applied = self._static.expand(images.shape[0], -1)
-            logits = self.model(images, self._static.to(device))
-        else:
-            clustered = self._cluster(rows) if self.mode == "mixture" else None
-            if clustered is None:
-                applied = rows
-                logits = self.model(images, rows.to(device))
-            else:
-                labels, table = clustered
-                applied = table[labels]
-                logits = self.model(images, table.to(device), labels=labels.to(device))
+        table, labels, rows, expert = self.merge_rows(images, expert_logits)
+        applied = table.expand(images.shape[0], -1) if labels is None else table[labels]
+        logits = self.model(images, table.to(device),
+                            labels=None if labels is None else labels.to(device))
         if not return_details:
             return logits
         return DaWinOutput(logits, rows, applied, labels, expert)
