@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .algorithm.coefficients import coefficients_from_entropies, offset_terms
+from .algorithm.coefficients import TEMPERATURES, coefficients_from_entropies, offset_terms
 from .algorithm.expertise import entropy, max_logit, max_softmax
 from .algorithm.grouping import two_model_rows
 from .algorithm.mixture import BetaMixture, DirichletMixture
@@ -107,7 +107,19 @@ class _Base:
             raise ValueError(f"expertise must be one of {EXPERTISE}, got {expertise!r}")
         if temperatures is None:
             temperatures = [1.0] * num_experts
-        temperatures = [float(t) for t in temperatures]
+        elif isinstance(temperatures, str):  # a model name, as coefficients_two takes
+            if num_experts != 2 or temperatures not in TEMPERATURES:
+                raise ValueError(f"temperatures: a model name gives the authors' CLIP pair "
+                                 f"(zero-shot, fine-tuned) for two models; known: "
+                                 f"{sorted(TEMPERATURES)}; got {temperatures!r} for "
+                                 f"{num_experts} models")
+            temperatures = TEMPERATURES[temperatures]
+        try:
+            temperatures = [float(t) for t in temperatures]
+        except (TypeError, ValueError):
+            raise ValueError(f"temperatures must be {num_experts} positive numbers or a model "
+                             f"name ({', '.join(sorted(TEMPERATURES))}), got "
+                             f"{temperatures!r}") from None
         if len(temperatures) != num_experts or any(not t > 0 for t in temperatures):
             raise ValueError(f"temperatures must be {num_experts} positive numbers, "
                              f"got {temperatures}")
@@ -164,8 +176,9 @@ class DaWin(_Base):
     Args:
         model: the interpolating classifier, e.g.
             ``DaWinClassifier(DaWinViT.from_open_clip([zs.visual, ft.visual]), [h_zs, h_ft])``.
-        temperatures: M softmax temperatures for the expertise (default 1.0 each); see
-            ``dawin_fast.TEMPERATURES`` for the authors' CLIP values.
+        temperatures: M softmax temperatures for the expertise (default 1.0 each), or for
+            two models an open_clip model name (``"ViT-B-32"``): the authors' CLIP values
+            in ``dawin_fast.TEMPERATURES``.
         mode: ``"mixture"`` (K clusters, each at its component mean), ``"per_sample"``
             (exact: every sample its own coefficients), a float λ (static: [1-λ, λ]), or a
             fixed row of M coefficients (static: WiSE-FT, weight averaging).
