@@ -1,4 +1,5 @@
-"""The README's Python examples run as written (given the names they leave to the reader)."""
+"""The README's Python examples run as written (given the names they leave to the reader:
+data and heads, never stand-ins for the models a block builds)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,6 @@ def prelude(block: str) -> dict:
                      calibration_loader=DataLoader(TensorDataset(torch.randn(4, 3, 224, 224),
                                                                  torch.arange(4)),
                                                    batch_size=2))
-    if "zero_shot(images)" in block:
-        models = [nn.Sequential(nn.Flatten(), nn.Linear(12, 5)) for _ in range(2)]
-        names.update(zero_shot=models[0], fine_tuned=models[1], images=torch.randn(8, 3, 2, 2))
     if "my_coefficient_rows" in block:
         names.update(my_coefficient_rows=torch.tensor([[0.5, 0.5], [0.1, 0.9], [0.5, 0.5]]),
                      batch_tokens=torch.randn(3, 4, 8), stacked_w=torch.randn(2, 6, 8),
