@@ -60,3 +60,12 @@ def test_eval_table_keeps_slow_throughput_visible(seconds, shown):
     table = format_table({"test": _set(seconds)})
     row = table.splitlines()[-1]
     assert row.split()[-1] == shown, row
+
+
+def test_readme_says_how_to_install_the_cpu_build_of_torch_first():
+    """Without it a CPU-only machine downloads ~6 GB of CUDA wheels; torchvision must come
+    from the same index to match the torch build."""
+    text = README.read_text()
+    commands = re.findall(r"^pip install (.*)$", text, re.M)
+    cpu = [c for c in commands if "--index-url https://download.pytorch.org/whl/cpu" in c]
+    assert cpu and {"torch", "torchvision"} <= set(cpu[0].split())
