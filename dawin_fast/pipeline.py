@@ -379,6 +379,10 @@ class DaWinMultiTask(_Base):
                              f"models needs {encoder.num_models - 1} heads, got {len(heads)}")
         if not isinstance(mode, str):
             raise ValueError("DaWinMultiTask: mode must be 'mixture' or 'per_sample'")
+        if isinstance(temperatures, str):
+            raise ValueError(f"DaWinMultiTask: temperatures={temperatures!r} names the "
+                             f"authors' (zero-shot, fine-tuned) pair, which is DaWin's; give "
+                             f"{len(heads)} numbers, one per task")
         super().__init__(len(heads), temperatures, mode, n_clusters, expertise, seed)
         self.encoder = encoder
         self.heads = [h.weight if isinstance(h, nn.Linear) else h for h in heads]

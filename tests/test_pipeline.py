@@ -201,3 +201,5 @@ def test_temperatures_by_model_name_as_coefficients_two_takes():
         DaWin(setup(3)[2], temperatures="ViT-B-32")
     with pytest.raises(ValueError, match="positive numbers or a model name"):
         DaWin(classifier, temperatures=["hot", "cold"])
+    with pytest.raises(ValueError, match="one per task"):
+        DaWinMultiTask(classifier.encoder, [torch.randn(3, 12)], temperatures="ViT-B-32")
