@@ -85,6 +85,26 @@ ODD_MODELS = {
 }
 
 
+def _half(seed):
+    return tiny_clip_vision_model(seed).half()
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_pool_in_two_dtypes_is_refused_naming_the_parameter(method):
+    models = {"_pretrained_": tiny_clip_vision_model(0), "task_0": _half(1),
+              "task_1": tiny_clip_vision_model(2)}
+    with pytest.raises(ValueError, match=f"{method}: model 'task_0' .*'embeddings"
+                                         f".class_embedding' in float16, expected float32"):
+        METHODS[method](["task_0", "task_1"]).run(CLIPVisionModelPool(models))
+
+
+def test_clip_dawin_heads_of_the_wrong_width_are_refused_naming_the_task():
+    heads = OmegaConf.create({"_target_": HEADS, "tasks": ["task_0", "task_1"], "width": 48})
+    with pytest.raises(ValueError, match=r"head of task 'task_0' is \[5, 48\]; expected "
+                                         r"\[C, 32\]"):
+        DaWinForCLIP(heads=heads).run(config_pool(2))
+
+
 @pytest.mark.parametrize("odd", list(ODD_MODELS))
 @pytest.mark.parametrize("method", list(METHODS))
 def test_pools_of_other_architectures_are_refused_naming_model_and_parameter(method, odd):

@@ -312,6 +312,7 @@ class DaWinForCLIP(_ZeroShotHeads, BaseAlgorithm):
                              "fine-tuned model); leave method.scale=null")
         heads, projection = self._heads()  # first: a pool without them fails before work
         base, experts = load_pool(modelpool, self.method)
+        self._check_heads(heads, projection, base)
         if len(experts) == 1:
             return DaWinCLIPVisionModel(self._two_model(base, experts[0], heads[0],
                                                         projection)).eval()
@@ -321,6 +322,17 @@ class DaWinForCLIP(_ZeroShotHeads, BaseAlgorithm):
                                n_clusters=self.n_clusters, scale=self.scale,
                                expertise=self.expertise, seed=self.seed)
         return DaWinCLIPVisionModel(dawin).eval()
+
+    def _check_heads(self, heads: list[torch.Tensor], projection: nn.Module | None,
+                     base: nn.Module) -> None:
+        """Each head [C, D] with D the width of the features it is applied to."""
+        width = projection.out_features if projection is not None else \
+            getattr(getattr(base, "config", None), "hidden_size", None)
+        for task, head in zip(self.modelpool.model_names, heads, strict=True):
+            if head.dim() != 2 or (width is not None and head.shape[1] != width):
+                raise ValueError(f"clip_dawin: the head of task '{task}' is "
+                                 f"{list(head.shape)}; expected [C, {width}] (classes by the "
+                                 f"width of the pooled features it is applied to)")
 
     def _two_model(self, base: nn.Module, finetuned: nn.Module, head: torch.Tensor,
                    projection: nn.Module | None) -> DaWin:

@@ -30,8 +30,8 @@ def _load(modelpool, name: str) -> nn.Module:
 
 
 def architecture_difference(base: nn.Module, model: nn.Module) -> str | None:
-    """The first parameter or buffer where ``model`` differs from ``base`` in name or
-    shape (in ``base``'s order, then ``model``'s extra names), or None."""
+    """The first parameter or buffer where ``model`` differs from ``base`` in name, shape
+    or dtype (in ``base``'s order, then ``model``'s extra names), or None."""
     base_state, state = base.state_dict(), model.state_dict()
     for name, value in base_state.items():
         if name not in state:
@@ -39,6 +39,10 @@ def architecture_difference(base: nn.Module, model: nn.Module) -> str | None:
         if state[name].shape != value.shape:
             return (f"has '{name}' of shape {list(state[name].shape)}, expected "
                     f"{list(value.shape)}")
+        if state[name].dtype != value.dtype:
+            return (f"has '{name}' in {str(state[name].dtype).removeprefix('torch.')}, "
+                    f"expected {str(value.dtype).removeprefix('torch.')} (load every model "
+                    f"in one dtype)")
     for name in state:
         if name not in base_state:
             return f"has an extra parameter '{name}'"
