@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .algorithm.coefficients import coefficients_from_entropies, offset_terms
+from .algorithm.coefficients import TEMPERATURES, coefficients_from_entropies, offset_terms
 from .algorithm.expertise import entropy, max_logit, max_softmax
 from .algorithm.grouping import two_model_rows
 from .algorithm.mixture import BetaMixture, DirichletMixture
@@ -128,7 +128,19 @@ class _Base:
             raise ValueError(f"expertise must be one of {EXPERTISE}, got {expertise!r}")
         if temperatures is None:
             temperatures = [1.0] * num_experts
-        temperatures = [float(t) for t in temperatures]
+        elif isinstance(temperatures, str):  # a model name, as coefficients_two takes
+            if num_experts != 2 or temperatures not in TEMPERATURES:
+                raise ValueError(f"temperatures: a model name gives the authors' CLIP pair "
+                                 f"(zero-shot, fine-tuned) for two models; known: "
+                                 f"{sorted(TEMPERATURES)}; got {temperatures!r} for "
+                                 f"{num_experts} models")
+            temperatures = TEMPERATURES[temperatures]
+        try:
+            temperatures = [float(t) for t in temperatures]
+        except (TypeError, ValueError):
+            raise ValueError(f"temperatures must be {num_experts} positive numbers or a model "
+                             f"name ({', '.join(sorted(TEMPERATURES))}), got "
+                             f"{temperatures!r}") from None
         if len(temperatures) != num_experts or any(not t > 0 for t in temperatures):
             raise ValueError(f"temperatures must be {num_experts} positive numbers, "
                              f"got {temperatures}")
@@ -185,8 +197,9 @@ class DaWin(_Base):
     Args:
         model: the interpolating classifier, e.g.
             ``DaWinClassifier(DaWinViT.from_open_clip([zs.visual, ft.visual]), [h_zs, h_ft])``.
-        temperatures: M softmax temperatures for the expertise (default 1.0 each); see
-            ``dawin_fast.TEMPERATURES`` for the authors' CLIP values.
+        temperatures: M softmax temperatures for the expertise (default 1.0 each), or for
+            two models an open_clip model name (``"ViT-B-32"``): the authors' CLIP values
+            in ``dawin_fast.TEMPERATURES``.
         mode: ``"mixture"`` (K clusters, each at its component mean), ``"per_sample"``
             (exact: every sample its own coefficients), a float λ (static: [1-λ, λ]), or a
             fixed row of M coefficients (static: WiSE-FT, weight averaging).
@@ -302,6 +315,21 @@ class DaWin(_Base):
         return offset, self._new_mixture(self.n_clusters).fit(self._mixture_input(weights))
 
     @torch.no_grad()
+    def merge_rows(self, images: torch.Tensor, expert_logits: torch.Tensor | None = None):
+        """(rows, labels, per-sample rows, expert logits) for the merged pass over
+        ``images``: rows [1, M] (static mode) or [B, M] per sample and labels None, or the
+        cluster table [G, M] and labels [B] (mixture mode)."""
+        expert = self.expert_logits(images) if expert_logits is None else expert_logits
+        rows = self.weights(expert)
+        if self._static is not None:
+            return self._static.reshape(1, -1), None, rows, expert
+        clustered = self._cluster(rows) if self.mode == "mixture" else None
+        if clustered is None:
+            return rows, None, rows, expert
+        labels, table = clustered
+        return table, labels, rows, expert
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor, return_details: bool = False,
                 expert_logits: torch.Tensor | None = None) -> torch.Tensor | DaWinOutput:
         """Logits [B, C] of every image under its DaWin interpolation.
@@ -313,21 +341,10 @@ class DaWin(_Base):
         device = images.device
         if self._static is not None and not return_details:
             return self.model(images, self._static.to(device))
-        expert = self.expert_logits(images) if expert_logits is None else expert_logits
-        rows = self.weights(expert)
-        labels = None
-        if self._static is not None:
-            applied = self._static.expand(images.shape[0], -1)
-            logits = self.model(images, self._static.to(device))
-        else:
-            clustered = self._cluster(rows) if self.mode == "mixture" else None
-            if clustered is None:
-                applied = rows
-                logits = self.model(images, rows.to(device))
-            else:
-                labels, table = clustered
-                applied = table[labels]
-                logits = self.model(images, table.to(device), labels=labels.to(device))
+        table, labels, rows, expert = self.merge_rows(images, expert_logits)
+        applied = table.expand(images.shape[0], -1) if labels is None else table[labels]
+        logits = self.model(images, table.to(device),
+                            labels=None if labels is None else labels.to(device))
         if not return_details:
             return logits
         return DaWinOutput(logits, rows, applied, labels, expert)
@@ -384,6 +401,10 @@ class DaWinMultiTask(_Base):
                              f"models needs {encoder.num_models - 1} heads, got {len(heads)}")
         if not isinstance(mode, str):
             raise ValueError("DaWinMultiTask: mode must be 'mixture' or 'per_sample'")
+        if isinstance(temperatures, str):
+            raise ValueError(f"DaWinMultiTask: temperatures={temperatures!r} names the "
+                             f"authors' (zero-shot, fine-tuned) pair, which is DaWin's; give "
+                             f"{len(heads)} numbers, one per task")
         super().__init__(len(heads), temperatures, mode, n_clusters, expertise, seed)
         self.encoder = encoder
         self.heads = [h.weight if isinstance(h, nn.Linear) else h for h in heads]

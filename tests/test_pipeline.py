@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from dawin_fast import (
+    TEMPERATURES,
     BetaMixture,
     DaWin,
     DaWinClassifier,
@@ -183,3 +184,22 @@ def test_bad_configuration_raises():
     multi = DaWinMultiTask(classifier.encoder, heads[:1])
     with pytest.raises(ValueError, match="task must be"):
         multi.predict(images(2), task=1)
+
+
+@torch.no_grad()
+def test_temperatures_by_model_name_as_coefficients_two_takes():
+    """``temperatures="ViT-B-32"``: the authors' pair, the same as passing it."""
+    _, _, classifier = setup(2)
+    x = images(4)
+    by_name = DaWin(classifier, temperatures="ViT-B-32", mode="per_sample")
+    assert by_name.temperatures == list(TEMPERATURES["ViT-B-32"])
+    expected = DaWin(classifier, temperatures=TEMPERATURES["ViT-B-32"], mode="per_sample")
+    torch.testing.assert_close(by_name.predict(x), expected.predict(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"known: \['ViT-B-16', 'ViT-B-32', 'ViT-L-14'\]"):
+        DaWin(classifier, temperatures="ViT-B-99")
+    with pytest.raises(ValueError, match="for two models"):
+        DaWin(setup(3)[2], temperatures="ViT-B-32")
+    with pytest.raises(ValueError, match="positive numbers or a model name"):
+        DaWin(classifier, temperatures=["hot", "cold"])
+    with pytest.raises(ValueError, match="one per task"):
+        DaWinMultiTask(classifier.encoder, [torch.randn(3, 12)], temperatures="ViT-B-32")

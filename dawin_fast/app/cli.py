@@ -158,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                             f"torch.compile max-autotune, minutes per shape on a GPU); with "
                             f"--e2e: {', '.join(bench_e2e.METHODS)}")
     bench.add_argument("--filter", metavar="TEXT",
-                       help="only cases whose id contains TEXT (e.g. ViT-B-32-fc1)")
+                       help="only cases whose id contains TEXT, e.g. fc2-per_sample; ids are "
+                            "MODEL-LAYER-PATTERN-M<models>-<images>x<tokens>, MODEL ViT-B-32, "
+                            "ViT-B-16 or ViT-L-14 on a GPU (e.g. ViT-B-32-fc1) and toy on a "
+                            "CPU (toy sizes, layers qkv and fc2)")
     bench.add_argument("--e2e", action="store_true",
                        help="the end-to-end DaWin benchmark (whole ViT, rebuild loops) "
                             "instead of the layer benchmarks")
@@ -209,7 +212,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prepare_demo(args)
     report = run_demo(temperatures=args.temperatures, offset_adjustment=args.offset_adjustment,
                       n_clusters=args.clusters, device=args.device or options.default_device(),
-                      seed=args.seed, plot=args.plot, epochs=args.epochs)
+                      seed=args.seed, plot=args.plot, epochs=args.epochs,
+                      progress=_progress())
     if args.output:
         _write_json(report, args.output)
     return EXIT_OK
@@ -271,10 +275,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"note: not timing {method}: {bench.unavailable_here(method)}")
     if "fused" not in methods:
         methods = ("fused", *methods)
-    cases = [c for c in bench.default_cases() if not args.filter or args.filter in c.id]
+    here = bench.default_cases()
+    cases = [c for c in here if not args.filter or args.filter in c.id]
     if not cases:
-        raise UserError(f"--filter {args.filter}: no benchmark case id contains it; ids look "
-                        f"like {bench.default_cases()[0].id}")
+        gpu_only = here != bench.gpu_cases() and any(
+            args.filter in c.id for c in bench.gpu_cases())
+        ids = ", ".join(c.id for c in here[:6]) + (", ..." if len(here) > 6 else "")
+        raise UserError(f"--filter {args.filter}: no benchmark case id here contains it"
+                        f"{' (it names GPU cases: real ViT layer shapes)' if gpu_only else ''};"
+                        f" the ids here: {ids}")
     records = bench.run(cases, methods, progress=lambda c: tqdm(
         c, desc="benchmark cases", disable=None if _progress() else True))
     table = bench.render_markdown(records, bench.environment_header(command))

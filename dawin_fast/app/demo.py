@@ -18,12 +18,14 @@ mixture. The numbers printed are whatever the run measured.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from ..nn.classifier import DaWinClassifier
 from ..nn.vit import DaWinViT
@@ -97,14 +99,18 @@ class TinyCLIPClassifier(nn.Module):
 
 
 def train(model: TinyCLIPClassifier, data: DemoData, epochs: int, augment: float,
-          seed: int, lr: float = 3e-3) -> TinyCLIPClassifier:
-    """AdamW with cosine decay; ``augment`` = strength of the random shift per batch."""
+          seed: int, lr: float = 3e-3, progress: str | None = None) -> TinyCLIPClassifier:
+    """AdamW with cosine decay; ``augment`` = strength of the random shift per batch.
+
+    ``progress``: a bar of that name over the epochs, on stderr (the table goes to stdout).
+    """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(data.train_y) / 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     model.train()
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc=progress, unit="epoch", leave=False, file=sys.stderr,
+                  disable=progress is None):
         perm = torch.randperm(len(data.train_y), generator=gen)
         for start in range(0, len(perm), 64):
             idx = perm[start : start + 64]
@@ -119,27 +125,31 @@ def train(model: TinyCLIPClassifier, data: DemoData, epochs: int, augment: float
     return model.eval()
 
 
-def build_models(data: DemoData, seed: int = 0, epochs: tuple[int, int] = EPOCHS):
-    """(general, fine-tuned) TinyCLIPClassifiers."""
+def build_models(data: DemoData, seed: int = 0, epochs: tuple[int, int] = EPOCHS,
+                 progress: bool = False):
+    """(general, fine-tuned) TinyCLIPClassifiers (``progress``: bars on stderr)."""
     torch.manual_seed(seed)
-    general = train(TinyCLIPClassifier(), data, epochs[0], augment=1.0, seed=seed)
+    general = train(TinyCLIPClassifier(), data, epochs[0], augment=1.0, seed=seed,
+                    progress="training the general model" if progress else None)
     fine_tuned = TinyCLIPClassifier()
     fine_tuned.load_state_dict(general.state_dict())
-    fine_tuned = train(fine_tuned, data, epochs[1], augment=0.0, seed=seed + 1, lr=2e-3)
+    fine_tuned = train(fine_tuned, data, epochs[1], augment=0.0, seed=seed + 1, lr=2e-3,
+                       progress="fine-tuning it on clean digits" if progress else None)
     return general, fine_tuned
 
 
 def run_demo(temperatures=(1.0, 1.0), offset_adjustment: bool = False, n_clusters: int = 3,
              device: str | None = None, seed: int = 0, plot: str | None = None,
-             epochs: tuple[int, int] = EPOCHS) -> dict:
+             epochs: tuple[int, int] = EPOCHS, progress: bool = False) -> dict:
     """Train, evaluate and print the demo table; returns the report.
 
-    ``plot``: also save the figure there (written atomically).
+    ``plot``: also save the figure there (written atomically). ``progress``: bars over the
+    training epochs and the evaluation passes, on stderr.
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     data = load_digits_data(seed)
-    general, fine_tuned = build_models(data, seed, epochs)
+    general, fine_tuned = build_models(data, seed, epochs, progress)
     trained_s = time.perf_counter() - start
     print(f"trained two ViTs on {len(data.train_y)} digits in {trained_s:.1f} s "
           f"(general: augmented; fine-tuned: clean only)")
@@ -154,7 +164,7 @@ def run_demo(temperatures=(1.0, 1.0), offset_adjustment: bool = False, n_cluster
                          "seed": seed, "epochs": list(epochs)}, "sets": {}}
     for name, x in (("in-distribution", data.test_x), ("shifted", data.shifted_x)):
         report["sets"][name] = evaluate(classifier, _batches(x, data.test_y, 256, device),
-                                        config)
+                                        config, progress=progress)
     print(format_table(report["sets"], model_names=("general", "fine-tuned")))
     if plot:
         from .plots import save_plot

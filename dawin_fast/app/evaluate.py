@@ -218,6 +218,15 @@ def _gathered(meters: dict[str, _Meter], coefficients, cluster_labels, truth, m:
     return report
 
 
+def images_per_second(count: int, seconds: float) -> str:
+    """Throughput with three significant digits (slow methods run at well under 1/s on a
+    loaded CPU: rounding to an integer showed 0); whole numbers from 100 up."""
+    if seconds <= 0:
+        return "-"
+    rate = count / seconds
+    return f"{rate:.0f}" if rate >= 100 else f"{rate:.3g}"
+
+
 def format_table(sets: dict[str, dict], model_names: tuple[str, ...] | None = None) -> str:
     """A text table: one row per method, accuracy per set and throughput."""
     set_names = list(sets)
@@ -234,6 +243,6 @@ def format_table(sets: dict[str, dict], model_names: tuple[str, ...] | None = No
         accs = "".join(f"{100 * sets[s][method]['accuracy']:>17.2f}%" for s in set_names)
         seconds = sum(sets[s][method]["seconds"] for s in set_names)
         count = sum(sets[s][method]["n"] for s in set_names)
-        speed = f"{count / seconds:>12.0f}" if seconds > 0 else f"{'-':>12}"
+        speed = f"{images_per_second(count, seconds):>12}"
         lines.append(f"{labels[method]:<{width}}{accs}{speed}")
     return "\n".join(lines)

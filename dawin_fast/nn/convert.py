@@ -79,11 +79,16 @@ def _per_sample_property(name: str, shape: torch.Size, what: str) -> property:
     def get(module: nn.Module) -> torch.Tensor:
         routing = require_routing(what).resolve(getattr(module, store).routing_name)
         if routing.offsets is not None and (len(shape) == 0 or shape[0] != 1):
+            remedy = ("For open_clip models use DaWinViT.from_open_clip([m.visual for m in "
+                      "models]) (and DaWinClassifier for heads), which interpolates them per "
+                      "sample." if any(c.__module__.startswith("open_clip")
+                                      for c in type(module).__mro__) else
+                      "Write a dedicated module for this architecture (as DaWinViT does for "
+                      "open_clip).")
             raise RuntimeError(
                 f"{what} {tuple(shape)} differs between the models and has no leading "
                 f"batch-broadcast dim of size 1, so dawinize can interpolate it only with one "
-                f"coefficient row per forward (WiSE-FT style), not per group. Write a "
-                f"dedicated module for this architecture (as DaWinViT does for open_clip)."
+                f"coefficient row per forward (WiSE-FT style), not per group. {remedy}"
             )
         value = getattr(module, store)()  # [1 or B, *shape]: InterpolatedTensor's layout
         return value[0] if routing.offsets is None else value.reshape(-1, *shape[1:])

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ..algorithm.grouping import Grouping, group_by_labels, group_by_rows, group_per_sample
-from .routing import LayerSpec, Routing, route
+from .routing import LayerSpec, Routing, check_layer_names, route
 
 
 def make_grouping(coeffs: torch.Tensor, labels: torch.Tensor | None, batch: int,
@@ -108,17 +108,28 @@ class GroupedModel(nn.Module):
         coeffs = torch.as_tensor(coeffs, dtype=torch.float32, device=x.device) \
             if not isinstance(coeffs, torch.Tensor) else coeffs.to(x.device)
         batch = x.shape[0]
+        if layer_coeffs:
+            check_layer_names(layer_coeffs, self.layer_names(),
+                              f"{type(self).__name__} layer_coeffs")
         keep_rows = _needs_rows(coeffs, labels, layer_coeffs, batch)
         grouping = make_grouping(coeffs, labels, batch, self.num_models, keep_rows)
         if batch == 0:  # nothing to group; any row runs the empty batch
             with route(torch.zeros(self.num_models, device=x.device)):
                 return self.forward_routed(x, **kwargs)
+        routing = (Routing(coeffs.reshape(1, -1), layers=layer_coeffs) if grouping is None
+                   else Routing(grouping.coeffs, grouping.offsets, layer_coeffs))
+        routing.names_checked = True  # above, against every layer (not only those that ran)
         if grouping is None:
-            with route(coeffs.reshape(1, -1), layers=layer_coeffs):
+            with route(routing):
                 return self.forward_routed(x, **kwargs)
-        with route(Routing(grouping.coeffs, grouping.offsets, layer_coeffs)):
+        with route(routing):
             out = self.forward_routed(grouping.permute(x), **kwargs)
         return _map_batch(out, grouping.unpermute)
+
+    def layer_names(self) -> list[str]:
+        """The names ``layer_coeffs`` may use: every named dawin_fast layer's."""
+        return [m.routing_name for m in self.modules()
+                if isinstance(getattr(m, "routing_name", None), str)]
 
     def forward_routed(self, x: torch.Tensor, **kwargs: Any) -> Any:  # pragma: no cover
         raise NotImplementedError

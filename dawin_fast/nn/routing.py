@@ -25,6 +25,10 @@ name wins: ``"encoder.layers.3"`` covers ``"encoder.layers.3.mlp.fc1"``). A spec
 * a callable ``gate(x) -> [B, M]`` (or [M]) asked with the layer's own input ``x``
   (batch-first [B, ...]): per-sample rows computed inside the forward.
 
+A name that matches no layer raises, naming the closest real names: a model's
+``forward(..., layer_coeffs=...)`` checks before running, ``route(..., layers=...)`` when its
+block ends (against the layers that ran in it).
+
 Every coefficient keeps its autograd graph: gradients flow from the layers' outputs to
 the tables, to the gates' parameters, and to the rows the routing was built from.
 """
@@ -32,6 +36,7 @@ the tables, to the gates' parameters, and to the rows the routing was built from
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -91,6 +96,16 @@ class Routing:
         self.layers = self._check_layers(layers)
         self._match_cache: dict[str, str | None] = {}
         self._tables: dict[str, Routing] = {}
+        #: set by whoever already checked ``layers`` against the model's layer names.
+        self.names_checked = False
+
+    def check_names_matched(self) -> None:
+        """Raise if a ``layers`` name matched none of the layers that ran under this
+        routing (nothing to check when none ran)."""
+        if self.names_checked or not self.layers or not self._match_cache:
+            return
+        check_layer_names(self.layers, self._match_cache, "route(layers=...)",
+                          "of the layers that ran under it")
 
     @classmethod
     def _derived(cls, coeffs: torch.Tensor, offsets: torch.Tensor | None,
@@ -103,6 +118,7 @@ class Routing:
         routing._groups_cache = parent._groups_cache if same_groups else {}
         routing.layers, routing._match_cache, routing._tables = {}, {}, {}
         routing._one_hot = None  # not checked: per-layer tables and gates run fused
+        routing.names_checked = True  # no layers of its own
         return routing
 
     def _check_layers(self, layers: Mapping[str, LayerSpec] | None) -> dict[str, LayerSpec]:
@@ -263,6 +279,26 @@ class Routing:
         )
 
 
+def _matches(key: str, name: str) -> bool:
+    return name == key or name.startswith(key + ".")
+
+
+def check_layer_names(keys, names, what: str, among: str = "of the model") -> None:
+    """Raise a ValueError for the first of ``keys`` that is no layer name of ``names``
+    and no prefix of one (a misspelling would otherwise be silently ignored), naming the
+    closest real names."""
+    names = sorted(set(names))
+    for key in keys:
+        if any(_matches(key, name) for name in names):
+            continue
+        candidates = sorted({".".join(parts[:i]) for parts in (n.split(".") for n in names)
+                             for i in range(1, len(parts) + 1)})
+        close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
+        hint = (f"closest: {', '.join(repr(c) for c in close)}" if close else
+                f"layer names look like {names[0]!r}" if names else "no layer has a name")
+        raise ValueError(f"{what}: {key!r} matches no layer {among}; {hint}")
+
+
 def current_routing() -> Routing | None:
     """The routing of the innermost active ``route`` block, or None."""
     stack = getattr(_state, "stack", None)
@@ -304,6 +340,7 @@ def route(coeffs: torch.Tensor | Routing, offsets: torch.Tensor | None = None,
             yield routing
     finally:
         stack.pop()
+    routing.check_names_matched()  # only when the block ran through
 
 
 def name_layers(root: torch.nn.Module, prefix: str = "") -> torch.nn.Module:

@@ -97,12 +97,18 @@ def test_eval_plot(files, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
 
-def test_demo_runs_and_saves_plot_and_report(tmp_path, capsys):
-    """The demo end to end on the fast path (--epochs 1,1: seconds, not a minute)."""
+def test_demo_runs_and_saves_plot_and_report(tmp_path, capsys, monkeypatch):
+    """The demo end to end on the fast path (--epochs 1,1: seconds, not a minute), with
+    its progress bars (asked for, as on a terminal) on stderr, apart from the table."""
+    monkeypatch.setenv("DAWIN_FAST_PROGRESS", "1")
     plot, report = tmp_path / "demo.png", tmp_path / "demo.json"
     assert main(["demo", "--epochs", "1,1", "--plot", str(plot), "--output", str(report),
                  "--device", "cpu"]) == 0
-    out_text = capsys.readouterr().out
+    out_text, err_text = capsys.readouterr()
+    for bar in ("training the general model", "fine-tuning it on clean digits",
+                "expert pass"):
+        assert bar in err_text
+    assert "\r" not in out_text and "it/s" not in out_text and "epoch" not in out_text
     for method in ("model 0 (general)", "model 1 (fine-tuned)", "WiSE-FT", "output ensemble",
                    "DaWin per-sample", "DaWin mixture"):
         assert method in out_text

@@ -71,3 +71,79 @@ def test_more_than_two_models_plot_each_weight_without_warnings(tmp_path):
         warnings.simplefilter("error")
         save_plot({"data": three}, str(tmp_path / "three.png"))
     assert (tmp_path / "three.png").stat().st_size > 10_000
+
+
+def _lambda_set(lam, mixture=None):
+    report = {m: {"accuracy": 0.9} for m in METHODS}
+    report["_coefficients"] = np.stack([1 - lam, lam], 1).tolist()
+    if mixture:
+        report["_mixture"] = mixture
+    return report
+
+
+def _drawn(fig):
+    """(accuracy axes, λ axes) after drawing."""
+    fig.canvas.draw()
+    return fig.axes
+
+
+def test_accuracy_axis_starts_at_zero():
+    import matplotlib.pyplot as plt
+
+    fig = make_figure(SETS)
+    try:
+        assert _drawn(fig)[0].get_ylim() == (0.0, 100.0)
+    finally:
+        plt.close(fig)
+
+
+def test_lambda_panel_zooms_to_the_data_and_shows_both_histograms():
+    """Data in 0.40-0.60: the panel spans about that, and each set's histogram is an
+    outline (a filled one hid the other)."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    sets = {"a": _lambda_set(rng.uniform(0.40, 0.60, 200)),
+            "b": _lambda_set(rng.uniform(0.45, 0.55, 200))}
+    fig = make_figure(sets)
+    try:
+        ax = _drawn(fig)[1]
+        low, high = ax.get_xlim()
+        assert 0.35 <= low <= 0.40 and 0.60 <= high <= 0.65
+        histograms = [p for p in ax.patches if p.get_label() in ("λ, a", "λ, b")]
+        assert len(histograms) == 2 and not any(p.get_fill() for p in histograms)
+    finally:
+        plt.close(fig)
+
+
+def test_a_near_degenerate_component_draws_no_spike():
+    """A component with α ≈ 9e6 (all its samples at one λ) is drawn as the mass it puts
+    in its bin, like the histogram, not as a density of thousands."""
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(1)
+    lam = np.concatenate([rng.beta(20, 20, 150), np.full(50, 0.55)])
+    mixture = {"weights": [0.75, 0.25], "alphas": [20.0, 9.0e6], "betas": [20.0, 7.36e6],
+               "means": [0.5, 0.55]}
+    fig = make_figure({"set": _lambda_set(lam, mixture)})
+    try:
+        ax = _drawn(fig)[1]
+        heights = [max(p.get_path().vertices[:, 1]) for p in ax.patches]
+        assert len(heights) == 2 and max(heights) < 3 * heights[0]  # mixture vs data
+        assert ax.get_ylim()[1] < 3 * heights[0]
+    finally:
+        plt.close(fig)
+
+
+def test_one_set_puts_no_data_name_in_the_legends():
+    """``eval`` names its one set after the data folder ("imgs"): no legend reads it."""
+    import matplotlib.pyplot as plt
+
+    fig = make_figure({"imgs": SETS["shifted"]})
+    try:
+        acc, lam = _drawn(fig)
+        assert acc.get_legend() is None
+        labels = [t.get_text() for t in lam.get_legend().get_texts()]
+        assert labels == ["λ", "Beta mixture"]
+    finally:
+        plt.close(fig)

@@ -1,4 +1,5 @@
-"""The README's Python examples run as written (given the names they leave to the reader)."""
+"""The README's Python examples run as written (given the names they leave to the reader:
+data and heads, never stand-ins for the models a block builds)."""
 
 from __future__ import annotations
 
@@ -35,9 +36,6 @@ def prelude(block: str) -> dict:
                      calibration_loader=DataLoader(TensorDataset(torch.randn(4, 3, 224, 224),
                                                                  torch.arange(4)),
                                                    batch_size=2))
-    if "zero_shot(images)" in block:
-        models = [nn.Sequential(nn.Flatten(), nn.Linear(12, 5)) for _ in range(2)]
-        names.update(zero_shot=models[0], fine_tuned=models[1], images=torch.randn(8, 3, 2, 2))
     if "my_coefficient_rows" in block:
         names.update(my_coefficient_rows=torch.tensor([[0.5, 0.5], [0.1, 0.9], [0.5, 0.5]]),
                      batch_tokens=torch.randn(3, 4, 8), stacked_w=torch.randn(2, 6, 8),
@@ -51,6 +49,24 @@ def prelude(block: str) -> dict:
         names.update(dawin=DaWin(DaWinClassifier(DaWinViT.from_open_clip(visuals), heads)),
                      dataset=torch.utils.data.TensorDataset(torch.randn(10, 3, 16, 16),
                                                             torch.zeros(10, dtype=torch.long)))
+    if "dawinize([base, tau_1, tau_2])" in block:  # trained coefficients: tiny HF CLIPs
+        from dawin_fast import task_vectors
+        from dawin_fast.integrations.fusion_bench.tiny import tiny_clip_vision_model
+
+        models = [tiny_clip_vision_model(s, num_hidden_layers=8, noise=0.05) for s in range(3)]
+        for model in models:  # the final LayerNorm equal in every model (fine-tunes barely
+            ln = model.vision_model.post_layernorm if hasattr(model, "vision_model") \
+                else model.post_layernorm  # move it): the sum of its output is a constant
+            nn.init.ones_(ln.weight)
+            nn.init.zeros_(ln.bias)
+        _, tau_1, tau_2 = task_vectors(models[0], models[1:])
+        gate = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3))
+        names.update(base=models[0], tau_1=tau_1, tau_2=tau_2, gate=gate,
+                     images=torch.randn(4, 3, 16, 16), head=torch.randn(5, 32) / 32**0.5,
+                     table=torch.tensor([[1.0, 0.3, 0.3], [1.0, 0.6, 0.1]]),
+                     labels=torch.tensor([0, 1, 1, 0]), row=torch.tensor([1.0, 0.3, 0.3]),
+                     layer_row=torch.tensor([1.0, 0.5, 0.5]),
+                     per_sample_rows=torch.rand(4, 3), g=nn.Linear(64, 3))  # fc2 in: 64
     if "interp_linear(x, weight, coeffs, offsets" in block:
         names.update(x=torch.randn(5, 8), weight=torch.randn(2, 6, 8),
                      coeffs=torch.tensor([[1.0, 0.0]]), offsets=torch.tensor([0, 5]))
@@ -68,5 +84,10 @@ def test_readme_has_examples():
 def test_readme_example_runs(index):
     block = BLOCKS[index]
     namespace = prelude(block)
-    with use_backend("torch"), torch.no_grad():
+    # Blocks that call backward() need autograd; the others run as inference.
+    with use_backend("torch"), torch.set_grad_enabled("backward()" in block):
         exec(compile(block, f"README.md block {index}", "exec"), namespace)
+    if "backward()" in block:  # the loss a user would train with: gradients of real size
+        grads = [p.grad for p in namespace["gate"].parameters()]
+        assert all(g is not None for g in grads)
+        assert max(float(g.abs().max()) for g in grads) > 1e-3

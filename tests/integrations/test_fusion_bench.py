@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -230,35 +231,39 @@ def test_clip_vision_model_layout_is_handled():
 def run_cli(*overrides, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT), HYDRA_FULL_ERROR="1")
     cli = Path(sys.executable).with_name("fusion_bench")
-    return subprocess.run([str(cli), *overrides, "print_config=false",
+    # The console script, or its module where this venv layers on another's packages.
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "fusion_bench.scripts.cli"]
+    return subprocess.run([*command, *overrides, "print_config=false",
                            f"path.log_dir={tmp_path}"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
-def readme_command() -> list[str]:
-    lines = [line for line in (ROOT / "README.md").read_text().splitlines()
-             if line.startswith("fusion_bench method=")]
+def readme_command(method: str) -> list[str]:
+    """The README's ``fusion_bench method=dawin_fast/<method> ...`` command (with its
+    backslash continuations), as the shell would split it."""
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip().startswith(f"fusion_bench method=dawin_fast/{method} ")]
     assert len(lines) == 1, lines
-    return lines[0].split()[1:]
+    return shlex.split(lines[0])[1:]
 
 
 @pytest.mark.parametrize("method", ["clip_we_moe", "clip_dawe"])
 def test_cli_smoke_run(method, tmp_path):
     """The README's command (and the same with DAWE): our method, the tiny pool built
     from configs, the dummy task pool (which reports what the method returned)."""
-    overrides = readme_command()
-    assert overrides[0] == "method=dawin_fast/clip_we_moe"
+    overrides = readme_command("clip_we_moe")
     overrides[0] = f"method=dawin_fast/{method}"
     result = run_cli(*overrides, tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "trainable_params" in result.stdout
 
 
-def test_cli_dawin_with_heads_from_a_config(tmp_path):
-    result = run_cli("method=dawin_fast/clip_dawin", "modelpool=dawin_fast/tiny_clip_vision",
-                     "taskpool=dummy",
-                     "+method.heads._target_=tests.integrations.fixtures.random_heads",
-                     "+method.heads.tasks=[task_a,task_b,task_c]", tmp_path=tmp_path)
+def test_cli_dawin_with_heads_from_a_config_as_the_readme_shows(tmp_path):
+    """The README's clip_dawin command: heads from a config, given with Hydra's '+'."""
+    overrides = readme_command("clip_dawin")
+    assert any(o.startswith("+method.heads._target_=") for o in overrides)
+    result = run_cli(*overrides, tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "all_params" in result.stdout
 

@@ -158,3 +158,14 @@ def test_hugging_face_clip_vision_model(backend):
         out.last_hidden_state,
         per_sample_reference(models, rows, x, lambda m, i: m(pixel_values=i).last_hidden_state),
         **TOL)
+
+
+def test_per_sample_rows_on_an_open_clip_vit_point_to_dawin_vit():
+    """open_clip's class embedding [D] cannot be laid out per sample by dawinize: the
+    error says which module does it (the README's open_clip path)."""
+    from tests.models import tiny_open_clip_visual
+
+    merged = dawinize([tiny_open_clip_visual(0), tiny_open_clip_visual(1)])
+    match = r"class_embedding .*use DaWinViT\.from_open_clip"
+    with dawin_fast.use_backend("torch"), pytest.raises(RuntimeError, match=match):
+        merged(torch.randn(2, 3, 16, 16), torch.rand(2, 2))

@@ -65,3 +65,54 @@ def test_name_layers_uses_module_names():
     model = torch.nn.Sequential(torch.nn.Sequential(DaWinLinear(2, 3, 2)))
     name_layers(model)
     assert model[0][0].routing_name == "0.0"
+
+
+def _tiny_vit():
+    from dawin_fast import DaWinViT
+    from tests.models import tiny_open_clip_visual
+
+    return DaWinViT.from_open_clip([tiny_open_clip_visual(s) for s in (0, 1)])
+
+
+@pytest.mark.parametrize("name, closest", [
+    ("transformer.resblock.1.mlp.c_fc", "'transformer.resblocks.1.mlp.c_fc'"),
+    ("transformer.resblocks.1.mlp.fc1", "'transformer.resblocks.1.mlp.c_fc'"),
+    ("ln_postt", "'ln_post'"),
+])
+def test_misspelled_layer_coeffs_raise_naming_the_closest_layers(name, closest):
+    """A name matching no layer would be silently ignored: it raises before the forward."""
+    vit = _tiny_vit()
+    with pytest.raises(ValueError, match=f"DaWinViT layer_coeffs: '{name}' matches no "
+                                         f"layer of the model; closest: {closest}"):
+        vit(torch.rand(2, 3, 16, 16), torch.tensor([0.5, 0.5]),
+            layer_coeffs={name: torch.tensor([1.0, 0.0])})
+    # A real name and a prefix of names are fine.
+    with torch.no_grad():
+        vit(torch.rand(2, 3, 16, 16), torch.tensor([0.5, 0.5]), layer_coeffs={
+            "transformer.resblocks.1": torch.tensor([1.0, 0.0]), "conv1": torch.tensor([0, 1.])})
+
+
+def test_misspelled_route_layers_raise_when_the_block_ends():
+    """``route(..., layers=...)`` knows no model: its names are checked against the layers
+    that ran under it."""
+    from dawin_fast import dawinize
+
+    models = [torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+              for _ in range(2)]
+    merged = dawinize(models).module
+    x = torch.rand(3, 4)
+    with pytest.raises(ValueError, match=r"route\(layers=...\): '3' matches no layer of the "
+                                         r"layers that ran under it; layer names look like '0'"):
+        with route(torch.tensor([0.5, 0.5]), layers={"3": torch.tensor([1.0, 0.0])}):
+            merged(x)
+    with pytest.raises(ValueError, match=r"'encoder\.layerz' matches no layer.*closest"):
+        with route(torch.tensor([0.5, 0.5]), layers={"encoder.layerz": torch.tensor([1.0, 0])}):
+            with route(torch.tensor([0.5, 0.5])):
+                pass  # a block where no layer ran checks nothing
+            name_layers(merged, prefix="encoder.layers")
+            try:
+                merged(x)
+            finally:
+                name_layers(merged)
+    with route(torch.tensor([0.5, 0.5]), layers={"2": torch.tensor([1.0, 0.0])}):
+        merged(x)

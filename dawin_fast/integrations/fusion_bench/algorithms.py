@@ -13,6 +13,10 @@ Selected from the ``fusion_bench`` CLI as ``method=dawin_fast/<name>`` (configs 
 Test-time adaptation minimises the prediction entropy on shuffled test batches of every
 task with Adam, as FusionBench's WEMoE loop does; it needs the model pool's test datasets,
 processor and CLIP text model (zero-shot heads). ``max_steps: 0`` skips it.
+
+Every algorithm loads the pool through ``pool.load_pool``: task models whose architecture
+differs from the pretrained model's are refused before any work, and an in-memory pool's
+modules are copied (running twice on one pool gives the same model).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from fusion_bench.mixins import CLIPClassificationMixin, SimpleProfilerMixin
 from fusion_bench.utils import instantiate
 from torch import nn
 
+from ...nn.classifier import DaWinClassifier
 from ...nn.convert import dawinize
-from ...pipeline import DaWinMultiTask, task_vectors
+from ...pipeline import DaWin, DaWinMultiTask, task_vectors
 from .models import (
     FusedDAWEModel,
     FusedWeightEnsemblingMoE,
@@ -36,6 +41,7 @@ from .models import (
     task_arithmetic,
     vision_transformer,
 )
+from .pool import load_pool, zero_shot_error, zero_shot_needs
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +52,27 @@ def entropy_loss(logits: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return -torch.sum(probs * torch.log(probs + eps), dim=-1).mean()
 
 
-class _TestTimeAdaptation(CLIPClassificationMixin, SimpleProfilerMixin, BaseAlgorithm):
+class _ZeroShotHeads(CLIPClassificationMixin):
+    """FusionBench's zero-shot heads, with a clear error when the pool cannot give them."""
+
+    method = "dawin_fast"
+
+    def zero_shot_heads(self, why: str, remedy: str, task_names=None) -> None:
+        """Set up the zero-shot heads (once), or raise saying what is missing."""
+        if self.whether_setup_zero_shot_classification_head:
+            return
+        zero_shot_needs(self.modelpool, self.method, why, remedy)
+        try:
+            self.setup_zero_shot_classification_head(task_names=task_names)
+        except (TypeError, AssertionError, OSError, ValueError) as err:
+            raise zero_shot_error(self.method, why, remedy, err) from err
+
+
+class _TestTimeAdaptation(_ZeroShotHeads, SimpleProfilerMixin, BaseAlgorithm):
     """Entropy-minimising test-time adaptation shared by the algorithms here."""
+
+    TTA_WHY = "test-time adaptation (max_steps > 0)"
+    TTA_REMEDY = "set method.max_steps=0 to skip it"
 
     def __init__(self, lr: float = 1e-4, max_steps: int = 0, batch_size: int = 16,
                  num_workers: int = 0, use_grad_accumulate: bool = True, **kwargs) -> None:
@@ -66,8 +91,7 @@ class _TestTimeAdaptation(CLIPClassificationMixin, SimpleProfilerMixin, BaseAlgo
         """``max_steps`` Adam steps on the entropy of every task's test batches."""
         if self.max_steps <= 0:
             return module
-        if not self.whether_setup_zero_shot_classification_head:
-            self.setup_zero_shot_classification_head()
+        self.zero_shot_heads(self.TTA_WHY, self.TTA_REMEDY)
         optimizer = torch.optim.Adam(parameters, lr=self.lr)
         module, optimizer = self.fabric.setup(module, optimizer)
         module.train()
@@ -112,12 +136,15 @@ class FusedCLIPWeightEnsemblingMoE(_TestTimeAdaptation):
         self.tv_prune_ratio = tv_prune_ratio
         super().__init__(**kwargs)
 
+    method = "clip_we_moe"
+
     def construct_moe_model(self, modelpool) -> nn.Module:
         from fusion_bench.models.sparse_we_moe import SparseWeightEnsemblingMoE
         from fusion_bench.models.we_moe import WeightEnsemblingMoE
 
-        base = modelpool.load_model("_pretrained_")
-        experts = [modelpool.load_model(name) for name in modelpool.model_names]
+        # FusionBench's WEMoE below turns the expert modules into task vectors in place:
+        # load_pool copies an in-memory pool's modules so that the pool stays intact.
+        base, experts = load_pool(modelpool, self.method)
         moe_model = task_arithmetic(copy.deepcopy(base), experts, self.init_lambda)
         moe_model.requires_grad_(False)
         base_encoder = vision_transformer(base).encoder
@@ -140,6 +167,8 @@ class FusedCLIPWeightEnsemblingMoE(_TestTimeAdaptation):
 
     def run(self, modelpool) -> nn.Module:
         self.modelpool = modelpool
+        if self.max_steps > 0:  # fail before building anything
+            self.zero_shot_heads(self.TTA_WHY, self.TTA_REMEDY)
         model = self.construct_moe_model(modelpool)
         gates = [p for p in model.parameters() if p.requires_grad]
         model = self.test_time_adaptation(model, gates)
@@ -167,10 +196,13 @@ class FusedCLIPDataAdaptiveWeightEnsembling(_TestTimeAdaptation):
         self.hidden_size = hidden_size
         super().__init__(**kwargs)
 
+    method = "clip_dawe"
+
     def run(self, modelpool) -> nn.Module:
         self.modelpool = modelpool
-        base = modelpool.load_model("_pretrained_")
-        experts = [modelpool.load_model(name) for name in modelpool.model_names]
+        if self.max_steps > 0:  # fail before building anything
+            self.zero_shot_heads(self.TTA_WHY, self.TTA_REMEDY)
+        base, experts = load_pool(modelpool, self.method)
         if self.feature_extractor is None:
             extractor, hidden = copy.deepcopy(base), base.config.hidden_size
         else:
@@ -205,11 +237,15 @@ class DaWinCLIPVisionModel(nn.Module):
     task t's head), per-sample task weights p = softmax_t(-H_t), then one fused pass of
     every image through θ_pre + s·Σ_t p_t τ_t; returns that pass's
     ``BaseModelOutputWithPooling`` in the caller's order.
+
+    With one task (a ``DaWin`` over [θ_pre, θ_1], both through the task's head): the
+    two-model DaWin, λ = e^{-H_1} / (e^{-H_0} + e^{-H_1}) per sample (Beta mixture on λ
+    in mixture mode), and the pass through (1 - λ) θ_pre + λ θ_1.
     """
 
-    def __init__(self, dawin: DaWinMultiTask) -> None:
+    def __init__(self, dawin: DaWinMultiTask | DaWin) -> None:
         super().__init__()
-        self.encoder = dawin.encoder
+        self.encoder = dawin.model.encoder if isinstance(dawin, DaWin) else dawin.encoder
         self.dawin = dawin
 
     @torch.no_grad()
@@ -221,7 +257,7 @@ class DaWinCLIPVisionModel(nn.Module):
         return out
 
 
-class DaWinForCLIP(CLIPClassificationMixin, BaseAlgorithm):
+class DaWinForCLIP(_ZeroShotHeads, BaseAlgorithm):
     """Multi-task DaWin (Oh et al., 2025) for CLIP vision models, fused.
 
     ``heads``: None builds FusionBench's zero-shot heads (CLIP text model and processor
@@ -229,7 +265,18 @@ class DaWinForCLIP(CLIPClassificationMixin, BaseAlgorithm):
     a config instantiating ``{task: [C, D] tensor}`` applied to the pooled output.
     ``mode``: ``per_sample`` (exact DaWin) or ``mixture`` (Dirichlet mixture per batch,
     ``n_clusters``). ``scale``: s (default 0.3·T).
+
+    A pool of one task model is the two-model DaWin (robust fine-tuning): λ per sample
+    between the pretrained and the fine-tuned model, both scored through the task's head,
+    a Beta mixture on λ in mixture mode; ``temperatures`` are then [T_pretrained,
+    T_fine-tuned], and ``scale`` does not apply.
     """
+
+    method = "clip_dawin"
+    HEADS_WHY = "clip_dawin without method.heads"
+    HEADS_REMEDY = ("give method.heads, a _target_ config returning {task: [C, D] tensor} "
+                    "(from the command line with Hydra's '+': "
+                    "+method.heads._target_=my_module.my_heads)")
 
     def __init__(self, mode: str = "per_sample", n_clusters: int = 3,
                  scale: float | None = None, temperatures: list[float] | None = None,
@@ -252,22 +299,48 @@ class DaWinForCLIP(CLIPClassificationMixin, BaseAlgorithm):
             if missing:
                 raise ValueError(f"clip_dawin: heads has no head for tasks {missing}")
             return [torch.as_tensor(heads[t]).float() for t in names], None
-        self.setup_zero_shot_classification_head(task_names=names)
+        self.zero_shot_heads(self.HEADS_WHY, self.HEADS_REMEDY, task_names=names)
         scale = self.logit_scale_exp.cpu()
         heads = [scale * self.zeroshot_weights[t].cpu().float() for t in names]
         return heads, copy.deepcopy(self.visual_projection).cpu()
 
     def run(self, modelpool) -> nn.Module:
         self.modelpool = modelpool
-        base = modelpool.load_model("_pretrained_")
-        experts = [modelpool.load_model(name) for name in modelpool.model_names]
-        heads, projection = self._heads()
+        if len(modelpool.model_names) == 1 and self.scale is not None:
+            raise ValueError("clip_dawin: scale does not apply to a pool of one task model "
+                             "(the two-model DaWin interpolates the pretrained and the "
+                             "fine-tuned model); leave method.scale=null")
+        heads, projection = self._heads()  # first: a pool without them fails before work
+        base, experts = load_pool(modelpool, self.method)
+        self._check_heads(heads, projection, base)
+        if len(experts) == 1:
+            return DaWinCLIPVisionModel(self._two_model(base, experts[0], heads[0],
+                                                        projection)).eval()
         stack = task_vectors(base, experts)
         encoder = dawinize([_ProjectedVision(m, projection) for m in stack])
         dawin = DaWinMultiTask(encoder, heads, temperatures=self.temperatures, mode=self.mode,
                                n_clusters=self.n_clusters, scale=self.scale,
                                expertise=self.expertise, seed=self.seed)
         return DaWinCLIPVisionModel(dawin).eval()
+
+    def _check_heads(self, heads: list[torch.Tensor], projection: nn.Module | None,
+                     base: nn.Module) -> None:
+        """Each head [C, D] with D the width of the features it is applied to."""
+        width = projection.out_features if projection is not None else \
+            getattr(getattr(base, "config", None), "hidden_size", None)
+        for task, head in zip(self.modelpool.model_names, heads, strict=True):
+            if head.dim() != 2 or (width is not None and head.shape[1] != width):
+                raise ValueError(f"clip_dawin: the head of task '{task}' is "
+                                 f"{list(head.shape)}; expected [C, {width}] (classes by the "
+                                 f"width of the pooled features it is applied to)")
+
+    def _two_model(self, base: nn.Module, finetuned: nn.Module, head: torch.Tensor,
+                   projection: nn.Module | None) -> DaWin:
+        """Two-model DaWin over [θ_pre, θ_1] (the same head for both: the task's)."""
+        encoder = dawinize([_ProjectedVision(m, projection) for m in (base, finetuned)])
+        return DaWin(DaWinClassifier(encoder, [head, head]), temperatures=self.temperatures,
+                     mode=self.mode, n_clusters=self.n_clusters, expertise=self.expertise,
+                     seed=self.seed)
 
 
 __all__ = ["DaWinCLIPVisionModel", "DaWinForCLIP", "FusedCLIPDataAdaptiveWeightEnsembling",

@@ -3,7 +3,8 @@
 ``tiny_clip_vision_model(seed)`` builds a Hugging Face ``CLIPVisionModel`` from a small
 config (no download): every model starts from the same random initialisation and moves
 by seeded noise, like fine-tuned copies of one pretrained model. The pool config
-``modelpool=dawin_fast/tiny_clip_vision`` uses it.
+``modelpool=dawin_fast/tiny_clip_vision`` uses it. ``tiny_heads(tasks)``: random heads
+for it, for ``clip_dawin``'s ``method.heads`` (the tiny pool has no CLIP text model).
 """
 
 from __future__ import annotations
@@ -30,3 +31,10 @@ def tiny_clip_vision_model(seed: int = 0, hidden_size: int = 32, intermediate_si
             for param in model.parameters():
                 param.add_(torch.randn(param.shape, generator=gen) * noise)
     return model.eval()
+
+
+def tiny_heads(tasks, width: int = 32, classes: int = 5, seed: int = 0
+               ) -> dict[str, torch.Tensor]:
+    """{task: [classes, width]} random heads over the tiny models' pooled output."""
+    gen = torch.Generator().manual_seed(seed)
+    return {t: torch.randn(classes, width, generator=gen) * 5 for t in tasks}
