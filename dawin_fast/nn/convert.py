@@ -11,7 +11,14 @@ unchanged); every layer holding parameters is replaced by its interpolating vers
 ``nn.Embedding``                            ``DaWinEmbedding``
 a ``LayerScale`` (``gamma``; open_clip/timm)  ``DaWinLayerScale``
 HF ``CLIPVisionEmbeddings``                 ``DaWinCLIPVisionEmbeddings``
+HF ``Conv1D`` (GPT-2)                       ``DaWinLinear`` (weight transposed)
+a ``*RMSNorm`` with one weight [D]          ``DaWinRMSNorm`` (Llama, Qwen2, Mistral, ...)
 ==========================================  ==============================================
+
+A Hugging Face model that generates (``*ForCausalLM``, ``GPT2LMHeadModel``) comes back as a
+``DaWinCausalLM`` (``merged(input_ids, coeffs)``, ``merged.generate(..., coeffs=rows)``;
+see ``dawin_fast.nn.hf_lm``). Modules holding only buffers (rotary embeddings) are copied
+when the buffers are equal in every model.
 
 Parameters held directly by a container module (a class token, a positional embedding)
 are interpolated per group: a parameter whose leading dim is 1 (the batch-broadcast
@@ -32,6 +39,16 @@ from torch import nn
 
 from .grouped import GroupedModel
 from .hf_clip import DaWinCLIPVisionEmbeddings, is_hf_clip_vision_embeddings
+from .hf_lm import (
+    DaWinCausalLM,
+    DaWinRMSNorm,
+    conv1d_linear,
+    is_conv1d,
+    is_hf_causal_lm,
+    is_rms_norm,
+    make_routed,
+    tie_embeddings,
+)
 from .layers import (
     DaWinEmbedding,
     DaWinLayerNorm,
@@ -65,6 +82,8 @@ CONVERTERS: list[tuple[Callable[[nn.Module], bool], Callable[..., nn.Module]]] =
     (lambda m: isinstance(m, nn.LayerNorm), DaWinLayerNorm.from_modules),
     (lambda m: isinstance(m, nn.Embedding), DaWinEmbedding.from_modules),
     (_is_layer_scale, DaWinLayerScale.from_modules),
+    (is_conv1d, conv1d_linear),
+    (is_rms_norm, DaWinRMSNorm.from_modules),
 ]
 
 
@@ -108,7 +127,7 @@ def convert_modules(models: Sequence[nn.Module], path: str = "model") -> nn.Modu
         if predicate(first):
             return converter(models, path)
     children = dict(first.named_children())
-    if not children:
+    if not children and any(True for _ in first.parameters(recurse=False)):
         names = ", ".join(n for n, _ in first.named_parameters(recurse=False))
         raise ValueError(f"{path}: layer type {type(first).__name__} (parameters: {names}) "
                          f"is not supported by dawinize")
@@ -171,8 +190,11 @@ class DaWinModel(GroupedModel):
         return self.module(x, **kwargs)
 
 
-def dawinize(models: Sequence[nn.Module]) -> DaWinModel:
+def dawinize(models: Sequence[nn.Module]) -> DaWinModel | DaWinCausalLM:
     """One module running any interpolation of M same-architecture models, fused.
+
+    Hugging Face causal LMs come back as a ``DaWinCausalLM`` (one row per sequence,
+    ``forward`` and ``generate``); every other model as a ``DaWinModel``.
 
     Example::
 
@@ -189,4 +211,12 @@ def dawinize(models: Sequence[nn.Module]) -> DaWinModel:
     for i, m in enumerate(models):
         if not isinstance(m, nn.Module):
             raise TypeError(f"dawinize: item {i} is {type(m).__name__}, not an nn.Module")
+    if is_hf_causal_lm(models[0]):
+        if getattr(models[0].config, "is_encoder_decoder", False):
+            raise ValueError(f"dawinize: {type(models[0]).__name__} is an encoder-decoder "
+                             f"model; only decoder-only causal LMs are supported")
+        converted = convert_modules(models)
+        tie_embeddings(models, converted)
+        return DaWinCausalLM(name_layers(make_routed(converted, len(models))),
+                             len(models)).eval()
     return DaWinModel(name_layers(convert_modules(models)), len(models)).eval()
