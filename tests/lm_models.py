@@ -42,13 +42,9 @@ def tiny_causal_lm(family: str, seed: int, tie: bool = False) -> torch.nn.Module
 
 def merged_reference(models, row) -> torch.nn.Module:
     """A plain model holding the interpolated state dict sum_i row[i] * state_i."""
-    import copy
+    from tests.models import interpolate_model
 
-    states = [m.state_dict() for m in models]
-    merged = copy.deepcopy(models[0])
-    merged.load_state_dict({k: sum(float(c) * s[k].double() for c, s in zip(row, states))
-                            .to(states[0][k].dtype) for k in states[0]})
-    return merged.eval()
+    return interpolate_model(models, row)
 
 
 def left_padded_prompts(batch: int = 3, length: int = 7, seed: int = 0):
