@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--e2e", action="store_true",
                        help="the end-to-end DaWin benchmark (whole ViT, rebuild loops) "
                             "instead of the layer benchmarks")
+    bench.add_argument("--suite", choices=bench_layers.SUITES, default="vit",
+                       help="layer cases: vit (DESIGN §5, default) or lm (Llama-3-8B prefill "
+                            "and decode shapes, followed by the traffic model's predictions)")
     bench.add_argument("--output", metavar="MD", help="also write the markdown tables here")
 
     command("selfcheck", "the fused op against a float64 reference")
@@ -263,13 +266,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"note: not timing {method}: {bench.unavailable_here(method)}")
     if "fused" not in methods:
         methods = ("fused", *methods)
-    cases = [c for c in bench.default_cases() if not args.filter or args.filter in c.id]
+    suite = getattr(args, "suite", "vit")
+    cases = [c for c in bench.default_cases(suite) if not args.filter or args.filter in c.id]
     if not cases:
         raise UserError(f"--filter {args.filter}: no benchmark case id contains it; ids look "
-                        f"like {bench.default_cases()[0].id}")
+                        f"like {bench.default_cases(suite)[0].id}")
     records = bench.run(cases, methods, progress=lambda c: tqdm(
         c, desc="benchmark cases", disable=None if _progress() else True))
     table = bench.render_markdown(records, bench.environment_header(command))
+    if suite == "lm":  # the model's view of the same shapes (bf16, H100), for comparison
+        shapes = [c for c in bench.lm_cases() if not args.filter or args.filter in c.id]
+        table += "\n" + bench.render_lm_predictions(bench.lm_predictions(shapes)) + "\n"
     return _print_table(table, args.output)
 
 
