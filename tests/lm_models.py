@@ -28,7 +28,6 @@ def tiny_causal_lm(family: str, seed: int, tie: bool = False) -> torch.nn.Module
         cls = tf.GPT2LMHeadModel
     else:
         raise ValueError(family)
-    config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = cls(config).eval()
     with torch.no_grad():  # norms start at ones: make them differ between the models

@@ -249,6 +249,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             f"{', '.join(bench_e2e.METHODS)}")
         if args.filter:
             raise UserError("--filter selects layer cases; the --e2e benchmark has one case")
+        if getattr(args, "suite", "vit") != "vit":
+            raise UserError("--suite selects layer cases; the --e2e benchmark has one case")
         table = bench_e2e.render_markdown(bench_e2e.run(methods),
                                           bench.environment_header(command))
         return _print_table(table, args.output)
