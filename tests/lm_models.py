@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 
 FAMILIES = ("llama", "qwen2", "gpt2")
+#: Families with the same layers, checked on forward logits only.
+OTHER_FAMILIES = ("mistral", "gemma", "phi3", "qwen3")
 VOCAB = 48
 
 
@@ -23,6 +25,12 @@ def tiny_causal_lm(family: str, seed: int, tie: bool = False) -> torch.nn.Module
                                 num_attention_heads=4, num_key_value_heads=2,
                                 max_position_embeddings=64, tie_word_embeddings=tie, **common)
         cls = tf.Qwen2ForCausalLM
+    elif family in OTHER_FAMILIES:  # Gemma: (1 + w) RMSNorm, scaled token embedding
+        name = {"mistral": "Mistral", "gemma": "Gemma", "phi3": "Phi3", "qwen3": "Qwen3"}[family]
+        config = getattr(tf, f"{name}Config")(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=8, max_position_embeddings=64, **common)
+        cls = getattr(tf, f"{name}ForCausalLM")
     elif family == "gpt2":  # Conv1D layers, learned positions, tied embeddings
         config = tf.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, **common)
         cls = tf.GPT2LMHeadModel

@@ -9,6 +9,7 @@ unchanged); every layer holding parameters is replaced by its interpolating vers
 ``nn.Conv2d`` with stride = kernel          ``DaWinPatchEmbed`` (fused kernel over patches)
 ``nn.LayerNorm`` (and subclasses)           ``DaWinLayerNorm``
 ``nn.Embedding``                            ``DaWinEmbedding``
+HF ``*ScaledWordEmbedding`` (Gemma)         ``DaWinScaledEmbedding``
 a ``LayerScale`` (``gamma``; open_clip/timm)  ``DaWinLayerScale``
 HF ``CLIPVisionEmbeddings``                 ``DaWinCLIPVisionEmbeddings``
 HF ``Conv1D`` (GPT-2)                       ``DaWinLinear`` (weight transposed)
@@ -19,6 +20,9 @@ A Hugging Face model that generates (``*ForCausalLM``, ``GPT2LMHeadModel``) come
 ``DaWinCausalLM`` (``merged(input_ids, coeffs)``, ``merged.generate(..., coeffs=rows)``;
 see ``dawin_fast.nn.hf_lm``). Modules holding only buffers (rotary embeddings) are copied
 when the buffers are equal in every model.
+
+A subclass of ``nn.Linear``, ``nn.Embedding`` or ``nn.Conv2d`` that overrides ``forward``
+raises unless it has a converter of its own (it computes something else than its base).
 
 Parameters held directly by a container module (a class token, a positional embedding)
 are interpolated per group: a parameter whose leading dim is 1 (the batch-broadcast
@@ -42,10 +46,12 @@ from .hf_clip import DaWinCLIPVisionEmbeddings, is_hf_clip_vision_embeddings
 from .hf_lm import (
     DaWinCausalLM,
     DaWinRMSNorm,
+    DaWinScaledEmbedding,
     conv1d_linear,
     is_conv1d,
     is_hf_causal_lm,
     is_rms_norm,
+    is_scaled_embedding,
     make_routed,
     tie_embeddings,
 )
@@ -73,9 +79,29 @@ def _linear(modules: Sequence[nn.Module], what: str) -> nn.Module:
         raise ValueError(f"{what}: {err}") from None
 
 
+# Layer types converted by their parameters alone: a subclass that overrides forward
+# (Gemma's scaled embedding, Falcon's linear) computes something else, so it must have its
+# own converter or be refused, never converted as the base class.
+_PLAIN_FORWARD = (nn.Linear, nn.Embedding, nn.Conv2d)
+
+
+def _overrides_forward(module: nn.Module) -> bool:
+    base = next((b for b in _PLAIN_FORWARD if isinstance(module, b)), None)
+    return base is not None and type(module).forward is not base.forward
+
+
+def _refuse_own_forward(modules: Sequence[nn.Module], what: str) -> nn.Module:
+    cls = type(modules[0])
+    base = next(b for b in _PLAIN_FORWARD if isinstance(modules[0], b))
+    raise ValueError(f"{what}: layer type {cls.__name__} subclasses nn.{base.__name__} with "
+                     f"its own forward, which dawinize cannot interpolate")
+
+
 # (predicate, converter) pairs, tried in order on model 0's module.
 CONVERTERS: list[tuple[Callable[[nn.Module], bool], Callable[..., nn.Module]]] = [
     (is_hf_clip_vision_embeddings, DaWinCLIPVisionEmbeddings.from_modules),
+    (is_scaled_embedding, DaWinScaledEmbedding.from_modules),
+    (_overrides_forward, _refuse_own_forward),
     (lambda m: isinstance(m, nn.Linear), _linear),
     (lambda m: isinstance(m, nn.MultiheadAttention), DaWinMultiheadAttention.from_modules),
     (lambda m: isinstance(m, nn.Conv2d), DaWinPatchEmbed.from_modules),

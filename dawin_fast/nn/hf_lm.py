@@ -18,7 +18,8 @@ expanded) and runs every layer as one group.
 Layers recognised here (by class name and parameters; importing transformers is never
 needed): transformers' ``Conv1D`` (GPT-2: a linear with the weight transposed) and any
 ``*RMSNorm`` whose only parameter is a weight [D] (Llama, Qwen2, Mistral, and Gemma's
-``(1 + weight)`` form: the module's own forward runs with the interpolated weight).
+``(1 + weight)`` form: the module's own forward runs with the interpolated weight), and
+Gemma's ``*ScaledWordEmbedding`` (an embedding times a constant).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from .layers import DaWinEmbedding
 from .linear import DaWinLinear
 from .routing import Routing, current_routing, require_routing, route
 
@@ -107,6 +109,31 @@ class DaWinRMSNorm(nn.Module):
         routing = require_routing("DaWinRMSNorm").resolve(self.routing_name, x)
         weight = routing.for_input(routing.interpolate(self.stacked), x)
         return functional_call(self.norm, {"weight": weight}, (x, *args), kwargs)
+
+
+def is_scaled_embedding(module: nn.Module) -> bool:
+    """Gemma's ``*ScaledWordEmbedding``: an ``nn.Embedding`` times a buffer ``embed_scale``."""
+    return (isinstance(module, nn.Embedding) and type(module).__name__.endswith(
+        "ScaledWordEmbedding") and isinstance(getattr(module, "embed_scale", None), torch.Tensor))
+
+
+class DaWinScaledEmbedding(DaWinEmbedding):
+    """``DaWinEmbedding`` times the models' common ``embed_scale`` (Gemma's token table)."""
+
+    def __init__(self, stacked: torch.Tensor, embed_scale: torch.Tensor) -> None:
+        super().__init__(stacked)
+        self.register_buffer("embed_scale", embed_scale.clone(), persistent=False)
+
+    @classmethod
+    def from_modules(cls, embeddings: Sequence[nn.Module], what: str = "Embedding"):
+        scale = embeddings[0].embed_scale
+        for i, e in enumerate(embeddings[1:], start=1):
+            if not torch.equal(e.embed_scale, scale):
+                raise ValueError(f"{what}: model {i} has another embed_scale")
+        return cls(DaWinEmbedding.from_modules(embeddings, what).weight.data, scale)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(ids) * self.embed_scale.to(self.weight.dtype)
 
 
 class SharedRow:
@@ -266,11 +293,13 @@ class DaWinCausalLM(nn.Module):
 __all__ = [
     "DaWinCausalLM",
     "DaWinRMSNorm",
+    "DaWinScaledEmbedding",
     "SharedRow",
     "conv1d_linear",
     "is_conv1d",
     "is_hf_causal_lm",
     "is_rms_norm",
+    "is_scaled_embedding",
     "make_routed",
     "sequence_routing",
     "tie_embeddings",

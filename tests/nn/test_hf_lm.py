@@ -13,7 +13,13 @@ from dawin_fast import dawinize, use_backend
 from dawin_fast.nn import DaWinCausalLM, DaWinLinear
 from dawin_fast.nn.hf_lm import DaWinRMSNorm
 from tests.devices import run_backend
-from tests.lm_models import FAMILIES, left_padded_prompts, merged_reference, tiny_causal_lm
+from tests.lm_models import (
+    FAMILIES,
+    OTHER_FAMILIES,
+    left_padded_prompts,
+    merged_reference,
+    tiny_causal_lm,
+)
 
 pytest.importorskip("transformers")
 
@@ -114,6 +120,22 @@ def test_sampling_fixed_seed(lm):
     assert torch.equal(got, seq)
 
 
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
+@torch.no_grad()
+def test_other_families_forward(family):
+    """Mistral, Gemma ((1 + w) RMSNorm, scaled embedding), Phi-3 (fused QKV and gate/up
+    linears), Qwen3 (q/k norms): per-sequence logits as the interpolated state dicts'."""
+    models = [tiny_causal_lm(family, seed) for seed in range(3)]
+    merged = dawinize(models)
+    ids, mask = left_padded_prompts()
+    with use_backend("torch"):
+        logits = merged(ids, ROWS, attention_mask=mask).logits
+    for b, row in enumerate(ROWS):
+        expected = merged_reference(models, row)(ids, attention_mask=mask).logits[b]
+        real = mask[b].bool()
+        torch.testing.assert_close(logits[b][real], expected[real], **TOL)
+
+
 @torch.no_grad()
 def test_one_row_for_all_sequences():
     models = [tiny_causal_lm("llama", seed) for seed in range(3)]
@@ -166,9 +188,21 @@ def test_bad_inputs():
         merged.module(ids, attention_mask=mask)
 
 
+class ScaledLinear(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
 def test_unsupported_layer_is_named():
     models = [tiny_causal_lm("llama", seed) for seed in range(2)]
     for m in models:
         m.model.layers[1].mlp.extra = nn.BatchNorm1d(4)
     with pytest.raises(ValueError, match=r"model\.model\.layers\.1\.mlp\.extra.*BatchNorm1d"):
+        dawinize(models)
+    # A linear subclass with its own forward computes something else: refused, not
+    # converted as a plain linear (which would silently drop the factor 2).
+    models = [tiny_causal_lm("llama", seed) for seed in range(2)]
+    for m in models:
+        m.lm_head = ScaledLinear(32, 48, bias=False)
+    with pytest.raises(ValueError, match=r"model\.lm_head: .*ScaledLinear subclasses nn\.Linear"):
         dawinize(models)
