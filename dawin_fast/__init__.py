@@ -1,8 +1,9 @@
 """dawin_fast: fused weight-interpolation kernels and modules for DaWin.
 
 Layers: ``interp_linear`` (the fused op), ``DaWinLinear`` and the other modules in
-``dawin_fast.nn``. Models: ``DaWinViT`` (open_clip), ``dawinize`` (any architecture),
-``DaWinClassifier``. The method: ``DaWin`` / ``DaWinMultiTask``, built on the expertise,
+``dawin_fast.nn``. Models: ``DaWinViT`` (open_clip), ``dawinize`` (any architecture;
+Hugging Face causal LMs come back as ``DaWinCausalLM``), ``DaWinClassifier``. The method:
+``DaWin`` / ``DaWinMultiTask`` (``DaWinLM`` for causal LMs), built on the expertise,
 coefficient, mixture and grouping functions, which are usable on their own.
 
 Package layout, bottom to top (each floor imports only the floors below it; a test,
@@ -13,7 +14,7 @@ Package layout, bottom to top (each floor imports only the floors below it; a te
 * ``algorithm/``: expertise, coefficients, mixtures, grouping (imports nothing above).
 * ``nn/``: interpolating layers, routing, whole models.
 * ``distributed``: data parallelism over ``torch.distributed`` (imports none of the above).
-* ``pipeline``: the DaWin method on those models.
+* ``pipeline``: the DaWin method on those models; ``pipeline_lm``: on causal LMs.
 * ``integrations/``, ``bench/``: front-end plug-ins, benchmark harnesses.
 * ``app/``: the command line, demo and evaluation; the only floor that does I/O.
 """
@@ -40,6 +41,7 @@ from .algorithm.grouping import (
 )
 from .algorithm.mixture import BetaMixture, DirichletMixture
 from .nn import (
+    DaWinCausalLM,
     DaWinClassifier,
     DaWinLinear,
     DaWinModel,
@@ -58,12 +60,16 @@ from .ops import (
     use_strategy,
 )
 from .pipeline import DaWin, DaWinMultiTask, DaWinOutput, task_vectors
+from .pipeline_lm import DaWinLM, DaWinLMOutput
 
 __all__ = [
     "TEMPERATURES",
     "BetaMixture",
     "DaWin",
+    "DaWinCausalLM",
     "DaWinClassifier",
+    "DaWinLM",
+    "DaWinLMOutput",
     "DaWinLinear",
     "DaWinModel",
     "DaWinMultiTask",

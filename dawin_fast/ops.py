@@ -131,6 +131,25 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     return f"epilogue:{config}"
 
 
+def predicted_times(group_rows: int, num_groups: int, num_models: int, n_dim: int,
+                    k_dim: int) -> dict:
+    """Traffic-model predictions (``kernels/traffic_model.py``: an H100 model of 16-bit
+    calls; predictions, not measurements) for ``num_groups`` groups of ``group_rows`` rows.
+
+    Seconds of cuBLAS on one pre-merged weight over the same rows (``cublas_s``), and of
+    the cheapest config of each fused design (``swapab_s``/``epilogue_s``, with
+    ``*_config`` and ``*_bound``, what limits it).
+    """
+    from .kernels import traffic_model
+
+    case = traffic_model.Case("", (group_rows,), num_models, n_dim, k_dim, repeat=num_groups)
+    out = dict(cublas_s=traffic_model.cublas(case).seconds)
+    for design, (config, pred) in traffic_model.best(case).items():
+        out.update({f"{design}_s": pred.seconds, f"{design}_config": config,
+                    f"{design}_bound": pred.bound})
+    return out
+
+
 @contextlib.contextmanager
 def skip_value_checks() -> Iterator[None]:
     """Skip the checks that read tensor *values* (offsets, finiteness of coeffs).

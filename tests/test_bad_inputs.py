@@ -129,6 +129,8 @@ CLI = [
     ("bench", ["--e2e", "--methods", "fused"], ["--methods fused", "a layer method"]),
     ("bench", ["--e2e", "--filter", "fc1"], ["--filter", "one case"]),
     ("bench", ["--filter", "no-such-case"], ["--filter no-such-case", "no benchmark case"]),
+    ("bench", ["--suite", "gpt"], ["--suite", "invalid choice"]),
+    ("bench", ["--e2e", "--suite", "lm"], ["--suite", "layer cases"]),
     ("bench", ["--output", "{f}/nodir/b.md"], ["--output", "does not exist"]),
     ("selfcheck", ["--fast"], ["unrecognized arguments: --fast"]),
 ]

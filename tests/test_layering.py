@@ -31,14 +31,16 @@ ALLOWED = {
     # pipeline, so that DaWin.calibrate itself is correct under a process group.
     "distributed": set(),
     "pipeline": {"ops", "algorithm", "nn", "distributed"},
-    "integrations": {"ops", "algorithm", "nn", "pipeline", "distributed"},
+    # pipeline_lm: DaWin on causal LMs, built on pipeline's mode handling.
+    "pipeline_lm": {"ops", "algorithm", "nn", "distributed", "pipeline"},
+    "integrations": {"ops", "algorithm", "nn", "pipeline", "pipeline_lm", "distributed"},
     # bench times GPU work with triton.testing.do_bench (CUDA events, L2 flush): a timer,
     # not kernel internals.
     "bench": {"ops", "reference", "algorithm", "nn", "pipeline", "third:triton"},
-    "app": {"ops", "reference", "algorithm", "nn", "pipeline", "distributed", "bench",
-            "integrations", "_launch"},
+    "app": {"ops", "reference", "algorithm", "nn", "pipeline", "pipeline_lm", "distributed",
+            "bench", "integrations", "_launch"},
     # The package root re-exports the public API (never the application).
-    "root": {"ops", "reference", "algorithm", "nn", "pipeline", "distributed",
+    "root": {"ops", "reference", "algorithm", "nn", "pipeline", "pipeline_lm", "distributed",
              "integrations", "_launch"},
     "main": {"app"},  # dawin_fast/__main__.py: `python -m dawin_fast`
 }

@@ -165,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--e2e", action="store_true",
                        help="the end-to-end DaWin benchmark (whole ViT, rebuild loops) "
                             "instead of the layer benchmarks")
+    bench.add_argument("--suite", choices=bench_layers.SUITES, default="vit",
+                       help="layer cases: vit (DESIGN §5, default) or lm (Llama-3-8B prefill "
+                            "and decode shapes, followed by the traffic model's predictions)")
     bench.add_argument("--output", metavar="MD", help="also write the markdown tables here")
 
     command("selfcheck", "the fused op against a float64 reference")
@@ -258,6 +261,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             f"{', '.join(bench_e2e.METHODS)}")
         if args.filter:
             raise UserError("--filter selects layer cases; the --e2e benchmark has one case")
+        if getattr(args, "suite", "vit") != "vit":
+            raise UserError("--suite selects layer cases; the --e2e benchmark has one case")
         table = bench_e2e.render_markdown(bench_e2e.run(methods),
                                           bench.environment_header(command))
         return _print_table(table, args.output)
@@ -275,10 +280,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"note: not timing {method}: {bench.unavailable_here(method)}")
     if "fused" not in methods:
         methods = ("fused", *methods)
-    here = bench.default_cases()
+    suite = getattr(args, "suite", "vit")
+    here = bench.default_cases(suite)
     cases = [c for c in here if not args.filter or args.filter in c.id]
     if not cases:
-        gpu_only = here != bench.gpu_cases() and any(
+        gpu_only = suite == "vit" and here != bench.gpu_cases() and any(
             args.filter in c.id for c in bench.gpu_cases())
         ids = ", ".join(c.id for c in here[:6]) + (", ..." if len(here) > 6 else "")
         raise UserError(f"--filter {args.filter}: no benchmark case id here contains it"
@@ -287,6 +293,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     records = bench.run(cases, methods, progress=lambda c: tqdm(
         c, desc="benchmark cases", disable=None if _progress() else True))
     table = bench.render_markdown(records, bench.environment_header(command))
+    if suite == "lm":  # the model's view of the same shapes (bf16, H100), for comparison
+        shapes = [c for c in bench.lm_cases() if not args.filter or args.filter in c.id]
+        table += "\n" + bench.render_lm_predictions(bench.lm_predictions(shapes)) + "\n"
     return _print_table(table, args.output)
 
 

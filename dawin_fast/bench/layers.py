@@ -27,6 +27,12 @@ the L2 cache flushed before each call (as ``triton.testing.do_bench`` does).
 
 On a GPU the shapes are the real ViT-B/32, B/16 and L/14 layers; on a CPU they shrink to a
 toy size so that the harness itself runs (and is tested) anywhere.
+
+Language-model cases (``lm_cases``, ``dawin-fast bench --suite lm``): the Llama-3-8B
+projections in prefill (one sequence of 2048 tokens; 8 sequences of 512, one group each)
+and in decode (G = 1 ... 256 sequences of one token, one group each, as
+``DaWinCausalLM.generate`` runs them), with the traffic model's predictions beside them
+(``lm_predictions``, ``render_lm_predictions``: predictions, not measurements).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from ..ops import (
     KERNEL_STRATEGIES,
     interp_linear,
     kernel_choice,
+    predicted_times,
     skip_value_checks,
     use_backend,
     use_strategy,
@@ -58,6 +65,18 @@ VIT_SHAPES = {
     "ViT-L-14": (1024, 257, 64),
 }
 LAYERS = ("qkv", "out_proj", "fc1", "fc2")
+#: Llama-3-8B projections, (in_features, out_features): fused QKV (32 query heads + 2 x 8
+#: KV heads of 128), the attention output, gate and up (two layers of this shape per
+#: block, timed once) and down.
+LLAMA3_8B = {
+    "qkv": (4096, 6144),
+    "o_proj": (4096, 4096),
+    "gate_up_proj": (4096, 14336),
+    "down_proj": (14336, 4096),
+}
+#: Decode: G sequences of one new token each, one coefficient row (group) per sequence.
+DECODE_GROUPS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+SUITES = ("vit", "lm")
 PATTERNS = ("one_group", "clusters3", "per_sample")
 #: fused_<strategy> -> the kernel strategy it forces.
 STRATEGY_METHODS = {f"fused_{name}": name for name in KERNEL_STRATEGIES}
@@ -91,7 +110,7 @@ class Case:
     def target(self) -> str | None:
         """The DESIGN §5 layer target (H100, bf16) this case measures: P1-P4, or None
         (always None for the toy cases of a CPU)."""
-        if self.device != "cuda":
+        if self.device != "cuda" or self.model not in VIT_SHAPES:
             return None
         if self.pattern == "one_group":
             if self.rows <= 512:
@@ -153,8 +172,73 @@ def cpu_cases() -> list[Case]:
     ]
 
 
-def default_cases() -> list[Case]:
+def lm_cases(num_models: int = 2, model: str = "Llama-3-8B",
+             shapes: dict[str, tuple[int, int]] | None = None, prefill: int = 2048,
+             prefill_groups: tuple[int, int] = (8, 512),
+             decode_groups: Iterable[int] = DECODE_GROUPS,
+             dtype: torch.dtype = torch.bfloat16, device: str = "cuda") -> list[Case]:
+    """Per layer: prefill as one group of ``prefill`` rows and as ``prefill_groups`` =
+    (G, rows) groups, then decode with G groups of one row. ``images`` counts sequences
+    and ``tokens`` rows per sequence."""
+    cases = []
+    for layer, (k_dim, n_dim) in (shapes or LLAMA3_8B).items():
+        common = dict(model=model, layer=layer, in_features=k_dim, out_features=n_dim,
+                      num_models=num_models, dtype=dtype, device=device)
+        cases.append(Case(pattern="one_group", images=1, tokens=prefill, **common))
+        cases.append(Case(pattern="per_sample", images=prefill_groups[0],
+                          tokens=prefill_groups[1], **common))
+        cases += [Case(pattern="per_sample", images=g, tokens=1, **common)
+                  for g in decode_groups]
+    return cases
+
+
+def cpu_lm_cases() -> list[Case]:
+    """The LM case layout at toy sizes (the harness on a CPU; times mean nothing)."""
+    return lm_cases(model="toy-lm", shapes={"qkv": (32, 48), "down_proj": (112, 32)},
+                    prefill=16, prefill_groups=(4, 5), decode_groups=(1, 8),
+                    dtype=torch.float32, device="cpu")
+
+
+def default_cases(suite: str = "vit") -> list[Case]:
+    """The cases of a suite on this machine: ``"vit"`` (DESIGN §5) or ``"lm"``."""
+    if suite not in SUITES:
+        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
+    if suite == "lm":
+        return lm_cases() if torch.cuda.is_available() else cpu_lm_cases()
     return gpu_cases() if torch.cuda.is_available() else cpu_cases()
+
+
+def lm_predictions(cases: Iterable[Case] | None = None) -> list[dict]:
+    """The traffic model's predictions for the LM cases (an H100 model of 16-bit calls:
+    predictions, not measurements): cuBLAS on one pre-merged weight over the same rows, the
+    cheapest config of each fused design, and the bytes of the M stacked bf16 weights
+    (what a decode step must read once at least)."""
+    out = []
+    for case in (lm_cases() if cases is None else cases):
+        groups = len(group_lengths(case.pattern, case.images, case.tokens))
+        pred = predicted_times(case.rows // groups, groups, case.num_models,
+                               case.out_features, case.in_features)
+        weights_gb = case.num_models * case.in_features * case.out_features * 2 / 1e9
+        out.append(dict(case.info(), groups=groups, weights_gb=weights_gb, **pred))
+    return out
+
+
+def render_lm_predictions(records: list[dict]) -> str:
+    """Markdown: per LM case, predicted ms of cuBLAS (pre-merged) and of the two fused
+    designs (x cuBLAS), and the design's bound."""
+    lines = ["Traffic-model predictions (kernels/traffic_model.py, an H100 model of bf16 "
+             "calls; not measured)", "",
+             "| case | rows | groups | M weights GB (ms at 2.97 TB/s) | cuBLAS premerged ms "
+             "| swap-AB ms (× cuBLAS, bound) | epilogue ms (× cuBLAS, bound) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in records:
+        base = r["cublas_s"]
+        cells = [f"{r[f'{d}_s'] * 1e3:.4f} ({r[f'{d}_s'] / base:.2f}×, {r[f'{d}_bound']})"
+                 for d in ("swapab", "epilogue")]
+        floor_ms = r["weights_gb"] / 2.97e12 * 1e12  # DESIGN §3: H100 device copy
+        lines.append(f"| {r['case']} | {r['rows']} | {r['groups']} | {r['weights_gb']:.3f} "
+                     f"({floor_ms:.4f}) | {base * 1e3:.4f} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 
 @dataclasses.dataclass

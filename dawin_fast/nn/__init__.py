@@ -2,7 +2,8 @@
 
 Layers (``DaWinLinear``, attention, norms, embeddings), the routing that tells them which
 coefficients each sample uses, whole models (``DaWinViT``, ``dawinize``,
-``DaWinClassifier``) and the group-sort-unsort wrapper they share (``GroupedModel``).
+``DaWinClassifier``, ``DaWinCausalLM`` for Hugging Face causal LMs) and the
+group-sort-unsort wrapper they share (``GroupedModel``).
 
 May import: ``dawin_fast.ops`` (the op and its checks), ``dawin_fast.algorithm`` (grouping)
 and this folder; never ``kernels`` directly, ``pipeline``, ``bench`` or ``app``. No I/O.
@@ -11,6 +12,7 @@ and this folder; never ``kernels`` directly, ``pipeline``, ``bench`` or ``app``.
 from .classifier import DaWinClassifier
 from .convert import DaWinModel, convert_modules, dawinize
 from .grouped import GroupedModel
+from .hf_lm import DaWinCausalLM, DaWinRMSNorm
 from .layers import (
     DaWinEmbedding,
     DaWinLayerNorm,
@@ -24,6 +26,7 @@ from .routing import Routing, current_routing, route
 from .vit import DaWinViT
 
 __all__ = [
+    "DaWinCausalLM",
     "DaWinClassifier",
     "DaWinEmbedding",
     "DaWinLayerNorm",
@@ -32,6 +35,7 @@ __all__ = [
     "DaWinModel",
     "DaWinMultiheadAttention",
     "DaWinPatchEmbed",
+    "DaWinRMSNorm",
     "DaWinViT",
     "GroupedModel",
     "InterpolatedTensor",

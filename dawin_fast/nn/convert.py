@@ -9,9 +9,20 @@ unchanged); every layer holding parameters is replaced by its interpolating vers
 ``nn.Conv2d`` with stride = kernel          ``DaWinPatchEmbed`` (fused kernel over patches)
 ``nn.LayerNorm`` (and subclasses)           ``DaWinLayerNorm``
 ``nn.Embedding``                            ``DaWinEmbedding``
+HF ``*ScaledWordEmbedding`` (Gemma)         ``DaWinScaledEmbedding``
 a ``LayerScale`` (``gamma``; open_clip/timm)  ``DaWinLayerScale``
 HF ``CLIPVisionEmbeddings``                 ``DaWinCLIPVisionEmbeddings``
+HF ``Conv1D`` (GPT-2)                       ``DaWinLinear`` (weight transposed)
+a ``*RMSNorm`` with one weight [D]          ``DaWinRMSNorm`` (Llama, Qwen2, Mistral, ...)
 ==========================================  ==============================================
+
+A Hugging Face model that generates (``*ForCausalLM``, ``GPT2LMHeadModel``) comes back as a
+``DaWinCausalLM`` (``merged(input_ids, coeffs)``, ``merged.generate(..., coeffs=rows)``;
+see ``dawin_fast.nn.hf_lm``). Modules holding only buffers (rotary embeddings) are copied
+when the buffers are equal in every model.
+
+A subclass of ``nn.Linear``, ``nn.Embedding`` or ``nn.Conv2d`` that overrides ``forward``
+raises unless it has a converter of its own (it computes something else than its base).
 
 Parameters held directly by a container module (a class token, a positional embedding)
 are interpolated per group: a parameter whose leading dim is 1 (the batch-broadcast
@@ -32,6 +43,18 @@ from torch import nn
 
 from .grouped import GroupedModel
 from .hf_clip import DaWinCLIPVisionEmbeddings, is_hf_clip_vision_embeddings
+from .hf_lm import (
+    DaWinCausalLM,
+    DaWinRMSNorm,
+    DaWinScaledEmbedding,
+    conv1d_linear,
+    is_conv1d,
+    is_hf_causal_lm,
+    is_rms_norm,
+    is_scaled_embedding,
+    make_routed,
+    tie_embeddings,
+)
 from .layers import (
     DaWinEmbedding,
     DaWinLayerNorm,
@@ -56,15 +79,37 @@ def _linear(modules: Sequence[nn.Module], what: str) -> nn.Module:
         raise ValueError(f"{what}: {err}") from None
 
 
+# Layer types converted by their parameters alone: a subclass that overrides forward
+# (Gemma's scaled embedding, Falcon's linear) computes something else, so it must have its
+# own converter or be refused, never converted as the base class.
+_PLAIN_FORWARD = (nn.Linear, nn.Embedding, nn.Conv2d)
+
+
+def _overrides_forward(module: nn.Module) -> bool:
+    base = next((b for b in _PLAIN_FORWARD if isinstance(module, b)), None)
+    return base is not None and type(module).forward is not base.forward
+
+
+def _refuse_own_forward(modules: Sequence[nn.Module], what: str) -> nn.Module:
+    cls = type(modules[0])
+    base = next(b for b in _PLAIN_FORWARD if isinstance(modules[0], b))
+    raise ValueError(f"{what}: layer type {cls.__name__} subclasses nn.{base.__name__} with "
+                     f"its own forward, which dawinize cannot interpolate")
+
+
 # (predicate, converter) pairs, tried in order on model 0's module.
 CONVERTERS: list[tuple[Callable[[nn.Module], bool], Callable[..., nn.Module]]] = [
     (is_hf_clip_vision_embeddings, DaWinCLIPVisionEmbeddings.from_modules),
+    (is_scaled_embedding, DaWinScaledEmbedding.from_modules),
+    (_overrides_forward, _refuse_own_forward),
     (lambda m: isinstance(m, nn.Linear), _linear),
     (lambda m: isinstance(m, nn.MultiheadAttention), DaWinMultiheadAttention.from_modules),
     (lambda m: isinstance(m, nn.Conv2d), DaWinPatchEmbed.from_modules),
     (lambda m: isinstance(m, nn.LayerNorm), DaWinLayerNorm.from_modules),
     (lambda m: isinstance(m, nn.Embedding), DaWinEmbedding.from_modules),
     (_is_layer_scale, DaWinLayerScale.from_modules),
+    (is_conv1d, conv1d_linear),
+    (is_rms_norm, DaWinRMSNorm.from_modules),
 ]
 
 
@@ -113,7 +158,7 @@ def convert_modules(models: Sequence[nn.Module], path: str = "model") -> nn.Modu
         if predicate(first):
             return converter(models, path)
     children = dict(first.named_children())
-    if not children:
+    if not children and any(True for _ in first.parameters(recurse=False)):
         names = ", ".join(n for n, _ in first.named_parameters(recurse=False))
         raise ValueError(f"{path}: layer type {type(first).__name__} (parameters: {names}) "
                          f"is not supported by dawinize")
@@ -176,8 +221,11 @@ class DaWinModel(GroupedModel):
         return self.module(x, **kwargs)
 
 
-def dawinize(models: Sequence[nn.Module]) -> DaWinModel:
+def dawinize(models: Sequence[nn.Module]) -> DaWinModel | DaWinCausalLM:
     """One module running any interpolation of M same-architecture models, fused.
+
+    Hugging Face causal LMs come back as a ``DaWinCausalLM`` (one row per sequence,
+    ``forward`` and ``generate``); every other model as a ``DaWinModel``.
 
     Example::
 
@@ -194,4 +242,12 @@ def dawinize(models: Sequence[nn.Module]) -> DaWinModel:
     for i, m in enumerate(models):
         if not isinstance(m, nn.Module):
             raise TypeError(f"dawinize: item {i} is {type(m).__name__}, not an nn.Module")
+    if is_hf_causal_lm(models[0]):
+        if getattr(models[0].config, "is_encoder_decoder", False):
+            raise ValueError(f"dawinize: {type(models[0]).__name__} is an encoder-decoder "
+                             f"model; only decoder-only causal LMs are supported")
+        converted = convert_modules(models)
+        tie_embeddings(models, converted)
+        return DaWinCausalLM(name_layers(make_routed(converted, len(models))),
+                             len(models)).eval()
     return DaWinModel(name_layers(convert_modules(models)), len(models)).eval()

@@ -14,10 +14,27 @@ from torch.utils.data import DataLoader, TensorDataset
 from dawin_fast import use_backend
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+#: Documentation pages whose Python blocks run here too.
+DOC_PAGES = [Path(__file__).resolve().parents[2] / "docs" / "language-models.md"]
 
 
-def python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
+def python_blocks(path: Path = README) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), re.S)
+
+
+class TinyTokenizer:
+    """Stands in for a Hugging Face tokenizer padding on the left (nothing downloaded)."""
+
+    padding_side = "left"
+
+    def __call__(self, prompts, return_tensors="pt", padding=True):
+        from tests.lm_models import left_padded_prompts
+
+        ids, mask = left_padded_prompts(batch=len(prompts))
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def batch_decode(self, ids, skip_special_tokens=True):
+        return [" ".join(map(str, row.tolist())) for row in ids]
 
 
 def prelude(block: str) -> dict:
@@ -67,6 +84,13 @@ def prelude(block: str) -> dict:
                      labels=torch.tensor([0, 1, 1, 0]), row=torch.tensor([1.0, 0.3, 0.3]),
                      layer_row=torch.tensor([1.0, 0.5, 0.5]),
                      per_sample_rows=torch.rand(4, 3), g=nn.Linear(64, 3))  # fc2 in: 64
+    if "llama_math" in block:  # Language models: three tiny random Llamas
+        pytest.importorskip("transformers")
+        from tests.lm_models import tiny_causal_lm
+
+        names.update(zip(("llama_math", "llama_code", "llama_chat"),
+                         (tiny_causal_lm("llama", seed) for seed in range(3)), strict=True),
+                     tokenizer=TinyTokenizer())
     if "interp_linear(x, weight, coeffs, offsets" in block:
         names.update(x=torch.randn(5, 8), weight=torch.randn(2, 6, 8),
                      coeffs=torch.tensor([[1.0, 0.0]]), offsets=torch.tensor([0, 5]))
@@ -76,8 +100,13 @@ def prelude(block: str) -> dict:
 BLOCKS = python_blocks()
 
 
+DOC_BLOCKS = [(page.name, i, block) for page in DOC_PAGES
+              for i, block in enumerate(python_blocks(page))]
+
+
 def test_readme_has_examples():
     assert len(BLOCKS) >= 5
+    assert DOC_BLOCKS, "the documentation pages have no Python example"
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
@@ -91,3 +120,15 @@ def test_readme_example_runs(index):
         grads = [p.grad for p in namespace["gate"].parameters()]
         assert all(g is not None for g in grads)
         assert max(float(g.abs().max()) for g in grads) > 1e-3
+
+
+@pytest.mark.parametrize("page, index, block", DOC_BLOCKS,
+                         ids=[f"{p}-{i}" for p, i, _ in DOC_BLOCKS])
+def test_doc_page_example_runs(page, index, block):
+    """A page's block runs here, unless the README holds it character for character
+    (then test_readme_example_runs runs it; running it twice would only cost time)."""
+    if block in BLOCKS:
+        pytest.skip(f"identical to README block {BLOCKS.index(block)}, which runs it")
+    namespace = prelude(block)
+    with use_backend("torch"), torch.no_grad():
+        exec(compile(block, f"docs/{page} block {index}", "exec"), namespace)
