@@ -225,4 +225,4 @@ def test_selections_are_what_the_runbook_says(stage):
     if stage == "compiled":
         assert gpu_session._select(gpu_session.COMPILED_SELECT, "x", args) == \
             "materialize_compiled and one_group and M2 and not 8x50 and (ViT-B-32)"
-    assert args.gluon and args.budget == gpu_session.DEFAULT_BUDGET_S
+    assert args.gluon and args.budget is None  # per stage: DEFAULT_BUDGET_S, first-contact 450
