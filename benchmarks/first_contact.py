@@ -99,7 +99,7 @@ def layer_methods() -> tuple[str, ...]:
 def numerics_cases(toy: bool) -> list:
     from dawin_fast.bench import numerics
 
-    return numerics.toy_cases()[:8] if toy else numerics.production_cases()
+    return numerics.toy_cases() if toy else numerics.production_cases()
 
 
 E2E_TARGETS = {"merged_forward_k3": "P6", "merged_forward_per_sample": "P6"}
