@@ -36,15 +36,18 @@ PARTS = ("ceilings", "numerics", "layers", "e2e", "numerics_more")
 DEFAULT_BUDGET_S = 450.0
 
 # Cost assumptions of the plan, seconds (stated so that the first run can correct them):
-# COMPILE_S one Triton compile variant (the compile gate's median per variant on this 2-core
-# CPU, kernels/compiled.json; the GPU machine's cores are not slower); AUTOTUNE_S one config
+# COMPILE_S one Triton compile variant (measured here, 2026-12-03: the 168 variants of this
+# stage, Triton 3.6.0, sm_90a, `python -m benchmarks.triton_cache build .tcache --jobs 2`,
+# in 86.6 s = 1.03 s per variant per core; 1.5 allows a slower core and the JIT's own
+# work in a real launch; the compile gate's 2.5 s median includes ptxas -v and its
+# analysis); AUTOTUNE_S one config
 # benchmarked by triton.autotune (do_bench: 25 ms warm-up + 100 ms); MEASURE_S one timed
 # (case, method) of time_cuda; CASE_S one layer case's inputs and float32 reference;
 # NUMERICS_CASE_S one numerics case (inputs, fp32 reference and scale, 10 launches, the
 # comparisons, at 12 800 x 3072); CHILD_S a child's start (import torch, dawin_fast,
 # open_clip, first CUDA context); STARTUP_S the wheels, the driver and its environment
 # probe; RENDER_S the final render; E2E_SETUP_S two ViT-B/32 built and moved to the GPU.
-COSTS = dict(COMPILE_S=2.5, AUTOTUNE_S=0.15, MEASURE_S=0.35, CASE_S=0.5, NUMERICS_CASE_S=0.6,
+COSTS = dict(COMPILE_S=1.5, AUTOTUNE_S=0.15, MEASURE_S=0.35, CASE_S=0.5, NUMERICS_CASE_S=0.6,
              CHILD_S=10.0, STARTUP_S=25.0, RENDER_S=2.0, E2E_SETUP_S=20.0, MARGIN_S=15.0)
 # e2e: seconds per call on the H200 (predictions from DESIGN §3's 8.24 ms per 256 images
 # of the plain forward: 1024 images ~ 33 ms; DaWin ~3-4 forwards; the rebuild loops load a
@@ -119,6 +122,8 @@ class Work:
     cases: int = 0
     numerics: int = 0
     fixed_s: float = 0.0
+    #: compile key -> (strategy, rows, groups, M, N, K, dtype, gluon) of its first call
+    calls: dict = dataclasses.field(default_factory=dict)
 
     def seconds(self) -> float:
         return (len(self.compiles) * COSTS["COMPILE_S"]
@@ -146,8 +151,10 @@ def call_work(work: Work, child: str, strategy: str | None, rows: int, groups: i
     if strategy in OLD_STRATEGIES:
         block_m = gpu_combine_block_m(rows, groups, dtype) if strategy == "combine" else None
         configs = fitting_configs(strategy, m, dtype, False, block_m, True)
-        work.compiles.update((strategy, m, single, str(dtype), block_m, i)
-                             for i in range(len(configs)))
+        keys = [(strategy, m, single, str(dtype), block_m, i) for i in range(len(configs))]
+        work.compiles.update(keys)
+        for key in keys:
+            work.calls.setdefault(key, (strategy, rows, groups, m, n, k, dtype, gluon))
         key = (child, strategy, n, k, m, rows_bucket(rows), block_m, str(dtype))
         if key not in work.autotune:
             work.autotune.add(key)
@@ -155,7 +162,9 @@ def call_work(work: Work, child: str, strategy: str | None, rows: int, groups: i
     elif strategy in dispatch.NEW_STRATEGIES:
         config = dispatch.best_config(strategy, rows, groups, m, n, k)
         kernel = "gluon" if strategy == "swapab" and gluon else strategy
-        work.compiles.add((kernel, config, m, single, str(dtype)))
+        key = (kernel, config, m, single, str(dtype))
+        work.compiles.add(key)
+        work.calls.setdefault(key, (strategy, rows, groups, m, n, k, dtype, gluon))
     else:  # a strategy this plan does not know (added later): one compile per shape
         work.compiles.add((strategy, m, single, str(dtype), n, k))
     return strategy
@@ -226,6 +235,7 @@ def plan(budget_s: float = DEFAULT_BUDGET_S, gluon: bool = True) -> dict:
         plan_numerics(work, [numerics[i] for i in chosen], "numerics")
         for part in (layers, e2e):
             work.compiles |= part.compiles
+            work.calls = {**part.calls, **work.calls}
             work.autotune |= part.autotune
             work.autotune_configs += part.autotune_configs
             work.measurements += part.measurements
@@ -245,6 +255,7 @@ def plan(budget_s: float = DEFAULT_BUDGET_S, gluon: bool = True) -> dict:
                            measurements=part.measurements, seconds_alone=round(part.seconds()))
     left = [i for i in range(len(numerics)) if i not in core]
     return dict(budget_s=budget_s, estimated_s=round(seconds), core_indices=core,
+                calls=list(work.calls.values()),
                 left_indices=left, numerics_total=len(numerics),
                 compile_variants=len(work.compiles), autotune_keys=len(work.autotune),
                 autotuned_configs=work.autotune_configs, measurements=work.measurements,

@@ -583,6 +583,8 @@ def stage_first_contact(stage: Stage) -> None:
                        p["seconds_alone"] for p in plan["parts"].values()) - plan["fixed_s"], 30),
                    "layers": plan["parts"]["layers"]["seconds_alone"],
                    "e2e": plan["parts"]["e2e"]["seconds_alone"]}
+    if args.triton_cache_from:
+        stage.data["transplant"] = _transplant(stage, Path(args.triton_cache_from), cache)
     stage.data["triton_cache"] = _cache_report(cache)
     for part in fc.PARTS:
         if part == "numerics_more" and not more:
@@ -633,6 +635,21 @@ def _gluon_decision(stage: Stage, records: Path, wanted: bool) -> str:
         stage.say(f"=== {stage.name}: Gluon numerics failed in {len(failed)} cases: "
                   f"benchmarks run with DAWIN_FAST_GLUON=0")
     return flag
+
+
+def _transplant(stage: Stage, carried: Path, cache: Path) -> dict:
+    """Re-key a Triton cache built elsewhere for this machine (benchmarks/triton_cache.py)."""
+    from benchmarks import triton_cache
+
+    begin = time.time()
+    try:
+        report = triton_cache.transplant(carried, cache)
+    except Exception as error:  # noqa: BLE001 (recorded: the run goes on cold)
+        report = dict(transplanted=0, reason=f"failed: {error!r}")
+    report["seconds"] = round(time.time() - begin, 1)
+    stage.say(f"=== {stage.name}: Triton cache from {carried}: {report['transplanted']} "
+              f"entries transplanted ({report['reason']})")
+    return report
 
 
 def _cache_report(cache: Path) -> dict:
@@ -738,6 +755,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              f"stages in one call, each gets this)")
     parser.add_argument("--triton-cache", help="first-contact: TRITON_CACHE_DIR of its "
                                                "children (default a fresh /tmp folder)")
+    parser.add_argument("--triton-cache-from", help="first-contact: a cache built by "
+                        "`python -m benchmarks.triton_cache build` to re-key into it first")
     parser.add_argument("--gluon", choices=("on", "off"), default="on",
                         help="DAWIN_FAST_GLUON for the benchmark stages (default on; use off "
                              "if the correctness stage's gluon run failed)")

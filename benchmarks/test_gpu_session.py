@@ -363,3 +363,51 @@ def test_dry_run_first_contact_writes_every_record(tmp_path, capsys):
     results = (tmp_path / "RESULTS.md").read_text()
     assert all(f"| P{i} |" in results for i in range(1, 7))
     assert "## Numerics at production shapes" in results and "## Ceilings" in results
+
+
+def _fake_carried_cache(tmp_path, key_parts_changed: int):
+    """A carried cache of one entry whose manifest says it was built by this Triton with
+    ``key_parts_changed`` parts of triton_key() different (1: another Python's build)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import get_cache_invalidating_env_vars, make_backend
+    from triton.runtime.cache import triton_key
+
+    from benchmarks import triton_cache
+
+    parts = triton_cache._key_parts(triton_key(), triton.__version__)
+    for i in range(1, 1 + key_parts_changed):
+        parts[-i] = "0" * 64
+    carried = tmp_path / "carried"
+    entry = carried / "cache" / "OLDNAME"
+    entry.mkdir(parents=True)
+    (entry / "k.cubin").write_bytes(b"cubin")
+    (entry / "k.json").write_text(json.dumps({"hash": "old", "name": "k"}))
+    (entry / "__grp__k.json").write_text(json.dumps({"child_paths": {
+        "k.cubin": "/elsewhere/k.cubin", "k.json": "/elsewhere/k.json", "k.ptx": "/x"}}))
+    backend = make_backend(GPUTarget("cuda", 90, 32)).hash()
+    env = str(sorted(get_cache_invalidating_env_vars().items()))
+    manifest = dict(triton=triton.__version__, python="3.x",
+                    triton_key=parts[0] + "-".join(parts[1:]),
+                    entries={"OLDNAME": dict(src="s", backend=backend, options="o", env=env)})
+    (carried / "manifest.json").write_text(json.dumps(manifest))
+    return carried, f"{triton_key()}-s-{backend}-o-{env}"
+
+
+def test_transplant_rekeys_a_cache_built_by_another_python(tmp_path):
+    import hashlib
+
+    from benchmarks import triton_cache
+
+    carried, key = _fake_carried_cache(tmp_path, key_parts_changed=1)
+    report = triton_cache.transplant(carried, tmp_path / "cache")
+    assert report["transplanted"] == 1 and report["differing_parts"] == 1, report
+    digest = hashlib.sha256(key.encode()).hexdigest()  # what compile() will look up here
+    entry = tmp_path / "cache" / triton_cache._b32(digest)
+    group = json.loads((entry / "__grp__k.json").read_text())["child_paths"]
+    assert group == {"k.cubin": str(entry / "k.cubin"), "k.json": str(entry / "k.json")}
+    assert json.loads((entry / "k.json").read_text())["hash"] == digest
+    # Sources that differ beyond the extension build: nothing is carried over.
+    carried, _ = _fake_carried_cache(tmp_path / "b", key_parts_changed=2)
+    report = triton_cache.transplant(carried, tmp_path / "b" / "cache")
+    assert report["transplanted"] == 0 and "Python sources differ" in report["reason"]
