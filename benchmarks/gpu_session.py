@@ -572,7 +572,7 @@ def stage_first_contact(stage: Stage) -> None:
     cache = Path(args.triton_cache or "/tmp/dawin-first-contact-triton-cache")
     env["TRITON_CACHE_DIR"] = str(cache)
     if args.dry_run:
-        planned = {part: 60.0 for part in fc.PARTS}
+        planned = {part: 30.0 for part in fc.PARTS}
         core, more = None, []
     else:
         plan = fc.plan(stage.remaining(), args.gluon)
@@ -589,11 +589,13 @@ def stage_first_contact(stage: Stage) -> None:
     for part in fc.PARTS:
         if part == "numerics_more" and not more:
             continue
-        later = sum(planned.get(p, 0) for p in fc.PARTS[fc.PARTS.index(part) + 1:])
-        reserve = 10.0 if part == "numerics_more" else 0.5 * later + 10.0
-        limit = min(stage.remaining() - reserve, 1.5 * planned.get(part, 60) + 20)
-        if part == "numerics_more":
-            limit = stage.remaining() - 10
+        # Each part may use what the planned parts after it do not need (numerics_more
+        # needs nothing: it only uses what is left); the ceilings get a minute at most.
+        later = sum(planned.get(p, 0) for p in fc.PARTS[fc.PARTS.index(part) + 1:]
+                    if p != "numerics_more")
+        limit = stage.remaining() - later - 10
+        if part == "ceilings":
+            limit = min(limit, 60.0)
         if limit < 20:
             stage.data["errors"].append(f"{part}: not run, the stage budget ran out")
             stage.say(f"=== {stage.name}/{part}: not run (budget)")
@@ -613,8 +615,14 @@ def stage_first_contact(stage: Stage) -> None:
         stage.run(part, argv, part_env, limit)
         stage.data["records"] = _read_records(records)
         stage.save()
-        if part in ("e2e", "numerics_more"):
+        if part == "e2e":  # RESULTS.md before the optional part, in case the call is cut
             _render_first_contact(stage)
+    _render_first_contact(stage)
+    failing = sorted({r["case"] for r in stage.data["records"]
+                      if r.get("kind") in ("numerics", "repeat") and r.get("passed") is False})
+    if failing:
+        stage.data["errors"].append(f"numerics: {len(failing)} cases failed: "
+                                    f"{', '.join(failing[:20])}")
 
 
 def _read_records(path: Path) -> list[dict]:
