@@ -25,6 +25,12 @@ The runbook (exact device calls, order, expected minutes) is in kernels/NOTES.md
 * ``backend``: ``benchmarks/backend.py --device cuda`` (optional; WEMoE only where
   fusion_bench is installed, which the GPU machine is not).
 * ``render``: ``benchmarks/render.py`` over the stage files under ``--from`` folders.
+* ``first-contact`` (issue 19): the first GPU call, alone: ceilings, production-shape
+  numerics and 10-launch repeatability, P1-P4 at ViT-B/32 shapes with every strategy and
+  the baselines, P5/P6, RESULTS.md, in 450 s of work (``benchmarks/first_contact.py``;
+  ``--triton-cache-from`` re-keys a cache built by ``benchmarks/triton_cache.py``).
+  ``plan first-contact`` prints its counted work, ending ``first-contact: estimated N s``;
+  ``dry-run first-contact`` runs it at toy sizes on a CPU.
 * ``dry-run``: correctness, layers, compiled, e2e and render on this machine at toy sizes
   with small selections (a CPU test of the driver; backend.py has no toy size).
 * ``plan``: print the layer and compiled stages' work (measurements, Triton compile
@@ -578,11 +584,8 @@ def stage_first_contact(stage: Stage) -> None:
         plan = fc.plan(stage.remaining(), args.gluon)
         stage.data["plan"] = plan
         core, more = plan["core_indices"], plan["left_indices"]
-        planned = {"ceilings": fc.ceilings_seconds() + fc.COSTS["CHILD_S"],
-                   "numerics": max(plan["estimated_s"] - sum(
-                       p["seconds_alone"] for p in plan["parts"].values()) - plan["fixed_s"], 30),
-                   "layers": plan["parts"]["layers"]["seconds_alone"],
-                   "e2e": plan["parts"]["e2e"]["seconds_alone"]}
+        planned = {name: part["seconds_alone"] for name, part in plan["parts"].items()}
+        planned["ceilings"] = fc.ceilings_seconds() + fc.COSTS["CHILD_S"]
     if args.triton_cache_from:
         stage.data["transplant"] = _transplant(stage, Path(args.triton_cache_from), cache)
     stage.data["triton_cache"] = _cache_report(cache)
