@@ -411,3 +411,40 @@ def test_transplant_rekeys_a_cache_built_by_another_python(tmp_path):
     carried, _ = _fake_carried_cache(tmp_path / "b", key_parts_changed=2)
     report = triton_cache.transplant(carried, tmp_path / "b" / "cache")
     assert report["transplanted"] == 0 and "Python sources differ" in report["reason"]
+
+
+def test_the_repeat_check_fails_on_a_launch_that_differs(monkeypatch):
+    """numerics.check on a stand-in kernel (the torch path) that is exact, then one that
+    differs by one ulp in one launch, then one that leaves an element unwritten."""
+    import torch
+
+    from dawin_fast import interp_linear_torch
+    from dawin_fast.bench import numerics
+
+    case = numerics.NumericsCase("combine", 64, 32, 20, 2, torch.float16, "per_sample",
+                                 device="cpu", tokens=5)
+    calls = []
+
+    def stand_in(flaw):
+        def run(case, inputs):
+            calls.append(1)
+            out = interp_linear_torch(inputs.x, inputs.weight, inputs.coeffs,
+                                      inputs.offsets, inputs.bias)
+            if flaw == "ulp" and len(calls) == 4:
+                out.view(torch.int16)[3, 5] += 1
+            if flaw == "nan" and len(calls) == 7:
+                out[2, 2] = float("nan")
+            return out
+        return run
+
+    monkeypatch.setattr(numerics, "kernel_choice", lambda *a: "stand-in")
+    monkeypatch.setattr(numerics, "_run", stand_in(None))
+    numeric, repeat = numerics.check(case)
+    assert numeric["passed"] and repeat["passed"] and repeat["tags"] == ["repeat"]
+    assert len(calls) == numerics.REPEATS
+    for flaw, field in (("ulp", "differing_elements"), ("nan", "nonfinite")):
+        calls.clear()
+        monkeypatch.setattr(numerics, "_run", stand_in(flaw))
+        numeric, repeat = numerics.check(case)
+        assert numeric["passed"] and not repeat["passed"], (flaw, repeat)
+        assert (max(repeat[field]) if flaw == "ulp" else repeat[field]) == 1
