@@ -122,12 +122,12 @@ def production_cases(names: tuple[str, ...] | None = None) -> list[NumericsCase]
 
 def toy_cases(names: tuple[str, ...] | None = None) -> list[NumericsCase]:
     """CPU stand-ins for the dry run, through the Triton interpreter: fp16 (its bf16 dot is
-    broken), 6 k-steps of 16, group boundaries inside tiles; per-sample groups for every
+    broken), 4 k-steps of 16, group boundaries inside tiles; per-sample groups for every
     strategy, one group for the first."""
     names = strategies() if names is None else names
-    cases = [NumericsCase(s, 96, 40, 30, 2, torch.float16, "per_sample", device="cpu",
+    cases = [NumericsCase(s, 64, 40, 20, 2, torch.float16, "per_sample", device="cpu",
                           tokens=5) for s in names]
-    return cases + [NumericsCase(names[0], 96, 40, 30, 3, torch.float16, "one_group",
+    return cases + [NumericsCase(names[0], 64, 40, 20, 3, torch.float16, "one_group",
                                  device="cpu", tokens=5)]
 
 
