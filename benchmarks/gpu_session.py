@@ -25,6 +25,12 @@ The runbook (exact device calls, order, expected minutes) is in kernels/NOTES.md
 * ``backend``: ``benchmarks/backend.py --device cuda`` (optional; WEMoE only where
   fusion_bench is installed, which the GPU machine is not).
 * ``render``: ``benchmarks/render.py`` over the stage files under ``--from`` folders.
+* ``first-contact`` (issue 19): the first GPU call, alone: ceilings, production-shape
+  numerics and 10-launch repeatability, P1-P4 at ViT-B/32 shapes with every strategy and
+  the baselines, P5/P6, RESULTS.md, in 450 s of work (``benchmarks/first_contact.py``;
+  ``--triton-cache-from`` re-keys a cache built by ``benchmarks/triton_cache.py``).
+  ``plan first-contact`` prints its counted work, ending ``first-contact: estimated N s``;
+  ``dry-run first-contact`` runs it at toy sizes on a CPU.
 * ``dry-run``: correctness, layers, compiled, e2e and render on this machine at toy sizes
   with small selections (a CPU test of the driver; backend.py has no toy size).
 * ``plan``: print the layer and compiled stages' work (measurements, Triton compile
@@ -58,8 +64,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("correctness", "layers", "compiled", "e2e", "backend", "render")
+STAGES = ("correctness", "layers", "compiled", "e2e", "backend", "render", "first-contact")
 DEFAULT_BUDGET_S = 530.0  # of a device call's 600 s: start-up, wheel install, margin
+FIRST_CONTACT_BUDGET_S = 450.0  # issue 19: one call's work, most important first
 GRACE_S = 45.0  # after SIGINT, for pytest to write its JUnit XML and summary
 TEST_TIMEOUT_S = 300  # one correctness test (compiles every config of a new shape: minutes)
 
@@ -558,9 +565,127 @@ def print_plan(args: argparse.Namespace) -> None:
         print(f"  {label}: " + ", ".join(f"{k} {v}" for k, v in plan.items()))
 
 
+def stage_first_contact(stage: Stage) -> None:
+    """Issue 19: ceilings, numerics, P1-P4, P5/P6 and RESULTS.md in one device call, each
+    part a child process of ``benchmarks.first_contact`` (see its docstring), its records
+    appended to ``first-contact-records.jsonl`` as they come."""
+    from benchmarks import first_contact as fc
+
+    args = stage.args
+    records = stage.out / "first-contact-records.jsonl"
+    records.unlink(missing_ok=True)
+    env = child_env(args.gluon)
+    cache = Path(args.triton_cache or "/tmp/dawin-first-contact-triton-cache")
+    env["TRITON_CACHE_DIR"] = str(cache)
+    if args.dry_run:
+        planned = {part: 30.0 for part in fc.PARTS}
+        core, more = None, []
+    else:
+        plan = fc.plan(stage.remaining(), args.gluon)
+        stage.data["plan"] = plan
+        core, more = plan["core_indices"], plan["left_indices"]
+        planned = {name: part["seconds_alone"] for name, part in plan["parts"].items()}
+        planned["ceilings"] = fc.ceilings_seconds() + fc.COSTS["CHILD_S"]
+    if args.triton_cache_from:
+        stage.data["transplant"] = _transplant(stage, Path(args.triton_cache_from), cache)
+    stage.data["triton_cache"] = _cache_report(cache)
+    for part in fc.PARTS:
+        if part == "numerics_more" and not more:
+            continue
+        # Each part may use what the planned parts after it do not need (numerics_more
+        # needs nothing: it only uses what is left); the ceilings get a minute at most.
+        later = sum(planned.get(p, 0) for p in fc.PARTS[fc.PARTS.index(part) + 1:]
+                    if p != "numerics_more")
+        limit = stage.remaining() - later - 10
+        if part == "ceilings":
+            limit = min(limit, 60.0)
+        if limit < 20:
+            stage.data["errors"].append(f"{part}: not run, the stage budget ran out")
+            stage.say(f"=== {stage.name}/{part}: not run (budget)")
+            continue
+        part_env = dict(env, DAWIN_BENCH_DEADLINE=str(time.time() + limit - 10))
+        argv = [sys.executable, "-m", "benchmarks.first_contact", part,
+                "--records", str(records)]
+        if args.dry_run:
+            argv.append("--toy")
+            if part.startswith("numerics"):
+                part_env["TRITON_INTERPRET"] = "1"  # fp16 toy cases through the kernels
+        chosen = core if part == "numerics" else more if part == "numerics_more" else None
+        if chosen is not None:
+            argv += ["--cases", ",".join(map(str, chosen))]
+        if part in ("layers", "e2e") and not args.dry_run:
+            part_env["DAWIN_FAST_GLUON"] = _gluon_decision(stage, records, args.gluon)
+        stage.run(part, argv, part_env, limit)
+        stage.data["records"] = _read_records(records)
+        stage.save()
+        if part == "e2e":  # RESULTS.md before the optional part, in case the call is cut
+            _render_first_contact(stage)
+    _render_first_contact(stage)
+    failing = sorted({r["case"] for r in stage.data["records"]
+                      if r.get("kind") in ("numerics", "repeat") and r.get("passed") is False})
+    if failing:
+        stage.data["errors"].append(f"numerics: {len(failing)} cases failed: "
+                                    f"{', '.join(failing[:20])}")
+
+
+def _read_records(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _gluon_decision(stage: Stage, records: Path, wanted: bool) -> str:
+    """DAWIN_FAST_GLUON for the benchmark parts: on only if asked for and no Gluon
+    numerics case failed (the runbook's rule, applied in the run)."""
+    failed = [r["case"] for r in _read_records(records)
+              if r.get("kind") in ("numerics", "repeat") and "Gluon" in str(r.get("kernel"))
+              and not r.get("passed")]
+    flag = "1" if wanted and not failed else "0"
+    stage.data["gluon_decision"] = dict(flag=flag, asked=wanted, failed_gluon_cases=failed)
+    if wanted and failed:
+        stage.say(f"=== {stage.name}: Gluon numerics failed in {len(failed)} cases: "
+                  f"benchmarks run with DAWIN_FAST_GLUON=0")
+    return flag
+
+
+def _transplant(stage: Stage, carried: Path, cache: Path) -> dict:
+    """Re-key a Triton cache built elsewhere for this machine (benchmarks/triton_cache.py)."""
+    from benchmarks import triton_cache
+
+    begin = time.time()
+    try:
+        report = triton_cache.transplant(carried, cache)
+    except Exception as error:  # noqa: BLE001 (recorded: the run goes on cold)
+        report = dict(transplanted=0, reason=f"failed: {error!r}")
+    report["seconds"] = round(time.time() - begin, 1)
+    stage.say(f"=== {stage.name}: Triton cache from {carried}: {report['transplanted']} "
+              f"entries transplanted ({report['reason']})")
+    return report
+
+
+def _cache_report(cache: Path) -> dict:
+    """What Triton cache the children start from (entries before the run)."""
+    entries = [p for p in cache.iterdir() if p.is_dir()] if cache.is_dir() else []
+    return dict(dir=str(cache), entries_at_start=len(entries))
+
+
+def _render_first_contact(stage: Stage) -> None:
+    from benchmarks import render
+
+    stage.save()
+    try:
+        text = render.render([str(stage.out / f"{stage.name}.json")])
+    except Exception as error:  # noqa: BLE001 (recorded)
+        stage.data["errors"].append(f"render: {error!r}")
+        return
+    (stage.out / "RESULTS.md").write_text(text, encoding="utf-8")
+    (stage.out / f"{stage.name}.md").write_text(text, encoding="utf-8")
+    stage.data["rendered"] = str(stage.out / "RESULTS.md")
+
+
 RUNNERS = {"correctness": stage_correctness, "layers": stage_layers,
            "compiled": stage_compiled, "e2e": stage_e2e, "backend": stage_backend,
-           "render": stage_render}
+           "render": stage_render, "first-contact": stage_first_contact}
 
 
 def run_stage(name: str, args: argparse.Namespace, budget_s: float) -> int:
@@ -635,9 +760,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                               f"dry-run; or plan (print the work, run nothing)")
     parser.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu_out"),
                         help="folder for every file (default: $OUT, else ./gpu_out)")
-    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET_S,
-                        help=f"seconds for each stage (default {DEFAULT_BUDGET_S:.0f}; with "
-                             f"several stages in one call, each gets this)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help=f"seconds for each stage (default {DEFAULT_BUDGET_S:.0f}, "
+                             f"first-contact {FIRST_CONTACT_BUDGET_S:.0f}; with several "
+                             f"stages in one call, each gets this)")
+    parser.add_argument("--triton-cache", help="first-contact: TRITON_CACHE_DIR of its "
+                                               "children (default a fresh /tmp folder)")
+    parser.add_argument("--triton-cache-from", help="first-contact: a cache built by "
+                        "`python -m benchmarks.triton_cache build` to re-key into it first")
     parser.add_argument("--gluon", choices=("on", "off"), default="on",
                         help="DAWIN_FAST_GLUON for the benchmark stages (default on; use off "
                              "if the correctness stage's gluon run failed)")
@@ -668,15 +798,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     stages = list(args.stages)
+    if stages == ["plan", "first-contact"]:
+        from benchmarks import first_contact
+
+        first_contact.print_plan(args.budget or FIRST_CONTACT_BUDGET_S, args.gluon)
+        return 0
     if stages == ["plan"]:
         print_plan(args)
         return 0
     if "dry-run" in stages:
         args.dry_run = True
-        stages = list(DRY_RUN_STAGES)
+        stages = ["first-contact"] if "first-contact" in stages else list(DRY_RUN_STAGES)
     worst = 0
     for name in stages:
-        worst = max(worst, run_stage(name, args, args.budget))
+        budget = args.budget or (FIRST_CONTACT_BUDGET_S if name == "first-contact"
+                                 else DEFAULT_BUDGET_S)
+        worst = max(worst, run_stage(name, args, budget))
         if args.pack:
             pack(Path(args.out), name)
     return worst

@@ -1,9 +1,16 @@
-"""Traffic model of the fused kernels on an H100 SXM (16-bit inputs): predictions only.
+"""Traffic model of the fused kernels on a Hopper GPU (16-bit inputs): predictions only.
+
+Ceilings (``Ceilings``): ``H200``, the GPU now lent (issue 19: device copy 4.3 TB/s and
+bf16 8192^3 GEMM ~790 TFLOP/s measured there, DESIGN §3; 132 SMs; 60 MB L2), is the
+default; ``H100`` holds the figures of the earlier loan (2.97 TB/s, 690 TFLOP/s, 50 MB L2),
+on which the calibration points (DESIGN §4) were measured, so ``calibration()`` runs
+under ``H100``. ``using(ceilings)`` switches them. The per-kernel formulas do not depend
+on the device.
 
 Every program (CTA) of a kernel is costed by the resource it exhausts first on its SM:
 
-* tensor cores: its FLOPs at 690 TFLOP/s / 132 SMs (the bf16 8192^3 GEMM measured on the
-  H100, DESIGN §3), derated for narrow wgmma N (assumption, below);
+* tensor cores: its FLOPs at the GEMM rate / 132 SMs, derated for narrow wgmma N
+  (assumption, below);
 * L2 -> SM: the bytes its tiles load, at ``L2_BYTES_PER_S`` / 132 (assumption);
 * shared memory: bytes written by TMA plus bytes read by ldmatrix and wgmma, at 128 B per
   clock per SM;
@@ -12,9 +19,11 @@ Every program (CTA) of a kernel is costed by the resource it exhausts first on i
 
 plus a fixed start/drain time per program when one program fills an SM (non-persistent,
 nothing overlaps its TMA prologue and epilogue). Programs run in waves of 132; the call
-also cannot beat one pass over HBM (weights, x, y) at the measured 2.97 TB/s, and pays a
-launch overhead. Nothing here has been checked on a GPU except the cuBLAS calibration
-points (``calibration()``), which are DESIGN §4 measurements.
+also cannot beat one pass over HBM (weights, x, y) at the measured copy rate, and pays a
+launch overhead. The L2 -> SM rate is an assumption calibrated on the H100; the H200 has
+the same die and clocks, so it is kept (its 60 MB L2 holds the same tiles: every weight
+of these layers fits either L2). Nothing here has been checked on a GPU except the cuBLAS
+calibration points (``calibration()``), which are DESIGN §4 measurements.
 
 ``table()`` renders the prediction table of ``kernels/NOTES.md``::
 
@@ -23,18 +32,60 @@ points (``calibration()``), which are DESIGN §4 measurements.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-SMS = 132
+
+@dataclass(frozen=True)
+class Ceilings:
+    """The device figures the model divides by."""
+
+    name: str
+    tensor_flops: float  # bf16 8192^3 cuBLAS GEMM on random data
+    hbm_bytes_per_s: float  # device-to-device copy, bytes read + written
+    l2_bytes_per_s: float  # L2 -> SM, all SMs (assumption)
+    sms: int
+    l2_bytes: int
+
+
+# H100 SXM, the earlier loan (DESIGN §3, measured there). L2 -> SM: cuBLAS needs >= 7.2
+# TB/s to run B/32 fc1 in the measured 98 us; 7.5 matches the row-scaled probes.
+H100 = Ceilings("H100 SXM", 690e12, 2.97e12, 7.5e12, 132, 50 * 10**6)
+# H200 (DESIGN §3, KINDS.md: 4.3 TB/s copy, 769-798 TFLOP/s measured on such machines in
+# this workplace; 790 taken). Same die as the H100: L2 -> SM kept at 7.5 TB/s (assumption,
+# not measured on the H200; the first-contact run's cuBLAS times check it).
+H200 = Ceilings("H200", 790e12, 4.3e12, 7.5e12, 132, 60 * 10**6)
+DEVICE = H200
+
+SMS = DEVICE.sms
 CLOCK_HZ = 1.755e9  # assumption: sustained SM clock under tensor-core load
-TENSOR_FLOPS = 690e12  # measured: bf16 8192^3 cuBLAS GEMM on the H100 (DESIGN §3)
-L2_BYTES_PER_S = 7.5e12  # assumption: L2 -> SM, all SMs (cuBLAS needs >= 7.2 to hit 98 us)
+TENSOR_FLOPS = DEVICE.tensor_flops
+L2_BYTES_PER_S = DEVICE.l2_bytes_per_s
 SMEM_BYTES_PER_CLK = 128  # per SM
-HBM_BYTES_PER_S = 2.97e12  # measured: device copy on the H100 (DESIGN §3)
+HBM_BYTES_PER_S = DEVICE.hbm_bytes_per_s
 LAUNCH_S = 2.0e-6  # assumption: launch and tail of one kernel
 PROGRAM_FILL_S = 1.0e-6  # assumption: TMA prologue + epilogue of a program owning its SM
 ELEM = 2  # bytes per element (fp16/bf16)
+
+
+@contextlib.contextmanager
+def using(ceilings: Ceilings) -> Iterator[None]:
+    """Predict with another device's ceilings inside the block (this thread's module
+    state: the model is a few pure functions of these constants)."""
+    module = sys.modules[__name__]
+    names = ("DEVICE", "SMS", "TENSOR_FLOPS", "L2_BYTES_PER_S", "HBM_BYTES_PER_S")
+    saved = {n: getattr(module, n) for n in names}
+    module.DEVICE, module.SMS = ceilings, ceilings.sms
+    module.TENSOR_FLOPS, module.L2_BYTES_PER_S = ceilings.tensor_flops, ceilings.l2_bytes_per_s
+    module.HBM_BYTES_PER_S = ceilings.hbm_bytes_per_s
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            setattr(module, n, v)
 
 
 def wgmma_efficiency(n: int) -> float:
@@ -213,7 +264,13 @@ def rowscaled(case: Case, block_m: int = 128, block_n: int = 128) -> Prediction:
 
 def calibration() -> list[tuple[str, float, float]]:
     """(case, model seconds, measured seconds): cuBLAS on the pre-merged weight, and the
-    row-scaled kernel (whose L2 traffic tests the L2 assumption), DESIGN §4."""
+    row-scaled kernel (whose L2 traffic tests the L2 assumption), DESIGN §4: measured on
+    the H100, so modelled with ``H100``'s ceilings."""
+    with using(H100):
+        return _calibration()
+
+
+def _calibration() -> list[tuple[str, float, float]]:
     b32 = dict(n_dim=3072, k_dim=768)
     return [
         ("row-scaled B/32 fc1 256x50",
@@ -258,10 +315,13 @@ def breakdown() -> str:
 
 
 def table() -> str:
-    lines = ["Calibration (model vs measured on the H100, DESIGN §4):"]
+    lines = ["Calibration (model with H100 ceilings vs measured on the H100, DESIGN §4):"]
     for name, model, measured in calibration():
         lines.append(f"  {name:28s} model {model * 1e3:.3f} ms  measured {measured * 1e3:.3f} ms")
     lines.append("")
+    lines.append(f"Predictions with {DEVICE.name} ceilings ({DEVICE.tensor_flops / 1e12:.0f} "
+                 f"TFLOP/s, {DEVICE.hbm_bytes_per_s / 1e12:.2f} TB/s HBM, "
+                 f"{DEVICE.l2_bytes_per_s / 1e12:.1f} TB/s L2 -> SM):")
     lines.append(f"{'case':36s} {'cuBLAS ms':>9s}  {'swap-AB (config, bound)':>34s}"
                  f"  {'epilogue (config, bound)':>34s}")
     for case in vit_cases():
