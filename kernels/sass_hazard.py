@@ -16,10 +16,12 @@ group's A registers is a finding. Conservative where it matters: a predicated wr
 write, a predicated wait may not happen, a predicated branch may go either way.
 
 Input: ``cuobjdump -sass`` text (addresses as ``/*1e30*/``, branch targets as hex). Limits,
-stated: ``CALL`` targets are followed but ``RET`` does not return to the call site; an
-indirect branch (``BRX``/``JMX``) and more than ``MAX_PENDING`` pending groups are reported
-as findings (not analysable, so not proven safe); an HGMMA's own accumulator writes are
-not counted (they are the in-flight result, by design).
+stated: ``CALL`` targets are followed but ``RET`` does not return to the call site. An
+indirect branch (``BRX``/``JMX``: Triton 3.6 dispatches ``warp_specialize`` partitions
+with one) with nothing pending may go to any instruction (a superset of its real targets);
+with wgmma pending it is reported, as is more than ``MAX_PENDING`` pending groups (not
+analysable, so not proven safe). An HGMMA's own accumulator writes are not counted (they
+are the in-flight result, by design).
 """
 
 from __future__ import annotations
@@ -176,10 +178,12 @@ def register_a_hazards(sass: str) -> list[str]:
                         f"{name}: /*{instr.addr:04x}*/ {instr.text} writes R{reg}, register A "
                         f"of the HGMMA group at /*{addr:04x}*/ still pending")
             succ = _successors(instrs, i, index)
-            if succ is None:
+            if succ is None and state != ((), None):
                 findings[(name, instr.addr)] = (f"{name}: /*{instr.addr:04x}*/ indirect "
-                                                f"branch, not analysed")
+                                                f"branch with wgmma pending, not analysed")
                 continue
+            if succ is None:  # nothing pending: entering anywhere is a superset of its targets
+                succ = range(len(instrs))
             for after in _step(instr, state):
                 if len(after[0]) > MAX_PENDING:
                     findings[(name, "deep")] = (f"{name}: more than {MAX_PENDING} wgmma "
