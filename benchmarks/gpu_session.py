@@ -498,7 +498,7 @@ def plan_layers(cases, methods, gluon: bool) -> dict:
     from dawin_fast.kernels.configs import fitting_configs
     from dawin_fast.kernels.interp_matmul import choose_strategy, gpu_combine_block_m
 
-    target = dispatch.Target(cuda=True, half=True, gluon=gluon)
+    target = dispatch.Target(cuda=True, half=True, gluon=gluon, hopper=True)
     compiles, autotune_keys, autotune_configs = set(), set(), 0
     measurements = compiled_shapes = 0
     for case in cases:
