@@ -145,3 +145,11 @@ def test_the_real_rowscaled_loop_of_triton_36_is_found():
     found = register_a_hazards((DATA / "rowscaled_loop_sm90a_triton36.sass").read_text())
     assert found
     assert any("FMUL R100" in f and "/*20e0*/" in f for f in found)
+
+
+def test_the_real_gluon_loop_before_the_fix_is_found():
+    """The Gluon swap-AB main loop as it was (wait depth 1, Triton 3.8, sm_90a): the next
+    k-step's ldmatrix writes R164..R167, the A of the k-step still in flight."""
+    text = (DATA / "swapab_gluon_loop_before_fix_sm90a_triton38.sass").read_text()
+    found = register_a_hazards(text)
+    assert any("LDSM.16.M88.4 R164" in f and "/*2a80*/" in f for f in found)
