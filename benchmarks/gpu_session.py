@@ -518,6 +518,8 @@ def plan_layers(cases, methods, gluon: bool) -> dict:
                 strategy = bench.STRATEGY_METHODS[method]
             else:
                 continue
+            # A forced "rowscaled" runs "epilogue" on Hopper (dispatch.ROWSCALED_HAZARD).
+            strategy = dispatch.served_by(strategy, target, case.dtype, False)
             flags = (strategy, m, groups == 1, str(case.dtype))
             if strategy in dispatch.NEW_STRATEGIES:
                 config = dispatch.best_config(strategy, rows, groups, m, n, k)
