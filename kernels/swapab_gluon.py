@@ -376,7 +376,7 @@ def plan_swapab_gluon(
     slot_t, slots, block_n, block_k = cfg.slot_t, cfg.slots, cfg.block_n, cfg.block_k
     if not GLUON_AVAILABLE:
         raise RuntimeError("swapab_gluon needs triton.experimental.gluon (Triton >= 3.5)")
-    if cfg.x_stages < 2:  # the consumer frees an x stage one k-step late
+    if cfg.x_stages < 2:  # with one stage the loader could never run ahead of the MMAs
         raise ValueError(f"swapab_gluon: config {cfg.name} needs x_stages >= 2")
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
