@@ -505,7 +505,7 @@ def plan_layers(cases, methods, gluon: bool) -> dict:
     from dawin_fast.kernels.configs import fitting_configs
     from dawin_fast.kernels.interp_matmul import choose_strategy, gpu_combine_block_m
 
-    target = dispatch.Target(cuda=True, half=True, gluon=gluon)
+    target = dispatch.Target(cuda=True, half=True, gluon=gluon, hopper=True)
     compiles, autotune_keys, autotune_configs = set(), set(), 0
     measurements = compiled_shapes = 0
     for case in cases:
@@ -525,6 +525,8 @@ def plan_layers(cases, methods, gluon: bool) -> dict:
                 strategy = bench.STRATEGY_METHODS[method]
             else:
                 continue
+            # A forced "rowscaled" runs "epilogue" on Hopper (dispatch.ROWSCALED_HAZARD).
+            strategy = dispatch.served_by(strategy, target, case.dtype, False)
             flags = (strategy, m, groups == 1, str(case.dtype))
             if strategy in dispatch.NEW_STRATEGIES:
                 config = dispatch.best_config(strategy, rows, groups, m, n, k)

@@ -85,7 +85,9 @@ def use_strategy(strategy: str | None) -> Iterator[None]:
     for the default rule. For benchmarks and tuning: it applies only where the Triton
     kernels run (not the PyTorch path, not one-hot calls), to forward calls made in this
     thread (autograd's backward runs elsewhere), and a strategy that cannot run a call
-    raises there (e.g. "combine" with no config that fits in shared memory).
+    raises there (e.g. "combine" with no config that fits in shared memory). On a Hopper
+    GPU a forced "rowscaled" (fp16/bf16/TF32) runs the "epilogue" kernel, with a warning
+    that says why (its register-A wgmma hazard: ``kernel_choice`` reports it).
     """
     if strategy is not None and strategy not in KERNEL_STRATEGIES:
         raise ValueError(f"strategy must be one of {KERNEL_STRATEGIES} or None, got {strategy!r}")
@@ -102,7 +104,8 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
 
     "torch" (the PyTorch path), "combine", "rowscaled", "swapab:<config> (Gluon)" or
     "swapab:<config> (twin)", or "epilogue:<config>" ("... (interpreter)" under
-    ``TRITON_INTERPRET=1``), under this thread's backend and
+    ``TRITON_INTERPRET=1``; "... (rowscaled rerouted: register-A hazard on sm_90)" for a
+    forced "rowscaled" on Hopper), under this thread's backend and
     ``use_strategy``. Ignores the one-hot shortcut (one-hot rows run cuBLAS).
     """
     from .kernels import dispatch
@@ -117,18 +120,21 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     num_groups = coeffs.shape[0]
     target = dispatch.target_for(rows, weight)
     strategy = _strategy()
+    ieee = use_ieee(rows.dtype)
     if strategy is None:
-        ieee = use_ieee(rows.dtype)
         strategy = choose_strategy(num_rows, num_groups, num_models, rows.dtype, ieee,
                                    call_aligned(rows, weight), n_dim, k_dim, target)
+    served = dispatch.served_by(strategy, target, rows.dtype, ieee)
+    note = f" ({strategy} rerouted: register-A hazard on sm_90)" if served != strategy else ""
+    strategy = served
     if strategy not in dispatch.NEW_STRATEGIES:
         return strategy
     if kernels.interpreting():  # one pinned small config per kernel
-        return f"{strategy} (interpreter)"
+        return f"{strategy} (interpreter){note}"
     config = dispatch.best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim)
     if strategy == "swapab":
         return f"swapab:{config} ({'Gluon' if target.gluon else 'twin'})"
-    return f"epilogue:{config}"
+    return f"epilogue:{config}{note}"
 
 
 def predicted_times(group_rows: int, num_groups: int, num_models: int, n_dim: int,

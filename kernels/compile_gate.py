@@ -26,7 +26,10 @@ makes), shared memory (compiled metadata) and, where the kernel module gives one
 shared-memory model.
 
 **What it checks** (``CHECKS``): by default ``compiles`` (for sm_90a), ``smem``, ``spill``
-(and local memory), ``wgmma``, ``serial``, ``warn``, plus ``model_bound`` and ``model``
+(and local memory), ``wgmma``, ``serial``, ``warn``, ``a_hazard`` (the SASS, disassembled
+with the ``cuobjdump`` of the gating Triton's wheel, has no write to a register of a
+still-pending wgmma's register-A operand: ``sass_hazard``; target-aware by construction, it
+only has something to check where register-A HGMMA appears), plus ``model_bound`` and ``model``
 when the variant has a shared-memory model (with ``shared_slack``: the compiled size may
 exceed the model by that much, never fall below it); ``wait``, ``a_regs`` and ``tma`` on
 request. A variant may allow a failing check with a written reason
@@ -114,8 +117,11 @@ CHECKS = {
     "wait": "main-loop wgmma.wait_group depth >= 1 (the next MMA overlaps the last)",
     "a_regs": "wgmma takes its A operand from registers",
     "tma": "the loads go through TMA (cp.async.bulk.tensor)",
+    "a_hazard": "no instruction writes a register of a still-pending wgmma's register-A "
+                "operand (SASS, every path; kernels/sass_hazard.py; vacuous without "
+                "register-A HGMMA)",
 }
-DEFAULT_CHECKS = ("compiles", "smem", "spill", "wgmma", "serial", "warn")
+DEFAULT_CHECKS = ("compiles", "smem", "spill", "wgmma", "serial", "warn", "a_hazard")
 
 HERE = Path(__file__).resolve().parent
 JSON_PATH = HERE / "compiled.json"
@@ -261,6 +267,7 @@ def compile_variant(variant: Variant, config) -> dict:
     seconds = time.perf_counter() - start
     result = analyze(compiled.asm["ptx"], log.getvalue())
     result["shared"] = int(compiled.metadata.shared)
+    result.update(a_hazard_of(compiled.asm["cubin"]))
     result["compile_s"] = round(seconds, 2)
     return result
 
@@ -301,6 +308,28 @@ def analyze(ptx: str, ptxas_log: str) -> dict:
                        else s for s in serial],
         "warnings": warnings,
     }
+
+
+def sass_of(cubin: bytes) -> str:
+    """``cuobjdump -sass`` of a cubin, with the cuobjdump of the running Triton's wheel."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        done = subprocess.run([str(tool), "-sass", f.name], capture_output=True, text=True,
+                              check=True)
+    return done.stdout
+
+
+def a_hazard_of(cubin: bytes) -> dict:
+    """The register-A hazard findings of a compiled kernel (``sass_hazard``): their count
+    and the first one (the report keeps one line per unit, not every finding)."""
+    from .sass_hazard import register_a_hazards
+
+    found = register_a_hazards(sass_of(cubin))
+    return {"a_hazard": len(found), "a_hazard_first": found[0] if found else None}
 
 
 def ptx_loops(ptx: str) -> list[tuple[int, int]]:
@@ -416,6 +445,11 @@ def _problem(check: str, row: Mapping[str, Any]) -> str | None:
         return f"wgmma A operand from {row['a_operand']}"
     if check == "tma" and not row.get("tma"):
         return "no TMA load (cp.async.bulk.tensor) in the PTX"
+    if check == "a_hazard" and row.get("a_hazard") != 0:
+        if row.get("a_hazard") is None:
+            return "SASS not analysed for the register-A hazard"
+        return (f"{row['a_hazard']} writes to a pending wgmma's register A, first: "
+                f"{row.get('a_hazard_first')}")[:300]
     return None
 
 
@@ -543,6 +577,7 @@ def summary_lines(report: Mapping[str, Any]) -> list[str]:
             f"TMA where required ({where('tma')}): {verdict('tma')}; "
             f"no spills: {verdict('spill')}; no serialization: {verdict('serial')}; "
             f"no ptxas warnings: {verdict('warn')}; "
+            f"no register-A hazard (SASS): {verdict('a_hazard')}; "
             f"max shared memory: {max_shared} B of {report['limit']} B "
             f"(within limit: {verdict('smem')}; per kernel: "
             f"{', '.join(f'{k} {v}' for k, v in most.items())}); "
@@ -572,7 +607,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "stores + loads + stack frame. `model`: the kernel's shared-memory model "
             "(`+slack`: what the compiled size may exceed it by). `copies`: "
             "`cp.async` / TMA instructions in the PTX (pipelined loads). `ptxas`: "
-            "serialization codes and warnings. Sizes in bytes.", ""]
+            "serialization codes and warnings. `A hazard`: writes to a pending wgmma's "
+            "register-A operand found in the SASS (0: none). Sizes in bytes.", ""]
     allowed = {}
     keyed: dict[tuple, dict[str, dict]] = {}
     for version, rows in report["tritons"].items():
@@ -587,12 +623,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 for (check, reason), rows in allowed.items()]
         out.append("")
     header = ("| case | config | tiles | Triton | MMA | A | wait | regs | spill | shared | "
-              "model | copies | ptxas | verdict |")
+              "model | copies | ptxas | A hazard | verdict |")
     kernel = None
     for (name, case, config), by_version in keyed.items():
         if name != kernel:
             kernel = name
-            out += ["", f"## {name}", "", header, "|" + "---|" * 14]
+            out += ["", f"## {name}", "", header, "|" + "---|" * 15]
         built = [v for v in versions if v in by_version]
         present = [by_version[v] for v in built]
 
@@ -616,6 +652,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             col(lambda r: f"{r['cp_async']}/{r['tma']}"),
             col(lambda r: ",".join(r["serialized"] + ["warning"] * bool(r.get("warnings")))
                 or "-"),
+            col(lambda r: r.get("a_hazard")),
             _cell(verdicts)]) + " |")
     return "\n".join(out) + "\n"
 

@@ -60,15 +60,44 @@ class Target:
     cuda: bool  # compiled kernels (not the interpreter)
     half: bool  # fp16/bf16 operands (the Gluon kernel's wgmma types)
     gluon: bool  # the Gluon kernel can run: sm_90, Gluon present, TMA-addressable operands
+    #: A Hopper GPU (sm_90: wgmma), where a register-A wgmma can be overwritten in flight
+    #: (``rowscaled_hazard``). ``gluon`` implies it.
+    hopper: bool = False
 
 
 def target_for(x: torch.Tensor, weight: torch.Tensor) -> Target:
     cuda = x.is_cuda and not interpreting()
     half = x.dtype in (torch.float16, torch.bfloat16)
-    gluon = (cuda and half and GLUON_AVAILABLE and GLUON_ENABLED
-             and torch.cuda.get_device_capability(x.device)[0] == 9
+    hopper = cuda and torch.cuda.get_device_capability(x.device)[0] == 9
+    gluon = (hopper and half and GLUON_AVAILABLE and GLUON_ENABLED
              and tma_compatible(x, weight) is None)
-    return Target(cuda=cuda, half=half, gluon=gluon)
+    return Target(cuda=cuda, half=half, gluon=gluon, hopper=hopper)
+
+
+#: Why "rowscaled" never runs on Hopper. Stated by ``kernel_choice`` and the warning of a
+#: forced "rowscaled" there.
+ROWSCALED_HAZARD = (
+    "rowscaled is not launched on sm_90: it feeds the row-scaled x tile to wgmma as a "
+    "register A operand, and its compiled loop rewrites those registers while a wgmma may "
+    "still read them (undefined results; triton-lang/triton#9433; the compile gate's "
+    "a_hazard check, SASS, Triton 3.6 and 3.8). Its calls run the epilogue-scaled kernel, "
+    "which scales in the epilogue and passes the check")
+
+
+def rowscaled_hazard(target: Target | None, dtype: torch.dtype, ieee: bool) -> bool:
+    """Whether "rowscaled" would run its hazardous register-A wgmma loop here: a Hopper GPU
+    and a dtype that takes wgmma (fp16/bf16, fp32 with TF32; fp32 IEEE runs on CUDA cores).
+    Off Hopper (sm_80/sm_89) its dot is mma.sync, synchronous: no hazard."""
+    return (target is not None and (target.hopper or target.gluon)
+            and not (dtype == torch.float32 and ieee))
+
+
+def served_by(strategy: str, target: Target | None, dtype: torch.dtype, ieee: bool) -> str:
+    """The strategy that actually runs a call of ``strategy``: "epilogue" for "rowscaled"
+    where ``rowscaled_hazard`` holds (``ROWSCALED_HAZARD``), else ``strategy`` itself."""
+    if strategy == "rowscaled" and rowscaled_hazard(target, dtype, ieee):
+        return "epilogue"
+    return strategy
 
 
 @dataclass(frozen=True)

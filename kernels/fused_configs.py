@@ -12,6 +12,7 @@ choice between them follows the traffic model (``traffic_model``).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -132,10 +133,16 @@ def swapab_config(name: str, *, interpreting: bool = False) -> SwapABConfig:
 
 def twin_config(name: str, dtype: torch.dtype, *, interpreting: bool = False) -> SwapABConfig:
     """The twin's tiles for the model's pick ``name``: the same as the Gluon kernel's, but
-    small ones in the interpreter and ``TWIN_FP32``'s for fp32 on a GPU."""
+    small ones in the interpreter and ``TWIN_FP32``'s for fp32 on a GPU. Multi-slot tiles of
+    128 weight rows run 8 warps: the twin holds every slot's accumulator and combined tile
+    at once (the Gluon kernel's loop order), and at 4 warps pack2x64 spilled (M = 32,
+    ptxas -v, Triton 3.6 and 3.8)."""
     if interpreting:
         return INTERPRETER_SWAPAB[name]
-    return swapab_config(TWIN_FP32 if dtype == torch.float32 else name)
+    cfg = swapab_config(TWIN_FP32 if dtype == torch.float32 else name)
+    if cfg.slots > 1 and cfg.block_n >= 128 and cfg.num_warps < 8:
+        cfg = dataclasses.replace(cfg, num_warps=8)
+    return cfg
 
 
 def epilogue_config(name: str, dtype: torch.dtype, ieee: bool, *,

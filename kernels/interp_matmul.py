@@ -16,7 +16,11 @@ Four strategies, one contract:
   tile in registers; the W_i tiles go to ``tl.dot`` untouched. One GEMM over an M-times
   longer K; a coefficient per *row*, so any grouping runs at the same speed. Costs M x
   tensor-core FLOPs but no weight combine. Loop order: models outside, k-tiles inside, so
-  a row's coefficient is loaded once per model per tile.
+  a row's coefficient is loaded once per model per tile. **Not launched on Hopper**
+  (fp16/bf16/TF32): its scaled x tile is wgmma's register A, which Triton's pipeliner
+  rewrites while the wgmma may still read it (``dispatch.ROWSCALED_HAZARD``); there the
+  default rule picks "epilogue" instead and a forced "rowscaled" runs "epilogue" with a
+  warning. Off Hopper (mma.sync) and for fp32 IEEE (CUDA cores) it runs as before.
 * ``"swapab"`` and ``"epilogue"`` (issue 11, ``dispatch``): the Gluon swap-AB
   register-combine kernel for Hopper (its plain-Triton twin wherever Gluon cannot run), and
   the epilogue-scaled multi-GEMM.
@@ -35,6 +39,7 @@ check shapes, dtypes, devices and values.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -81,7 +86,10 @@ def default_strategy(num_rows: int, num_groups: int, num_models: int,
         if choice is not None:
             return choice.strategy
     if num_rows < ROWSCALED_MAX_MEAN_ROWS * max(num_groups, 1):
-        return "rowscaled"
+        # On Hopper "rowscaled" is served by "epilogue" (dispatch.ROWSCALED_HAZARD); the
+        # fp32 IEEE distinction only matters for an explicit rowscaled, so none here.
+        return "epilogue" if target is not None and dispatch.rowscaled_hazard(
+            target, torch.float16, False) else "rowscaled"
     return "combine"
 
 
@@ -104,7 +112,8 @@ def choose_strategy(num_rows: int, num_groups: int, num_models: int, dtype: torc
         return first
     for strategy in (first, *(s for s in OLD_STRATEGIES if s != first)):
         if fits(strategy, num_rows, num_groups, num_models, dtype, ieee, is_aligned):
-            return strategy
+            # Never "rowscaled" on Hopper (dispatch.ROWSCALED_HAZARD): its stand-in there.
+            return dispatch.served_by(strategy, target, dtype, ieee)
     raise ValueError(f"interp_matmul: no kernel has a config that fits in shared memory for "
                      f"M={num_models}, {dtype}")
 
@@ -403,11 +412,16 @@ def interp_matmul(
         return _bias_only(y, coeffs, offsets, bias)
     ieee = use_ieee(x.dtype)
     is_aligned = call_aligned(x, weight)
+    target = dispatch.target_for(x, weight)
     if strategy is None:
         strategy = choose_strategy(num_rows, num_groups, num_models, x.dtype, ieee, is_aligned,
-                                   n_dim, k_dim, dispatch.target_for(x, weight))
+                                   n_dim, k_dim, target)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if dispatch.served_by(strategy, target, x.dtype, ieee) != strategy:
+        # A forced "rowscaled" on Hopper: rerouted, and said so (once per call site).
+        warnings.warn(dispatch.ROWSCALED_HAZARD, stacklevel=2)
+        strategy = dispatch.served_by(strategy, target, x.dtype, ieee)
     if strategy in dispatch.NEW_STRATEGIES:
         return dispatch.launch(strategy, x, weight, coeffs, offsets, bias, y)
     if not interpreting() and not fits(strategy, num_rows, num_groups, num_models, x.dtype,
@@ -439,6 +453,9 @@ _GATE_FMA_REASON = ("fp32 with IEEE precision (F.linear's default) runs its dot 
                     "cores by design; TF32 (allow_tf32) takes wgmma")
 _GATE_FMA_MODEL = ("combine's FMA dot (fp32 IEEE) allocates a layout-conversion scratch that "
                    "varies with warps; the model is an upper bound there (model_bound holds)")
+_GATE_ROWSCALED_HAZARD = ("rowscaled is never launched on sm_90 (dispatch.served_by: its calls "
+                          "run the epilogue kernel there); gated to show the hazard "
+                          "(triton-lang/triton#9433); off Hopper its dot is mma.sync")
 _GATE_UNALIGNED_MODEL = ("sizes not multiples of 16: Triton does not pipeline the loads, so "
                          "the compiled size is far below the pipelined model, an upper bound "
                          "(model_bound holds)")
@@ -465,9 +482,12 @@ def compile_variants() -> Iterator:
     from .compile_gate import Variant
 
     def variant(strategy, case, launch, core, allow=None):
+        allow = dict(allow or {})
+        if strategy == "rowscaled":
+            allow["a_hazard"] = _GATE_ROWSCALED_HAZARD
         return Variant(kernel=strategy, case=case, fn=launch.kernel, args=launch.args,
                        kwargs=launch.kwargs, shared_model=launch.shared_bytes,
-                       allow=allow or {}, core=core)
+                       allow=allow, core=core)
 
     for strategy in OLD_STRATEGIES:  # the issue-11 kernels register in their own modules
         for dtype, models in ((torch.bfloat16, (1, 2, 8, 16, 32)),

@@ -10,8 +10,9 @@ Computes y^T = W_c x^T per slot of rows (``schedule``), W_c = sum_i c_g,i W_i:
 * the consumer (default partition, 4 or 8 warps) reads each weight tile with ldmatrix straight
   into wgmma's register A-operand layout (``DotOperandLayout`` of the wgmma layout),
   accumulates sum_i c_i W_i there in fp32, casts to x's dtype and issues an asynchronous
-  wgmma per slot with x^T from shared memory as the B operand. It waits with one k-step
-  of wgmmas still in flight, so the combine of k-step k+1 overlaps the MMAs of step k.
+  wgmma per slot with x^T from shared memory as the B operand. It retires each k-step's
+  wgmmas before the next k-step's combine (wait depth 0): ptxas reuses the registers
+  of a register-A wgmma right after its issue (the gate's ``a_hazard`` check, SASS).
 * slots of a tile that continue the previous slot's group reuse its combined operand.
 * epilogue: + sum_i c_i b_i, cast to x's dtype, masked store of y (rows of the slot's
   own group only).
@@ -108,6 +109,14 @@ if GLUON_AVAILABLE:
                                                 w_ready.index(ws), w_bufs.index(ws))
 
     @gluon.jit
+    def _retire(accs, SLOTS: gl.constexpr):
+        """Wait until no wgmma is in flight; the accumulators as a tuple (one per slot)."""
+        if SLOTS == 1:  # warpgroup_mma_wait returns a lone dependency untupled
+            return (warpgroup_mma_wait(num_outstanding=0, deps=accs),)
+        else:
+            return warpgroup_mma_wait(num_outstanding=0, deps=accs)
+
+    @gluon.jit
     def _slot_bias(b_ptr, c_row, offs_n, N, stride_bm, stride_bn, stride_cm, M: gl.constexpr):
         """sum_i c_i b_i[offs_n] in fp32, in offs_n's layout."""
         bias = offs_n.to(gl.float32) * 0.0  # zeros in offs_n's layout (3.6 and 3.8 alike)
@@ -123,8 +132,9 @@ if GLUON_AVAILABLE:
         BLOCK_K: gl.constexpr, a_layout: gl.constexpr, USE_ACC: gl.constexpr,
     ):
         """One k-step of the consumer: combine the M weight tiles into each distinct group's
-        A operand (fp32 in the operand layout), then issue one async wgmma per slot.
-        Returns the accumulators (in flight) and the A operands they read."""
+        A operand (fp32 in the operand layout), cast every slot's A, then issue one async
+        wgmma per slot, back to back. Returns the accumulators (in flight): the caller
+        retires them before anything else runs (see ``_swapab_consumer``)."""
         W_STAGES: gl.constexpr = w_bufs.type.shape[0]
         X_STAGES: gl.constexpr = x_ready.type.shape[0]
         SLOT_T: gl.constexpr = x_bufs.type.shape[1]
@@ -152,10 +162,10 @@ if GLUON_AVAILABLE:
                     comb = comb + coeffs[s] * w
                 combs = _replace(combs, s, comb)
 
-        xs = kt % X_STAGES
-        mbarrier.wait(x_ready.index(xs), (kt // X_STAGES) & 1)
+        # Every slot's A is cast before the first wgmma issues: a cast between two slots'
+        # wgmmas may land in the registers of the wgmma just issued (seen in SASS, 3.6 and
+        # 3.8, multi-slot configs: one instruction after the issue).
         a_now = ()
-        out = ()
         for s in gl.static_range(SLOTS):
             if s == 0:
                 a = combs[0].to(dtype)
@@ -166,6 +176,11 @@ if GLUON_AVAILABLE:
             else:
                 a = a_now[s - 1]
             a_now = a_now + (a,)
+        xs = kt % X_STAGES
+        mbarrier.wait(x_ready.index(xs), (kt // X_STAGES) & 1)
+        out = ()
+        for s in gl.static_range(SLOTS):
+            a = a_now[s]
             x_t = x_bufs.index(xs * SLOTS + s).permute((1, 0))  # x^T: [BLOCK_K, SLOT_T]
             if USE_ACC:
                 acc = warpgroup_mma(a, x_t, accs[s], is_async=True)
@@ -173,7 +188,7 @@ if GLUON_AVAILABLE:
                 acc = warpgroup_mma(a, x_t, gl.zeros([BLOCK_N, SLOT_T], gl.float32, mma_layout),
                                     use_acc=False, is_async=True)
             out = out + (acc,)
-        return out, a_now
+        return out
 
     @gluon.jit
     def _swapab_consumer(
@@ -222,23 +237,30 @@ if GLUON_AVAILABLE:
         # entering the loop, ptxas serialized every wgmma (C7515, "non wgmma instructions
         # defining accumulator registers") once the epilogue staged the tile through shared
         # memory (3.8, SLOTS >= 4 and SLOT_T = 256).
-        accs, a_prev = _swapab_kstep(
+        #
+        # Every k-step's wgmmas are retired (wait depth 0) before the next instruction that
+        # writes a register: their A operand lives in registers, which wgmma reads
+        # asynchronously, and ptxas reuses them as soon as the wgmma has issued (the wait's
+        # ``deps`` only order LLVM values: in the PTX they sit in a comment, so ptxas sees
+        # no use of the packed A registers after the issue). Keeping one k-step in flight
+        # (depth 1, as before) let the next k-step's ldmatrix and FMAs overwrite the A of a
+        # pending wgmma: undefined results (triton-lang/triton#9433; the compile gate's
+        # ``a_hazard`` check, SASS, 3.6 and 3.8). The TMA loader still runs ahead; the
+        # combine no longer overlaps the MMAs (cost: kernels/NOTES.md, "register-A hazard").
+        accs = _swapab_kstep(
             0, (), w_bufs, x_bufs, w_ready, w_empty, x_ready, groups, c_rows, stride_cm,
             M, SLOTS, NCOMB, BLOCK_N, BLOCK_K, a_layout, False)
+        waited = _retire(accs, SLOTS)
+        mbarrier.arrive(x_empty.index(0), count=1)
         for kt in range(1, gl.cdiv(K, BLOCK_K)):
-            accs, a_now = _swapab_kstep(
-                kt, accs, w_bufs, x_bufs, w_ready, w_empty, x_ready, groups, c_rows, stride_cm,
-                M, SLOTS, NCOMB, BLOCK_N, BLOCK_K, a_layout, True)
-            # Keep this k-step's wgmmas in flight; retire the previous step's, whose A
-            # registers (a_prev) and x stage can then be reused.
-            waited = warpgroup_mma_wait(num_outstanding=SLOTS, deps=accs + a_prev)
             accs = ()
             for s in gl.static_range(SLOTS):
                 accs = accs + (waited[s],)
-            a_prev = a_now
-            mbarrier.arrive(x_empty.index((kt - 1) % X_STAGES), count=1)
-
-        waited = warpgroup_mma_wait(num_outstanding=0, deps=accs + a_prev)
+            accs = _swapab_kstep(
+                kt, accs, w_bufs, x_bufs, w_ready, w_empty, x_ready, groups, c_rows, stride_cm,
+                M, SLOTS, NCOMB, BLOCK_N, BLOCK_K, a_layout, True)
+            waited = _retire(accs, SLOTS)
+            mbarrier.arrive(x_empty.index(kt % X_STAGES), count=1)
 
         # Bias and cast in the wgmma layout, then one shuffle through shared memory to a
         # layout where each thread writes 8 consecutive outputs of one row of y: coalesced
@@ -354,7 +376,7 @@ def plan_swapab_gluon(
     slot_t, slots, block_n, block_k = cfg.slot_t, cfg.slots, cfg.block_n, cfg.block_k
     if not GLUON_AVAILABLE:
         raise RuntimeError("swapab_gluon needs triton.experimental.gluon (Triton >= 3.5)")
-    if cfg.x_stages < 2:  # the consumer frees an x stage one k-step late
+    if cfg.x_stages < 2:  # with one stage the loader could never run ahead of the MMAs
         raise ValueError(f"swapab_gluon: config {cfg.name} needs x_stages >= 2")
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
@@ -389,6 +411,10 @@ def plan_swapab_gluon(
 # group; 33-64 rows; 17-32; <= 16), every config, fp16 and bf16, M from 1 to 32 (M = 3:
 # LLVM unrolls short model loops fully, and w8pack4x64 once spilled at M = 3 only).
 GATE_ROWS = 4096
+WAIT_ZERO_REASON = (
+    "register-A wgmma: each k-step's wgmmas are retired before the next k-step writes a "
+    "register, since ptxas reuses A's registers right after the issue (a_hazard; "
+    "triton-lang/triton#9433); the TMA loader still runs ahead")
 GATE_LAYER = dict(n_dim=3072, k_dim=768)
 GATE_GROUPS = {"w8t256": 1, "big128": 1, "w8pack4x64": 80, "pack2x64": 80, "pack4x32": 160,
                "pack8x16": 300}
@@ -400,8 +426,9 @@ def compile_variants():
     """The compile gate's variants of the Gluon kernel, planned by ``plan_swapab_gluon``:
     every config (``SWAPAB_CONFIGS``) at every (dtype, M) of ``GATE_MODELS``, plus one call
     without bias (M = 1) and a big-group config with many groups. Held to wgmma with a
-    register A operand, main-loop wait depth >= 1, TMA loads, and the shared-memory model
-    (``gluon_smem_bytes``, up to ``GLUON_SMEM_SLACK`` below the compiled size)."""
+    register A operand and no register-A hazard, TMA loads, and the shared-memory model
+    (``gluon_smem_bytes``, up to ``GLUON_SMEM_SLACK`` below the compiled size); its
+    main-loop wait depth is 0 by design (``WAIT_ZERO_REASON``)."""
     if not GLUON_AVAILABLE:
         return
     from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
@@ -420,6 +447,7 @@ def compile_variants():
             tiles=f"N={cfg.block_n} K={cfg.block_k} T={cfg.slots}x{cfg.slot_t} "
                   f"w={cfg.num_warps}+1 ring={cfg.w_stages}/{cfg.x_stages}",
             checks=(*DEFAULT_CHECKS, "wait", "a_regs", "tma"),
+            allow={"wait": WAIT_ZERO_REASON},
             shared_model=lambda _config: gluon_smem_bytes(cfg, elem),
             shared_slack=GLUON_SMEM_SLACK)
 

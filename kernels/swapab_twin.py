@@ -3,10 +3,12 @@
 Same tiling (BLOCK_N weight rows x SLOTS slots of SLOT_T x rows per program), same
 program order (``common.tile_coords``), same slots (``schedule.slot_span``), same
 operand roles: the interpolated weight tile W_c = sum_i c_i W_i, combined in fp32, is
-the A operand and x^T the B operand, so the program computes y^T for its slots. What
-differs is only what Triton cannot express without Gluon: no TMA ring, no loader warp,
-no asynchronous MMA; the slots of a tile run one after the other instead of sharing the
-weight tiles of each k-step.
+the A operand and x^T the B operand, so the program computes y^T for its slots. Same loop
+order and group de-duplication: k-steps outside, slots inside; each k-step's weight tiles
+are combined once per distinct group (``NCOMB`` combined tiles: one for a single-group
+call, else one per slot), and a slot that continues the previous slot's group reuses its
+combined tile. What differs is only what Triton cannot express without Gluon: no TMA
+ring, no loader warp, no asynchronous MMA.
 
 It exists so that the schedule and the arithmetic of the Gluon kernel are tested on the
 CPU: Gluon kernels do not run under ``TRITON_INTERPRET=1``, this one does.
@@ -22,6 +24,18 @@ from .common import bias_args, dot, tile_coords
 from .fused_configs import SwapABConfig
 from .planned import PlannedLaunch
 from .schedule import call_schedule, slot_span
+
+
+@triton.jit
+def _replace(items, index: tl.constexpr, value):
+    """The tuple ``items`` with element ``index`` replaced (tuples are immutable)."""
+    out = ()
+    for j in tl.static_range(len(items)):
+        if j == index:
+            out = out + (value,)
+        else:
+            out = out + (items[j],)
+    return out
 
 
 @triton.jit
@@ -51,37 +65,73 @@ def _swapab_twin_kernel(
             return
     offs_n = n_tile.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64)
     n_mask = offs_n < N
+    dtype = x_ptr.dtype.element_ty
+    # One combined operand per distinct group, as in Gluon: one for a single-group call.
+    NCOMB: tl.constexpr = 1 if SINGLE_GROUP else SLOTS
+    groups = ()
+    firsts = ()
+    ends = ()
+    c_rows = ()
+    accs = ()
     for s in tl.static_range(SLOTS):
         group, first, end = slot_span(slot_group_ptr, slot_row_ptr, offsets_ptr, tile, s,
                                       SLOTS, SLOT_T, SINGLE_GROUP)
-        c_row = c_ptr + tl.maximum(group, 0).to(tl.int64) * stride_cg
-        offs_t = first.to(tl.int64) + tl.arange(0, SLOT_T).to(tl.int64)
-        t_mask = offs_t < end
-        acc = tl.zeros((BLOCK_N, SLOT_T), dtype=tl.float32)  # y^T of the slot
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
-            k_mask = offs_k < K
-            w_offs = offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
-            w_mask = n_mask[:, None] & k_mask[None, :]
-            w_c = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-            for i in range(M):
-                coeff = tl.load(c_row + i * stride_cm)
-                w_i = tl.load(w_ptr + i * stride_wm + w_offs, mask=w_mask, other=0.0)
-                w_c += coeff * w_i.to(tl.float32)
+        groups = groups + (group,)
+        firsts = firsts + (first,)
+        ends = ends + (end,)
+        c_rows = c_rows + (c_ptr + tl.maximum(group, 0).to(tl.int64) * stride_cg,)
+        accs = accs + (tl.zeros((BLOCK_N, SLOT_T), dtype=tl.float32),)  # y^T of the slot
+
+    # k-steps outside, slots inside (Gluon's order): each k-step's weight tiles are
+    # combined once per distinct group and shared by the slots of that group.
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
+        k_mask = offs_k < K
+        w_offs = offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk
+        w_mask = n_mask[:, None] & k_mask[None, :]
+        combs = ()
+        for _s in tl.static_range(NCOMB):
+            combs = combs + (tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32),)
+        for i in range(M):
+            w_i = tl.load(w_ptr + i * stride_wm + w_offs, mask=w_mask, other=0.0).to(tl.float32)
+            for s in tl.static_range(NCOMB):
+                comb = combs[s]
+                if s == 0:
+                    comb = comb + tl.load(c_rows[s] + i * stride_cm) * w_i
+                elif groups[s] != groups[s - 1]:  # a slot continuing a group reuses its A
+                    comb = comb + tl.load(c_rows[s] + i * stride_cm) * w_i
+                combs = _replace(combs, s, comb)
+        a_now = ()
+        for s in tl.static_range(SLOTS):
+            if s == 0:
+                a = combs[0].to(dtype)
+            elif NCOMB == 1:
+                a = a_now[0]
+            elif groups[s] != groups[s - 1]:
+                a = combs[s].to(dtype)
+            else:
+                a = a_now[s - 1]
+            a_now = a_now + (a,)
+            offs_t = firsts[s].to(tl.int64) + tl.arange(0, SLOT_T).to(tl.int64)
             x_t = tl.load(  # x^T tile [BLOCK_K, SLOT_T]
                 x_ptr + offs_t[None, :] * stride_xt + offs_k[:, None] * stride_xk,
-                mask=t_mask[None, :] & k_mask[:, None], other=0.0,
+                mask=(offs_t < ends[s])[None, :] & k_mask[:, None], other=0.0,
             )
-            acc = dot(w_c.to(x_t.dtype), x_t, acc, IEEE)
+            accs = _replace(accs, s, dot(a, x_t, accs[s], IEEE))
+
+    for s in tl.static_range(SLOTS):
+        acc = accs[s]
         if HAS_BIAS:
             bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
             for i in range(M):
-                coeff = tl.load(c_row + i * stride_cm)
+                coeff = tl.load(c_rows[s] + i * stride_cm)
                 b_i = tl.load(b_ptr + i * stride_bm + offs_n * stride_bn, mask=n_mask, other=0.0)
                 bias += coeff * b_i.to(tl.float32)
             acc += bias[:, None]
+        offs_t = firsts[s].to(tl.int64) + tl.arange(0, SLOT_T).to(tl.int64)
         y_ptrs = y_ptr + offs_t[None, :] * stride_yt + offs_n[:, None] * stride_yn
-        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=n_mask[:, None] & t_mask[None, :])
+        tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty),
+                 mask=n_mask[:, None] & (offs_t < ends[s])[None, :])
 
 
 def swapab_twin_matmul(

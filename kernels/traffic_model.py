@@ -15,7 +15,8 @@ Every program (CTA) of a kernel is costed by the resource it exhausts first on i
 * shared memory: bytes written by TMA plus bytes read by ldmatrix and wgmma, at 128 B per
   clock per SM;
 * instruction issue (CUDA cores): the consumer warps' instructions per k-step, one warp
-  per scheduler, one instruction per clock (register-combine kernels only);
+  per scheduler, one instruction per clock (register-combine kernels only; since the
+  register-A hazard fix the swap-AB consumer's issue and its MMAs add up: "issue+mma");
 
 plus a fixed start/drain time per program when one program fills an SM (non-persistent,
 nothing overlaps its TMA prologue and epilogue). Programs run in waves of 132; the call
@@ -193,8 +194,14 @@ def pack_slots(case: Case, slot_t: int, slots: int) -> tuple[int, float]:
     return len(distinct), sum(distinct) / max(len(distinct), 1)
 
 
-def swapab(case: Case, cfg) -> Prediction:
-    """Gluon swap-AB register combine with a ``fused_configs.SwapABConfig``."""
+def swapab(case: Case, cfg, overlap: bool = False) -> Prediction:
+    """Gluon swap-AB register combine with a ``fused_configs.SwapABConfig``.
+
+    ``overlap=False`` is the kernel as it is: each k-step's wgmmas are retired before the
+    next k-step's combine (wait depth 0, the register-A hazard fix), so the consumer's
+    instruction issue and its MMAs add up (bound "issue+mma"); the TMA loader's L2 and
+    shared-memory traffic still overlaps them. ``overlap=True`` is the former depth-1
+    pipeline, where the combine hid behind the MMAs (it had the hazard): for comparison."""
     bn, bk, slot_t, slots = cfg.block_n, cfg.block_k, cfg.slot_t, cfg.slots
     bt = slot_t * slots
     m, k = case.num_models, case.k_dim
@@ -212,6 +219,8 @@ def swapab(case: Case, cfg) -> Prediction:
         issue_clk=issue,
         n_eff=wgmma_efficiency(slot_t),
     )
+    if not overlap:
+        per["issue+mma"] = per.pop("issue") + per.pop("tensor")
     return _finish(programs, per, PROGRAM_FILL_S, _hbm_bytes(case))
 
 
@@ -311,6 +320,28 @@ def breakdown() -> str:
                          f"{pred.l2_bytes / 1e9:6.2f} {pred.smem_bytes / 1e9:7.2f} "
                          f"{pred.bound:>6s} {pred.seconds * 1e3:7.3f} "
                          f"{pred.seconds / base.seconds:8.2f}")
+    return "\n".join(lines)
+
+
+def hazard_fix_cost() -> str:
+    """Per case: the best swap-AB config with the combine overlapping the MMAs (depth 1, the
+    hazardous pipeline) and without (depth 0, the kernel now), as x cuBLAS; and the best
+    epilogue config (kernels/NOTES.md, "wgmma register-A hazard")."""
+    from .fused_configs import EPILOGUE_CONFIGS, SWAPAB_CONFIGS
+
+    lines = [f"{'case':36s} {'depth 1 (hazard)':>26s} {'depth 0 (now)':>26s} "
+             f"{'epilogue':>22s}"]
+    for case in vit_cases():
+        base = cublas(case).seconds
+        cells = []
+        for overlap in (True, False):
+            name, pred = min(((c.name, swapab(case, c, overlap)) for c in SWAPAB_CONFIGS),
+                             key=lambda p: p[1].seconds)
+            cells.append(f"{pred.seconds / base:5.2f}x ({name}, {pred.bound})")
+        name, pred = min(((c.name, epilogue(case, c)) for c in EPILOGUE_CONFIGS),
+                         key=lambda p: p[1].seconds)
+        cells.append(f"{pred.seconds / base:5.2f}x ({name})")
+        lines.append(f"{case.name:36s} {cells[0]:>26s} {cells[1]:>26s} {cells[2]:>22s}")
     return "\n".join(lines)
 
 

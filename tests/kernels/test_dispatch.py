@@ -168,3 +168,54 @@ def test_target_on_cpu_tensors_has_no_gluon():
     target = dispatch.target_for(x, weight)
     assert not target.cuda and not target.gluon and target.half
     assert interp_matmul_module.STRATEGIES[-2:] == ("swapab", "epilogue")
+
+
+# ------------------------------------------------------- rowscaled on Hopper (issue 18)
+
+HOPPER_NO_GLUON = dispatch.Target(cuda=True, half=True, gluon=False, hopper=True)
+
+
+def test_default_rule_never_picks_rowscaled_on_hopper():
+    """Its register-A wgmma loop has the hazard there (compiled.md, a_hazard): every shape,
+    M and dtype, with or without Gluon, gets a kernel that passes the check."""
+    for target in (HOPPER, HOPPER_NO_GLUON):
+        for num_models in (1, 2, 8, 32, 100):
+            for rows, groups in ((12800, 1), (400, 1), (12800, 256), (12800, 12800), (64, 64)):
+                for dtype, ieee in ((torch.bfloat16, False), (torch.float16, False),
+                                    (torch.float32, False)):
+                    got = kernels.choose_strategy(rows, groups, num_models, dtype, ieee, True,
+                                                  3072, 768, target)
+                    assert got != "rowscaled", (target, num_models, rows, groups, dtype)
+    assert kernels.default_strategy(256 * 50, 256, 2, 3072, 768, HOPPER_NO_GLUON) == "epilogue"
+    # fp32 IEEE runs on CUDA cores (no wgmma): rowscaled stays allowed there.
+    assert dispatch.served_by("rowscaled", HOPPER_NO_GLUON, torch.float32, True) == "rowscaled"
+    # Off Hopper (sm_80/sm_89: mma.sync, synchronous) nothing changes.
+    off = dispatch.Target(cuda=True, half=True, gluon=False)
+    assert dispatch.served_by("rowscaled", off, torch.bfloat16, False) == "rowscaled"
+
+
+def test_forced_rowscaled_on_hopper_runs_epilogue_and_says_so(monkeypatch):
+    """A faked Hopper: ``strategy="rowscaled"`` reaches the epilogue kernel (with a warning
+    naming the hazard), the result is checked against the float64 reference, and
+    ``ops.kernel_choice`` under ``use_strategy("rowscaled")`` reports the reroute."""
+    if not kernels.interpreting():
+        pytest.skip("CPU tensors need the interpreter")
+    from dawin_fast import ops
+
+    ran = []
+    real_launch = dispatch.launch
+
+    def recording_launch(strategy, *args, **kwargs):
+        ran.append(strategy)
+        return real_launch(strategy, *args, **kwargs)
+
+    monkeypatch.setattr(dispatch, "target_for", lambda x, w: HOPPER_NO_GLUON)
+    monkeypatch.setattr(dispatch, "launch", recording_launch)
+    x, weight, coeffs, offsets, b = make_inputs([7, 0, 20, 3], 40, 24, 3, torch.float16, "cpu")
+    with pytest.warns(UserWarning, match="triton-lang/triton#9433"):
+        y = _call(x, weight, coeffs, offsets, b, "rowscaled")
+    assert ran == ["epilogue"]
+    assert_close_to_reference(y, x, weight, coeffs, offsets, b)
+    with ops.use_backend("triton"), ops.use_strategy("rowscaled"):
+        choice = ops.kernel_choice(x, weight, coeffs)
+    assert choice.startswith("epilogue") and "rowscaled rerouted" in choice

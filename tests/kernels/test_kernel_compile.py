@@ -101,7 +101,7 @@ def unit(**changes):
     row = dict(kernel="k", case="c", config="c0", tiles="-", error=None, target="sm_90a",
                mma="wgmma", a_operand="registers", wait=1, regs=128, spill_stores=0,
                spill_loads=0, stack=0, serialized=[], warnings=[], shared=1024,
-               model_shared=1024, cp_async=0, tma=4,
+               model_shared=1024, cp_async=0, tma=4, a_hazard=0, a_hazard_first=None,
                checks=[*gate.DEFAULT_CHECKS, "model_bound", "model", "wait", "a_regs", "tma"],
                allow={})
     row.update(changes)
@@ -122,6 +122,8 @@ DEFECTS = {  # check -> (defect, ...): each must fail that check
     "a_regs": [dict(a_operand="shared"), dict(a_operand=None)],
     "tma": [dict(tma=0, cp_async=8)],
     "compiles": [dict(error="CompilationError: boom"), dict(target="sm_90")],
+    "a_hazard": [dict(a_hazard=2, a_hazard_first="k: /*19a0*/ FMUL R97, ... writes R97"),
+                 dict(a_hazard=None)],  # None: the SASS was not analysed
 }
 CASES = [(check, i) for check, defects in DEFECTS.items() for i in range(len(defects))]
 

@@ -137,6 +137,34 @@ def test_edge_cases(impl, case):
         _check(impl, lengths, k_dim, n_dim, num_models, dtype, bias=i % 2 == 0)
 
 
+# Group de-duplication (``NCOMB``): a slot continuing the previous slot's group reuses its
+# combined weight tile; a slot of a new group combines its own. Lengths whose schedule has
+# both kinds of neighbours in one tile (asserted below, so the test cannot pass vacuously).
+DEDUP_CASES = {
+    "long groups over several slots, then short ones": [20, 3, 30, 5, 0, 17, 1],
+    "one long group, then one row per group": [40, 1, 1, 1, 1, 1],
+}
+
+
+@pytest.mark.parametrize("impl", ["twin:pack4x32", "twin:pack2x64", "gluon:pack4x32"])
+@pytest.mark.parametrize("case", DEDUP_CASES)
+def test_group_deduplication_across_slots(impl, case):
+    if impl.startswith("gluon") and not torch.cuda.is_available():
+        pytest.skip("the Gluon kernel needs a GPU")
+    _runnable(_device())
+    lengths = DEDUP_CASES[case]
+    cfg = swapab_config(impl.split(":")[1], interpreting=interpreting())
+    offsets = offsets_from_lengths(lengths, torch.int64, "cpu")
+    groups = slot_schedule(offsets, sum(lengths), cfg.slot_t, cfg.slots).slot_group
+    groups = groups.view(-1, cfg.slots)
+    same = (groups[:, 1:] == groups[:, :-1]) & (groups[:, 1:] >= 0)
+    new = (groups[:, 1:] != groups[:, :-1]) & (groups[:, 1:] >= 0)
+    assert same.any() and new.any(), groups  # both branches of the de-duplication run
+    for dtype in dtypes_for(impl):
+        _check(impl, lengths, 40, 36, 3, dtype)
+    _check(impl, [sum(lengths)], 40, 36, 3, dtypes_for(impl)[-1])  # NCOMB = 1: one group
+
+
 @pytest.mark.parametrize("impl", ["twin:pack4x32", "epilogue:auto", "epilogue:pointers"])
 def test_strided_inputs(impl):
     """Non-contiguous x, transposed weight storage, strided output all honour strides."""
