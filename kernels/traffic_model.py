@@ -23,6 +23,7 @@ points (``calibration()``), which are DESIGN §4 measurements.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -35,6 +36,25 @@ HBM_BYTES_PER_S = 2.97e12  # measured: device copy on the H100 (DESIGN §3)
 LAUNCH_S = 2.0e-6  # assumption: launch and tail of one kernel
 PROGRAM_FILL_S = 1.0e-6  # assumption: TMA prologue + epilogue of a program owning its SM
 ELEM = 2  # bytes per element (fp16/bf16)
+
+
+@dataclass(frozen=True)
+class Hw:
+    """The ceilings of one GPU (the constants above are the H100's, and its default)."""
+
+    name: str
+    tensor_flops: float
+    hbm_bytes_per_s: float
+    l2_bytes_per_s: float = L2_BYTES_PER_S
+    sms: int = SMS
+    clock_hz: float = CLOCK_HZ
+
+
+H100 = Hw("H100", TENSOR_FLOPS, HBM_BYTES_PER_S)
+#: H200 ceilings (DESIGN §3, measured there: copy 4.3 TB/s, bf16 GEMM 770-800 TFLOP/s). Its
+#: L2 -> SM bandwidth and clock are assumed equal to the H100's (same GH100 SMs and L2
+#: crossbar; only the HBM differs): an assumption no probe has checked.
+H200 = Hw("H200", 790e12, 4.3e12)
 
 
 def wgmma_efficiency(n: int) -> float:
@@ -72,28 +92,33 @@ class Prediction:
     flops: float = 0.0  # tensor-core FLOPs of the call (padding included)
     l2_bytes: float = 0.0  # L2 -> SM bytes of the call
     smem_bytes: float = 0.0  # shared-memory bytes written and read
+    serial_s: float = 0.0  # per-program phase that overlaps nothing (wstat's combine)
 
 
-def _finish(programs: int, per_program: dict[str, float], fill: float, hbm_bytes: float):
+def _finish(programs: int, per_program: dict[str, float], fill: float, hbm_bytes: float,
+            hw: Hw = H100, serial: float = 0.0):
+    """Waves of programs, each taking its binding resource's time (plus ``serial``: a phase
+    that overlaps nothing, e.g. the weight-stationary combine) and ``fill``."""
     totals = {k: v * programs for k, v in per_program.items() if k.startswith("_")}
     per_program = {k: v for k, v in per_program.items() if not k.startswith("_")}
     bound = max(per_program, key=per_program.get)
-    waves = math.ceil(programs / SMS)
-    body = waves * (per_program[bound] + fill)
-    hbm = hbm_bytes / HBM_BYTES_PER_S
+    waves = math.ceil(programs / hw.sms)
+    body = waves * (per_program[bound] + serial + fill)
+    hbm = hbm_bytes / hw.hbm_bytes_per_s
     if hbm > body:
         bound, body = "hbm", hbm
     return Prediction(body + LAUNCH_S, bound, programs, totals["_flops"], totals["_l2"],
                       totals["_smem"])
 
 
-def _per_sm(flops: float, l2: float, smem: float, issue_clk: float = 0.0, n_eff=1.0):
+def _per_sm(flops: float, l2: float, smem: float, issue_clk: float = 0.0, n_eff=1.0,
+            hw: Hw = H100):
     """Seconds one program needs of each SM resource (and, under "_", its raw amounts)."""
     return {
-        "tensor": flops / (TENSOR_FLOPS / SMS) / n_eff,
-        "l2": l2 / (L2_BYTES_PER_S / SMS),
-        "smem": smem / (SMEM_BYTES_PER_CLK * CLOCK_HZ),
-        "issue": issue_clk / CLOCK_HZ,
+        "tensor": flops / (hw.tensor_flops / hw.sms) / n_eff,
+        "l2": l2 / (hw.l2_bytes_per_s / hw.sms),
+        "smem": smem / (SMEM_BYTES_PER_CLK * hw.clock_hz),
+        "issue": issue_clk / hw.clock_hz,
         "_flops": flops,
         "_l2": l2,
         "_smem": smem,
@@ -105,7 +130,7 @@ def _hbm_bytes(case: Case) -> float:
         * ELEM
 
 
-def cublas(case: Case, block_m: int = 128, block_n: int = 256) -> Prediction:
+def cublas(case: Case, block_m: int = 128, block_n: int = 256, hw: Hw = H100) -> Prediction:
     """cuBLAS on one pre-merged weight (M = 1), persistent: no per-program fill."""
     tiles = math.ceil(case.rows / block_m) * math.ceil(case.n_dim / block_n)
     k = case.k_dim
@@ -113,9 +138,10 @@ def cublas(case: Case, block_m: int = 128, block_n: int = 256) -> Prediction:
         flops=2 * block_m * block_n * k,
         l2=(block_m + block_n) * k * ELEM,
         smem=((block_m + block_n) + block_m + 2 * block_n) * k * ELEM,  # TMA in, 2 WGs read
+        hw=hw,
     )
     merged = Case(case.name, case.lengths, 1, case.n_dim, case.k_dim, case.repeat)
-    return _finish(tiles, per, 0.0, _hbm_bytes(merged))
+    return _finish(tiles, per, 0.0, _hbm_bytes(merged), hw)
 
 
 def pack_slots(case: Case, slot_t: int, slots: int) -> tuple[int, float]:
@@ -142,7 +168,7 @@ def pack_slots(case: Case, slot_t: int, slots: int) -> tuple[int, float]:
     return len(distinct), sum(distinct) / max(len(distinct), 1)
 
 
-def swapab(case: Case, cfg) -> Prediction:
+def swapab(case: Case, cfg, hw: Hw = H100) -> Prediction:
     """Gluon swap-AB register combine with a ``fused_configs.SwapABConfig``."""
     bn, bk, slot_t, slots = cfg.block_n, cfg.block_k, cfg.slot_t, cfg.slots
     bt = slot_t * slots
@@ -160,11 +186,12 @@ def swapab(case: Case, cfg) -> Prediction:
         smem=(2 * m * bn + bt + (bn // 64) * bt) * k * ELEM,
         issue_clk=issue,
         n_eff=wgmma_efficiency(slot_t),
+        hw=hw,
     )
-    return _finish(programs, per, PROGRAM_FILL_S, _hbm_bytes(case))
+    return _finish(programs, per, PROGRAM_FILL_S, _hbm_bytes(case), hw)
 
 
-def epilogue(case: Case, cfg, occupancy: int | None = None) -> Prediction:
+def epilogue(case: Case, cfg, occupancy: int | None = None, hw: Hw = H100) -> Prediction:
     """Epilogue-scaled multi-GEMM with a ``fused_configs.EpilogueConfig``."""
     bm, bn = cfg.block_m, cfg.block_n
     m, k = case.num_models, case.k_dim
@@ -174,13 +201,66 @@ def epilogue(case: Case, cfg, occupancy: int | None = None) -> Prediction:
         flops=2 * bm * bn * k * m,
         l2=m * (bm + bn) * k * ELEM,
         smem=m * ((bm + bn) + bm + wgs * bn) * k * ELEM,
+        hw=hw,
     )
     # Each model boundary drains the wgmma pipeline once (~200 clocks, assumption).
-    per["tensor"] += m * 200 / CLOCK_HZ
+    per["tensor"] += m * 200 / hw.clock_hz
     smem_bytes = cfg.num_stages * (bm + bn) * cfg.block_k * ELEM
     occ = occupancy or max(1, min(232448 // smem_bytes, 2))
     fill = PROGRAM_FILL_S / occ
-    return _finish(programs, per, fill, _hbm_bytes(case))
+    return _finish(programs, per, fill, _hbm_bytes(case), hw)
+
+
+#: Weight-stationary combine phase (assumptions): thread-instructions per weight element
+#: per model (a 16-byte load per 8 elements, one unpack to fp32, one FFMA, address and
+#: loop overhead), issued at 4 warp-instructions per clock per SM; plus the latency of
+#: its first loads and of the fence/barrier before the first wgmma.
+WSTAT_COMBINE_INSTR = 2.5
+WSTAT_COMBINE_LATENCY_S = 1.5e-6
+#: Per row block of the weight-stationary stream: draining the wgmma pipeline before the
+#: epilogue and issuing its stores (assumption: ~500 clocks exposed).
+WSTAT_EPILOGUE_CLK = 500
+#: y stored straight from the wgmma accumulator layout (no shared-memory staging: the
+#: resident tile leaves no room for it): 4 rows x 16 bytes per warp store, half of each
+#: 32-byte sector's bytes wasted, so y costs twice its bytes of L2 traffic.
+WSTAT_Y_SECTOR_WASTE = 2.0
+
+
+def wstat(case: Case, cfg, hw: Hw = H100) -> Prediction:
+    """Weight-stationary Gluon kernel (``wstat_gluon``) with a ``fused_configs.WStatConfig``.
+
+    Per program: a combine phase (serial: the M weight tiles [BLOCK_N, K] from L2, combined
+    on the CUDA cores into the resident tile), then a stream phase over its run of rows:
+    x tiles by TMA, wgmma with both operands in shared memory (the resident tile as A, x^T
+    as B: m64 x n BLOCK_T x k16 per warp group), epilogue per row block. Only calls the
+    kernel fits (``wstat_fits``) are meaningful.
+    """
+    from .fused_configs import wstat_run_rows
+
+    bn, bt, bk = cfg.block_n, cfg.block_t, cfg.block_k
+    m, n, k = case.num_models, case.n_dim, case.k_dim
+    kp = math.ceil(k / bk) * bk
+    run = wstat_run_rows(case.rows, case.groups, n, cfg, hw.sms)
+    n_tiles = math.ceil(n / bn)
+    programs = sum(math.ceil(g / run) for g in case.lengths) * case.repeat * n_tiles
+    rows = min(max(case.lengths), run)  # the longest program's rows
+    blocks = math.ceil(rows / bt)
+    wgs = max(bn // 64, 1)
+    comb_l2 = m * bn * kp * ELEM
+    comb_issue = m * bn * kp * WSTAT_COMBINE_INSTR / (4 * 32)
+    combine = (max(comb_l2 / (hw.l2_bytes_per_s / hw.sms), comb_issue / hw.clock_hz)
+               + WSTAT_COMBINE_LATENCY_S)
+    per = _per_sm(
+        flops=2 * bn * bt * blocks * kp,
+        l2=blocks * bt * (kp + WSTAT_Y_SECTOR_WASTE * bn) * ELEM,
+        smem=blocks * (bt + wgs * (64 + bt)) * kp * ELEM,
+        hw=hw,
+    )
+    per["tensor"] += blocks * WSTAT_EPILOGUE_CLK / hw.clock_hz
+    per["_l2"] += comb_l2
+    per["_smem"] += bn * kp * ELEM
+    pred = _finish(programs, per, PROGRAM_FILL_S, _hbm_bytes(case), hw, serial=combine)
+    return dataclasses.replace(pred, serial_s=combine)
 
 
 # --------------------------------------------------------------------- the cases
@@ -273,3 +353,74 @@ def table() -> str:
             cells.append(f"{pred.seconds / base:5.2f}x ({name}, {pred.bound})")
         lines.append(f"{case.name:36s} {base * 1e3:9.3f}  {cells[0]:>34s}  {cells[1]:>34s}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------- issue 24: P1 / P4 on paper
+
+VIT_ROWS = {"B/32": 12800, "B/16": 12608, "L/14": 16448}  # 256 x 50, 64 x 197, 64 x 257
+VIT_WIDTH = {"B/32": 768, "B/16": 768, "L/14": 1024}
+
+
+def large_group_cases() -> list[Case]:
+    """P1 (M = 2) and P4 (M = 8): one group of >= 8k rows, fc1, fc2 and QKV of each ViT."""
+    out = []
+    for vit, rows in VIT_ROWS.items():
+        d = VIT_WIDTH[vit]
+        for layer, n_dim, k_dim in (("fc1", 4 * d, d), ("fc2", d, 4 * d), ("QKV", 3 * d, d)):
+            for p, num_models in (("P1", 2), ("P4", 8)):
+                out.append(Case(f"{p} {vit} {layer} M={num_models} {rows}", (rows,),
+                                num_models, n_dim, k_dim))
+    return out
+
+
+def large_group_table(hw: Hw = H200) -> str:
+    """Predicted ratio to cuBLAS on the pre-merged weight for P1 and P4, every design,
+    with the time breakdown of the weight-stationary kernel (``NOTES``)::
+
+        python -c "from dawin_fast.kernels.traffic_model import large_group_table as t; print(t())"
+    """
+    from .fused_configs import EPILOGUE_CONFIGS, SWAPAB_CONFIGS, WSTAT_CONFIGS, wstat_fits
+
+    head = (f"{'case':24s} {'cuBLAS us':>9s} {'swapab':>7s} {'epilog':>7s} {'wstat':>16s}"
+            f" | wstat: {'combine':>7s} {'tensor':>6s} {'L2':>6s} {'smem':>6s} {'bound':>6s}"
+            f" {'progs':>5s}  (us per program)")
+    lines = [f"{hw.name} ceilings: {hw.tensor_flops / 1e12:.0f} TFLOP/s, HBM "
+             f"{hw.hbm_bytes_per_s / 1e12:.1f} TB/s, L2->SM {hw.l2_bytes_per_s / 1e12:.1f} "
+             f"TB/s (assumed), {hw.sms} SMs", head]
+    for case in large_group_cases():
+        base = cublas(case, hw=hw).seconds
+        sw = min(swapab(case, c, hw).seconds for c in SWAPAB_CONFIGS)
+        ep = min(epilogue(case, c, hw=hw).seconds for c in EPILOGUE_CONFIGS)
+        fitting = [c for c in WSTAT_CONFIGS if wstat_fits(c, case.k_dim)]
+        cell, detail = f"{'no fit':>16s}", ""
+        if fitting:
+            cfg = min(fitting, key=lambda c: wstat(case, c, hw).seconds)
+            pred = wstat(case, cfg, hw)
+            per = _wstat_parts(case, cfg, hw)
+            cell = f"{pred.seconds / base:5.2f}x ({cfg.name:5s})"
+            detail = (f"{pred.serial_s * 1e6:7.1f} {per['tensor'] * 1e6:6.1f} "
+                      f"{per['l2'] * 1e6:6.1f} {per['smem'] * 1e6:6.1f} {pred.bound:>6s} "
+                      f"{pred.programs:5d}")
+        lines.append(f"{case.name:24s} {base * 1e6:9.1f} {sw / base:6.2f}x {ep / base:6.2f}x "
+                     f"{cell:>16s} | {detail}")
+    return "\n".join(lines)
+
+
+def _wstat_parts(case: Case, cfg, hw: Hw) -> dict[str, float]:
+    """The stream phase's per-program seconds by resource (for the breakdown)."""
+    pred = wstat(case, cfg, hw)
+    rows = min(max(case.lengths), pred_run(case, cfg, hw))
+    blocks = math.ceil(rows / cfg.block_t)
+    kp = math.ceil(case.k_dim / cfg.block_k) * cfg.block_k
+    wgs = max(cfg.block_n // 64, 1)
+    del pred
+    return _per_sm(
+        flops=2 * cfg.block_n * cfg.block_t * blocks * kp,
+        l2=blocks * cfg.block_t * (kp + WSTAT_Y_SECTOR_WASTE * cfg.block_n) * ELEM,
+        smem=blocks * (cfg.block_t + wgs * (64 + cfg.block_t)) * kp * ELEM, hw=hw)
+
+
+def pred_run(case: Case, cfg, hw: Hw = H100) -> int:
+    from .fused_configs import wstat_run_rows
+
+    return wstat_run_rows(case.rows, case.groups, case.n_dim, cfg, hw.sms)
