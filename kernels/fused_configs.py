@@ -209,6 +209,10 @@ WSTAT_CONFIGS = (
     WStatConfig("ws64", block_n=64, block_t=128, block_k=64, stages=4, num_warps=4),
 )
 
+#: The SM count the run-length rule uses in the interpreter: few SMs, so that the small test
+#: shapes get runs of several row blocks, and groups cut into several runs.
+INTERPRETER_SMS = 8
+
 INTERPRETER_WSTAT = {
     "ws128": WStatConfig("ws128", block_n=32, block_t=16, block_k=16, stages=1, num_warps=4,
                          chunk_k=16),
@@ -257,3 +261,18 @@ def wstat_run_rows(num_rows: int, num_groups: int, n_dim: int, cfg: WStatConfig,
     runs = max(1, sms // n_tiles - (min(num_groups, max(num_rows, 1)) - 1))
     blocks = -(-max(num_rows, 1) // cfg.block_t)
     return cfg.block_t * -(-blocks // runs)
+
+
+#: The twin's tiles for fp32 on a GPU (only an explicit strategy="wstat" sends fp32 there:
+#: the Gluon kernel has no fp32); the 16-bit tiles are the Gluon configs'.
+WSTAT_TWIN_FP32 = WStatConfig("wtf32", block_n=64, block_t=64, block_k=32, stages=1,
+                              num_warps=4)
+
+
+def wstat_twin_config(name: str, dtype: torch.dtype, *, interpreting: bool = False
+                      ) -> WStatConfig:
+    """The twin's tiles for the pick ``name``: the Gluon config's, small ones in the
+    interpreter, ``WSTAT_TWIN_FP32`` for fp32 on a GPU."""
+    if interpreting:
+        return INTERPRETER_WSTAT[name]
+    return WSTAT_TWIN_FP32 if dtype == torch.float32 else wstat_config(name)
