@@ -23,7 +23,6 @@ points (``calibration()``), which are DESIGN §4 measurements.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -93,6 +92,10 @@ class Prediction:
     l2_bytes: float = 0.0  # L2 -> SM bytes of the call
     smem_bytes: float = 0.0  # shared-memory bytes written and read
     serial_s: float = 0.0  # per-program phase that overlaps nothing (wstat's combine)
+    #: seconds per program of each SM resource (tensor, l2, smem, issue), the serial phase
+    #: and fill, then the call's HBM floor and launch: the breakdown of ``NOTES``
+    parts: tuple = ()
+    waves: int = 0
 
 
 def _finish(programs: int, per_program: dict[str, float], fill: float, hbm_bytes: float,
@@ -105,10 +108,12 @@ def _finish(programs: int, per_program: dict[str, float], fill: float, hbm_bytes
     waves = math.ceil(programs / hw.sms)
     body = waves * (per_program[bound] + serial + fill)
     hbm = hbm_bytes / hw.hbm_bytes_per_s
+    parts = (*per_program.items(), ("serial", serial), ("fill", fill), ("hbm", hbm),
+             ("launch", LAUNCH_S))
     if hbm > body:
         bound, body = "hbm", hbm
     return Prediction(body + LAUNCH_S, bound, programs, totals["_flops"], totals["_l2"],
-                      totals["_smem"])
+                      totals["_smem"], serial, parts, waves)
 
 
 def _per_sm(flops: float, l2: float, smem: float, issue_clk: float = 0.0, n_eff=1.0,
@@ -259,8 +264,7 @@ def wstat(case: Case, cfg, hw: Hw = H100) -> Prediction:
     per["tensor"] += blocks * WSTAT_EPILOGUE_CLK / hw.clock_hz
     per["_l2"] += comb_l2
     per["_smem"] += bn * kp * ELEM
-    pred = _finish(programs, per, PROGRAM_FILL_S, _hbm_bytes(case), hw, serial=combine)
-    return dataclasses.replace(pred, serial_s=combine)
+    return _finish(programs, per, PROGRAM_FILL_S, _hbm_bytes(case), hw, serial=combine)
 
 
 # --------------------------------------------------------------------- the cases
@@ -396,7 +400,7 @@ def large_group_table(hw: Hw = H200) -> str:
         if fitting:
             cfg = min(fitting, key=lambda c: wstat(case, c, hw).seconds)
             pred = wstat(case, cfg, hw)
-            per = _wstat_parts(case, cfg, hw)
+            per = dict(pred.parts)
             cell = f"{pred.seconds / base:5.2f}x ({cfg.name:5s})"
             detail = (f"{pred.serial_s * 1e6:7.1f} {per['tensor'] * 1e6:6.1f} "
                       f"{per['l2'] * 1e6:6.1f} {per['smem'] * 1e6:6.1f} {pred.bound:>6s} "
@@ -406,21 +410,78 @@ def large_group_table(hw: Hw = H200) -> str:
     return "\n".join(lines)
 
 
-def _wstat_parts(case: Case, cfg, hw: Hw) -> dict[str, float]:
-    """The stream phase's per-program seconds by resource (for the breakdown)."""
-    pred = wstat(case, cfg, hw)
-    rows = min(max(case.lengths), pred_run(case, cfg, hw))
-    blocks = math.ceil(rows / cfg.block_t)
-    kp = math.ceil(case.k_dim / cfg.block_k) * cfg.block_k
-    wgs = max(cfg.block_n // 64, 1)
-    del pred
-    return _per_sm(
-        flops=2 * cfg.block_n * cfg.block_t * blocks * kp,
-        l2=blocks * cfg.block_t * (kp + WSTAT_Y_SECTOR_WASTE * cfg.block_n) * ELEM,
-        smem=blocks * (cfg.block_t + wgs * (64 + cfg.block_t)) * kp * ELEM, hw=hw)
-
-
 def pred_run(case: Case, cfg, hw: Hw = H100) -> int:
     from .fused_configs import wstat_run_rows
 
     return wstat_run_rows(case.rows, case.groups, case.n_dim, cfg, hw.sms)
+
+
+def design_breakdown(hw: Hw = H200) -> str:
+    """Where the time goes, per P case and design (model, not measured): per program, the
+    seconds of each SM resource (tensor cores, L2 -> SM, shared memory, CUDA-core issue:
+    the register combine), the serial weight-stationary combine phase, the fill/latency of
+    a program, and per call the HBM floor; waves of programs; the binding resource."""
+    from .fused_configs import EPILOGUE_CONFIGS, SWAPAB_CONFIGS, WSTAT_CONFIGS, wstat_fits
+
+    cols = ("tensor", "l2", "smem", "issue", "serial", "fill", "hbm")
+    lines = [f"{hw.name}; us per program (hbm: per call); ratio to cuBLAS on the pre-merged "
+             "weight",
+             f"{'case':32s} {'design':18s} " + " ".join(f"{c:>6s}" for c in cols)
+             + f" {'waves':>5s} {'bound':>6s} {'us':>7s} {'ratio':>6s}"]
+    cases = [c for c in vit_cases() if not c.name.startswith("P1")] + large_group_cases()
+    for case in cases:
+        base = cublas(case, hw=hw)
+        rows = [("cuBLAS premerged", base)]
+        for name, fn, configs in (("swapab", swapab, SWAPAB_CONFIGS),
+                                  ("epilogue", lambda c, g, h: epilogue(c, g, hw=h),
+                                   EPILOGUE_CONFIGS),
+                                  ("wstat", wstat, [g for g in WSTAT_CONFIGS
+                                                    if wstat_fits(g, case.k_dim)])):
+            if configs:
+                cfg = min(configs, key=lambda g: fn(case, g, hw).seconds)
+                rows.append((f"{name} {cfg.name}", fn(case, cfg, hw)))
+        for label, pred in rows:
+            parts = dict(pred.parts)
+            lines.append(f"{case.name:32s} {label:18s} "
+                         + " ".join(f"{parts.get(c, 0.0) * 1e6:6.1f}" for c in cols)
+                         + f" {pred.waves:5d} {pred.bound:>6s} {pred.seconds * 1e6:7.1f} "
+                         f"{pred.seconds / base.seconds:6.2f}")
+    return "\n".join(lines)
+
+
+def wstat_sensitivity(hw: Hw = H200) -> str:
+    """The weight-stationary predictions for the K = 768 cases under each assumption made
+    pessimistic on its own (and all together): how far the P1/P4 margins stretch."""
+    import dataclasses
+    import sys
+
+    from .fused_configs import wstat_config
+
+    module = sys.modules[__name__]
+    knobs = {
+        "as modelled": {},
+        "L2 -> SM 20% slower (wstat only)": {"l2": 0.8},
+        "combine 2x the instructions": {"WSTAT_COMBINE_INSTR": 2 * WSTAT_COMBINE_INSTR},
+        "epilogue exposes 1500 clk": {"WSTAT_EPILOGUE_CLK": 1500},
+        "y stores waste 4x": {"WSTAT_Y_SECTOR_WASTE": 4.0},
+        "tensor 10% slower (wstat only)": {"tensor": 0.9},
+    }
+    knobs["all of these"] = {k: v for d in knobs.values() for k, v in d.items()}
+    cfg = wstat_config("ws128")
+    cases = [c for c in large_group_cases() if c.k_dim == 768 and c.name.split()[1] == "B/32"]
+    lines = [f"{'assumption':34s} " + " ".join(f"{c.name[:15]:>15s}" for c in cases)]
+    for label, changes in knobs.items():
+        saved = {k: getattr(module, k) for k in changes if k.isupper()}
+        try:
+            for k, v in changes.items():
+                if k.isupper():
+                    setattr(module, k, v)
+            slow = dataclasses.replace(
+                hw, l2_bytes_per_s=hw.l2_bytes_per_s * changes.get("l2", 1.0),
+                tensor_flops=hw.tensor_flops * changes.get("tensor", 1.0))
+            cells = [wstat(c, cfg, slow).seconds / cublas(c, hw=hw).seconds for c in cases]
+        finally:
+            for k, v in saved.items():
+                setattr(module, k, v)
+        lines.append(f"{label:34s} " + " ".join(f"{r:14.2f}x" for r in cells))
+    return "\n".join(lines)
