@@ -235,3 +235,35 @@ def test_model_puts_k768_layers_within_p1_and_p4_on_the_h200():
         base = traffic_model.cublas(case, hw=traffic_model.H200).seconds
         ratio = traffic_model.wstat(case, wstat_config("ws128"), traffic_model.H200).seconds / base
         assert ratio <= (1.15 if case.num_models == 2 else 1.5), (case.name, ratio)
+
+
+# ------------------------------------------------------------------ GPU: production shapes
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Gluon kernel needs a Hopper GPU")
+@pytest.mark.parametrize("num_models", [2, 8])
+@pytest.mark.parametrize("rows, n_dim, k_dim, name", [(3200, 3072, 768, "ws128"),
+                                                      (12800, 2304, 768, "ws128"),
+                                                      (4112, 4096, 1024, "ws64")])
+def test_gluon_production_shapes(rows, n_dim, k_dim, name, num_models):
+    """Many K slices and row blocks per program (the interpreter shapes have few): error
+    against fp32 F.linear on the merged weight within a bound that one wrong K slice or
+    one stale x tile would exceed, and bitwise-identical outputs over 3 launches."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("sm_90 only")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(rows, k_dim, device="cuda", generator=gen).to(torch.bfloat16)
+    weight = (torch.randn(num_models, n_dim, k_dim, device="cuda", generator=gen)
+              / k_dim ** 0.5).to(torch.bfloat16)
+    coeffs = torch.rand(1, num_models, device="cuda", generator=gen)
+    offsets = torch.tensor([0, rows], device="cuda")
+    merged = torch.einsum("m,mnk->nk", coeffs[0], weight.float())
+    expected = torch.nn.functional.linear(x.float(), merged)
+    outs = [run_impl(f"gluon:{name}", x, weight, coeffs, offsets, None) for _ in range(3)]
+    err = (outs[0].float() - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    # bf16 output rounding (half an ulp: <= 2**-9 of the largest |y|) plus the bf16 cast of
+    # W_c: well under 1% of max |y|; a K slice of 64 missing or doubled moves y by
+    # ~sqrt(64 / K) of its std, ~5% of max |y| on average and far more at the worst row.
+    assert err < 0.01 * scale, (err, scale)
+    assert all(torch.equal(outs[0], o) for o in outs[1:])
