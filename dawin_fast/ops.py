@@ -81,8 +81,8 @@ def _strategy() -> str | None:
 def use_strategy(strategy: str | None) -> Iterator[None]:
     """Force the Triton kernel strategy of ``interp_linear`` calls in this thread.
 
-    One of ``KERNEL_STRATEGIES`` ("combine", "rowscaled", "swapab", "epilogue"), or None
-    for the default rule. For benchmarks and tuning: it applies only where the Triton
+    One of ``KERNEL_STRATEGIES`` ("combine", "rowscaled", "swapab", "epilogue", "wstat"),
+    or None for the default rule. For benchmarks and tuning: it applies only where the Triton
     kernels run (not the PyTorch path, not one-hot calls), to forward calls made in this
     thread (autograd's backward runs elsewhere), and a strategy that cannot run a call
     raises there (e.g. "combine" with no config that fits in shared memory). On a Hopper
@@ -103,9 +103,10 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     """What ``interp_linear(x, weight, coeffs, ...)`` launches here, for reports.
 
     "torch" (the PyTorch path), "combine", "rowscaled", "swapab:<config> (Gluon)" or
-    "swapab:<config> (twin)", or "epilogue:<config>" ("... (interpreter)" under
-    ``TRITON_INTERPRET=1``; "... (rowscaled rerouted: register-A hazard on sm_90)" for a
-    forced "rowscaled" on Hopper), under this thread's backend and
+    "swapab:<config> (twin)", "epilogue:<config>", or "wstat:<config> (Gluon)" or
+    "wstat:<config> (twin)" ("... (interpreter)" under ``TRITON_INTERPRET=1``;
+    "... (rowscaled rerouted: register-A hazard on sm_90)" for a forced "rowscaled" on
+    Hopper), under this thread's backend and
     ``use_strategy``. Ignores the one-hot shortcut (one-hot rows run cuBLAS).
     """
     from .kernels import dispatch
@@ -134,6 +135,10 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     config = dispatch.best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim)
     if strategy == "swapab":
         return f"swapab:{config} ({'Gluon' if target.gluon else 'twin'})"
+    if strategy == "wstat":
+        gluon = target.gluon and dispatch.wstat_reason(
+            rows, weight, dispatch.wstat_config(config)) is None
+        return f"wstat:{config} ({'Gluon' if gluon else 'twin'})"
     return f"epilogue:{config}{note}"
 
 

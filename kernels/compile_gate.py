@@ -39,7 +39,8 @@ request. A variant may allow a failing check with a written reason
 ``compile_variants()``, a generator of ``Variant``; the gate imports every module of the
 package and collects them (no list to edit). Today: ``interp_matmul`` (combine,
 rowscaled), ``swapab_gluon`` (the Gluon swap-AB kernel), ``swapab_twin`` (its plain-Triton
-twin, which ``dispatch`` runs on a GPU wherever Gluon cannot) and ``epilogue_scaled``::
+twin, which ``dispatch`` runs on a GPU wherever Gluon cannot), ``epilogue_scaled``,
+``wstat_gluon`` (the Gluon weight-stationary kernel) and ``wstat_twin``::
 
     def compile_variants():
         from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call

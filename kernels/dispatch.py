@@ -7,7 +7,11 @@ Two strategies join ``interp_matmul``'s "combine" and "rowscaled":
   fp32, strides TMA cannot address, DAWIN_FAST_GLUON unset) its plain-Triton twin
   (``swapab_twin``) with the same tiling and schedule (fp32 on a GPU: ``TWIN_FP32``'s);
 * ``"epilogue"``: the epilogue-scaled multi-GEMM (``epilogue_scaled``), anywhere (fp32 on
-  a GPU: its fp32 configs).
+  a GPU: its fp32 configs);
+* ``"wstat"`` (issue 24): the weight-stationary Gluon kernel (``wstat_gluon``) for large
+  groups, where its resident tile fits shared memory (``fused_configs.wstat_fits``: K <=
+  1280); elsewhere (K too large, fp32, no Gluon, the interpreter) its plain-Triton twin
+  (``wstat_twin``), which only an explicit strategy reaches.
 
 Every kernel and config ``launch`` can run on a GPU, the twin included, is compiled for
 sm_90a on Triton 3.6 and 3.8 by the compile gate (``compile_gate``; each kernel module's
@@ -15,7 +19,8 @@ sm_90a on Triton 3.6 and 3.8 by the compile gate (``compile_gate``; each kernel 
 routed here are the gated ones.
 
 ``choose`` is the default rule for CUDA fp16/bf16 calls that the Gluon kernel can run:
-every candidate (each swap-AB config, the epilogue kernel) is costed by the traffic model
+every candidate (each swap-AB config, the epilogue kernel, each weight-stationary config
+that fits this K) is costed by the traffic model
 (``traffic_model``) for (rows per group, G, M, N, K) and the cheapest wins. Every such
 choice is the model's, not a measurement: no GPU has timed these kernels yet. Elsewhere
 ``choose`` returns None and ``interp_matmul`` keeps its measured rule for the old kernels.
@@ -36,14 +41,20 @@ from .epilogue_scaled import epilogue_scaled_matmul
 from .fused_configs import (
     EPILOGUE_CONFIGS,
     SWAPAB_CONFIGS,
+    WSTAT_CONFIGS,
     epilogue_config,
     swapab_config,
     twin_config,
+    wstat_config,
+    wstat_fits,
+    wstat_twin_config,
 )
 from .swapab_gluon import GLUON_AVAILABLE, swapab_gluon_matmul, tma_compatible
 from .swapab_twin import swapab_twin_matmul
+from .wstat_gluon import wstat_gluon_matmul, wstat_reason
+from .wstat_twin import wstat_twin_matmul
 
-NEW_STRATEGIES = ("swapab", "epilogue")
+NEW_STRATEGIES = ("swapab", "epilogue", "wstat")
 
 #: The Gluon kernel runs only where DAWIN_FAST_GLUON=1 is set. Its numerics have never
 #: run (Gluon has no interpreter, and no GPU session has checked it yet: issue 12), so it
@@ -116,6 +127,9 @@ def _costed(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: 
            for c in SWAPAB_CONFIGS]
     out += [Choice("epilogue", c.name, traffic_model.epilogue(case, c).seconds)
             for c in EPILOGUE_CONFIGS]
+    # Only where the resident tile fits in shared memory (16-bit: the Gluon kernel's types).
+    out += [Choice("wstat", c.name, traffic_model.wstat(case, c).seconds)
+            for c in WSTAT_CONFIGS if wstat_fits(c, k_dim)]
     return sorted(out, key=lambda c: c.predicted_s)
 
 
@@ -135,16 +149,18 @@ def choose(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: i
 
 def best_config(strategy: str, num_rows: int, num_groups: int, num_models: int, n_dim: int,
                 k_dim: int) -> str:
-    """The model's cheapest config of one strategy (model, not measured)."""
+    """The model's cheapest config of one strategy (model, not measured). "wstat" where no
+    config fits this K: the one with the smallest resident tile (its twin runs)."""
     groups = min(max(num_groups, 1), max(num_rows, 1))
     ranked = _costed(max(num_rows, 1), groups, num_models, n_dim, k_dim)
-    return next(c.config for c in ranked if c.strategy == strategy)
+    fallback = min(WSTAT_CONFIGS, key=lambda c: c.block_n).name if strategy == "wstat" else None
+    return next((c.config for c in ranked if c.strategy == strategy), fallback)
 
 
 def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor,
            offsets: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
            config: str | None = None) -> torch.Tensor:
-    """Run "swapab" or "epilogue" into ``y`` (rows, N and K > 0)."""
+    """Run "swapab", "epilogue" or "wstat" into ``y`` (rows, N and K > 0)."""
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
     num_groups = coeffs.shape[0]
@@ -155,6 +171,11 @@ def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.T
     if strategy == "epilogue":
         cfg = epilogue_config(config, x.dtype, ieee, interpreting=interpreting())
         return epilogue_scaled_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)
+    if strategy == "wstat":
+        if target_for(x, weight).gluon and wstat_reason(x, weight, wstat_config(config)) is None:
+            return wstat_gluon_matmul(x, weight, coeffs, offsets, bias, y, wstat_config(config))
+        cfg = wstat_twin_config(config, x.dtype, interpreting=interpreting())
+        return wstat_twin_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)
     if target_for(x, weight).gluon:
         return swapab_gluon_matmul(x, weight, coeffs, offsets, bias, y, swapab_config(config))
     cfg = twin_config(config, x.dtype, interpreting=interpreting())

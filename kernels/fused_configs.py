@@ -177,3 +177,109 @@ def gluon_smem_bytes(cfg: SwapABConfig, elem_bytes: int = 2) -> int:
 def fits(smem_bytes: int) -> bool:
     """Whether a program needing ``smem_bytes`` (plus the slack) can launch on an H100."""
     return smem_bytes + GLUON_SMEM_SLACK <= SMEM_LIMIT
+
+
+# ------------------------------------------------------------- weight-stationary (issue 24)
+
+
+@dataclass(frozen=True)
+class WStatConfig:
+    """Tile of the weight-stationary kernels (``wstat_gluon``, ``wstat_twin``).
+
+    A program keeps the combined tile W_c[BLOCK_N, all K] resident in shared memory and
+    streams its run of x rows through it, BLOCK_T rows per MMA tile (wgmma's N), K in
+    BLOCK_K slices (the resident tile is stored as ceil(K / BLOCK_K) such slices, the x
+    ring holds ``stages`` [BLOCK_T, BLOCK_K] tiles). ``chunk_k``: K columns the combine
+    phase loads per model at a time (memory-level parallelism of that phase).
+    """
+
+    name: str
+    block_n: int
+    block_t: int
+    block_k: int
+    stages: int
+    num_warps: int
+    chunk_k: int = 64
+
+    @property
+    def maxnreg(self) -> int:
+        return 232 if self.num_warps == 4 else 168
+
+
+WSTAT_CONFIGS = (
+    # K <= 768 (ViT-B fc1/QKV): 128 weight rows (two warp groups of 64) resident, 192 KB at
+    # K = 768; x tiles of 128 rows, 2-stage ring of 16 KB tiles.
+    WStatConfig("ws128", block_n=128, block_t=128, block_k=64, stages=2, num_warps=8),
+    # K <= 1280 (ViT-L fc1/QKV): 64 weight rows (one warp group) resident, 128 KB at
+    # K = 1024; x tiles of 128 rows, 4-stage ring. (x tiles of 256 rows spilled 4-144 B at
+    # 232 registers: 3.6 and 3.8, sm_90a, the compile gate.)
+    WStatConfig("ws64", block_n=64, block_t=128, block_k=64, stages=4, num_warps=4),
+)
+
+#: The SM count the run-length rule uses in the interpreter: few SMs, so that the small test
+#: shapes get runs of several row blocks, and groups cut into several runs.
+INTERPRETER_SMS = 8
+
+INTERPRETER_WSTAT = {
+    "ws128": WStatConfig("ws128", block_n=32, block_t=16, block_k=16, stages=1, num_warps=4,
+                         chunk_k=16),
+    "ws64": WStatConfig("ws64", block_n=16, block_t=32, block_k=16, stages=1, num_warps=4,
+                        chunk_k=16),
+}
+
+#: Compiled shared memory above ``wstat_smem_bytes`` allowed by the gate (alignment).
+WSTAT_SMEM_SLACK = 1024
+
+
+def wstat_config(name: str, *, interpreting: bool = False) -> WStatConfig:
+    if interpreting:
+        return INTERPRETER_WSTAT[name]
+    for cfg in WSTAT_CONFIGS:
+        if cfg.name == name:
+            return cfg
+    raise KeyError(f"no weight-stationary config {name!r}; have "
+                   f"{[c.name for c in WSTAT_CONFIGS]}")
+
+
+def wstat_smem_bytes(cfg: WStatConfig, k_dim: int, elem_bytes: int = 2) -> int:
+    """Shared memory of the Gluon weight-stationary kernel for K = ``k_dim``: the resident
+    combined tile, the x ring and its mbarriers. Grows with K, not with M."""
+    k_pad = -(-k_dim // cfg.block_k) * cfg.block_k
+    resident = cfg.block_n * k_pad * elem_bytes
+    ring = cfg.stages * cfg.block_t * cfg.block_k * elem_bytes
+    return resident + ring + 8 * cfg.stages
+
+
+def wstat_fits(cfg: WStatConfig, k_dim: int, elem_bytes: int = 2) -> bool:
+    """Whether the Gluon weight-stationary kernel with ``cfg`` can launch for this K."""
+    return wstat_smem_bytes(cfg, k_dim, elem_bytes) + WSTAT_SMEM_SLACK <= SMEM_LIMIT
+
+
+def wstat_run_rows(num_rows: int, num_groups: int, n_dim: int, cfg: WStatConfig,
+                   sms: int = 132) -> int:
+    """Rows per program (a multiple of BLOCK_T) of the weight-stationary kernels.
+
+    Each program pays one combine of its resident tile, so runs are as long as filling
+    the SMs in one wave allows: ``sms // n_tiles`` runs per N tile for one group (24 N
+    tiles of ViT-B fc1: 5 runs of 2560 rows, 120 programs); each further group can add one
+    run (a tail), so it costs one run less. No host sync: only the call's sizes are used.
+    """
+    n_tiles = -(-n_dim // cfg.block_n)
+    runs = max(1, sms // n_tiles - (min(num_groups, max(num_rows, 1)) - 1))
+    blocks = -(-max(num_rows, 1) // cfg.block_t)
+    return cfg.block_t * -(-blocks // runs)
+
+
+#: The twin's tiles for fp32 on a GPU (only an explicit strategy="wstat" sends fp32 there:
+#: the Gluon kernel has no fp32); the 16-bit tiles are the Gluon configs'.
+WSTAT_TWIN_FP32 = WStatConfig("wtf32", block_n=64, block_t=64, block_k=32, stages=1,
+                              num_warps=4)
+
+
+def wstat_twin_config(name: str, dtype: torch.dtype, *, interpreting: bool = False
+                      ) -> WStatConfig:
+    """The twin's tiles for the pick ``name``: the Gluon config's, small ones in the
+    interpreter, ``WSTAT_TWIN_FP32`` for fp32 on a GPU."""
+    if interpreting:
+        return INTERPRETER_WSTAT[name]
+    return WSTAT_TWIN_FP32 if dtype == torch.float32 else wstat_config(name)

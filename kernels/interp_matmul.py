@@ -24,6 +24,9 @@ Four strategies, one contract:
 * ``"swapab"`` and ``"epilogue"`` (issue 11, ``dispatch``): the Gluon swap-AB
   register-combine kernel for Hopper (its plain-Triton twin wherever Gluon cannot run), and
   the epilogue-scaled multi-GEMM.
+* ``"wstat"`` (issue 24, ``dispatch``): the weight-stationary Gluon kernel for large groups
+  (combined tile resident in shared memory; its twin wherever Gluon cannot run or the
+  tile does not fit).
 
 ``plan_launch`` turns a combine/rowscaled call into the exact kernel arguments;
 ``interp_matmul`` launches them, and the compile gate (``compile_variants`` below,
@@ -388,7 +391,7 @@ def interp_matmul(
         coeffs: [G, M] float32.
         offsets: [G+1] int32/int64, offsets[0] = 0, non-decreasing, offsets[G] = T.
         bias: [M, N] or None.
-        strategy: "combine", "rowscaled", "swapab", "epilogue" or None
+        strategy: "combine", "rowscaled", "swapab", "epilogue", "wstat" or None
             (``choose_strategy``).
         out: optional [T, N] output (any strides) to write into instead of a new tensor.
 

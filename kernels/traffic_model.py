@@ -4,14 +4,14 @@ Ceilings (``Ceilings``): ``H200``, the GPU now lent (issue 19: device copy 4.3 T
 bf16 8192^3 GEMM ~790 TFLOP/s measured there, DESIGN §3; 132 SMs; 60 MB L2), is the
 default; ``H100`` holds the figures of the earlier loan (2.97 TB/s, 690 TFLOP/s, 50 MB L2),
 on which the calibration points (DESIGN §4) were measured, so ``calibration()`` runs
-under ``H100``. ``using(ceilings)`` switches them. The per-kernel formulas do not depend
-on the device.
+under ``H100``. Every prediction takes ``hw=``; without it, ``DEVICE``, which
+``using(ceilings)`` switches. The per-kernel formulas do not depend on the device.
 
 Every program (CTA) of a kernel is costed by the resource it exhausts first on its SM:
 
 * tensor cores: its FLOPs at the GEMM rate / 132 SMs, derated for narrow wgmma N
   (assumption, below);
-* L2 -> SM: the bytes its tiles load, at ``L2_BYTES_PER_S`` / 132 (assumption);
+* L2 -> SM: the bytes its tiles load, at ``l2_bytes_per_s`` / 132 (assumption);
 * shared memory: bytes written by TMA plus bytes read by ldmatrix and wgmma, at 128 B per
   clock per SM;
 * instruction issue (CUDA cores): the consumer warps' instructions per k-step, one warp
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -50,6 +49,7 @@ class Ceilings:
     l2_bytes_per_s: float  # L2 -> SM, all SMs (assumption)
     sms: int
     l2_bytes: int
+    clock_hz: float = 1.755e9  # assumption: sustained SM clock under tensor-core load
 
 
 # H100 SXM, the earlier loan (DESIGN §3, measured there). L2 -> SM: cuBLAS needs >= 7.2
@@ -59,14 +59,10 @@ H100 = Ceilings("H100 SXM", 690e12, 2.97e12, 7.5e12, 132, 50 * 10**6)
 # this workplace; 790 taken). Same die as the H100: L2 -> SM kept at 7.5 TB/s (assumption,
 # not measured on the H200; the first-contact run's cuBLAS times check it).
 H200 = Ceilings("H200", 790e12, 4.3e12, 7.5e12, 132, 60 * 10**6)
+#: The ceilings a prediction uses when it is given none (``using`` switches it).
 DEVICE = H200
 
-SMS = DEVICE.sms
-CLOCK_HZ = 1.755e9  # assumption: sustained SM clock under tensor-core load
-TENSOR_FLOPS = DEVICE.tensor_flops
-L2_BYTES_PER_S = DEVICE.l2_bytes_per_s
 SMEM_BYTES_PER_CLK = 128  # per SM
-HBM_BYTES_PER_S = DEVICE.hbm_bytes_per_s
 LAUNCH_S = 2.0e-6  # assumption: launch and tail of one kernel
 PROGRAM_FILL_S = 1.0e-6  # assumption: TMA prologue + epilogue of a program owning its SM
 ELEM = 2  # bytes per element (fp16/bf16)
@@ -74,19 +70,14 @@ ELEM = 2  # bytes per element (fp16/bf16)
 
 @contextlib.contextmanager
 def using(ceilings: Ceilings) -> Iterator[None]:
-    """Predict with another device's ceilings inside the block (this thread's module
-    state: the model is a few pure functions of these constants)."""
-    module = sys.modules[__name__]
-    names = ("DEVICE", "SMS", "TENSOR_FLOPS", "L2_BYTES_PER_S", "HBM_BYTES_PER_S")
-    saved = {n: getattr(module, n) for n in names}
-    module.DEVICE, module.SMS = ceilings, ceilings.sms
-    module.TENSOR_FLOPS, module.L2_BYTES_PER_S = ceilings.tensor_flops, ceilings.l2_bytes_per_s
-    module.HBM_BYTES_PER_S = ceilings.hbm_bytes_per_s
+    """Predict with another device's ceilings inside the block, for calls given no ``hw``
+    (module state: the model is a few pure functions of these constants)."""
+    global DEVICE
+    saved, DEVICE = DEVICE, ceilings
     try:
         yield
     finally:
-        for n, v in saved.items():
-            setattr(module, n, v)
+        DEVICE = saved
 
 
 def wgmma_efficiency(n: int) -> float:
@@ -124,28 +115,41 @@ class Prediction:
     flops: float = 0.0  # tensor-core FLOPs of the call (padding included)
     l2_bytes: float = 0.0  # L2 -> SM bytes of the call
     smem_bytes: float = 0.0  # shared-memory bytes written and read
+    serial_s: float = 0.0  # per-program phase that overlaps nothing (wstat's combine)
+    #: seconds per program of each SM resource (tensor, l2, smem, issue), the serial phase
+    #: and fill, then the call's HBM floor and launch: the breakdown of ``NOTES``
+    parts: tuple = ()
+    waves: int = 0
 
 
-def _finish(programs: int, per_program: dict[str, float], fill: float, hbm_bytes: float):
+def _finish(programs: int, per_program: dict[str, float], fill: float, hbm_bytes: float,
+            hw: Ceilings | None = None, serial: float = 0.0):
+    """Waves of programs, each taking its binding resource's time (plus ``serial``: a phase
+    that overlaps nothing, e.g. the weight-stationary combine) and ``fill``."""
+    hw = hw or DEVICE
     totals = {k: v * programs for k, v in per_program.items() if k.startswith("_")}
     per_program = {k: v for k, v in per_program.items() if not k.startswith("_")}
     bound = max(per_program, key=per_program.get)
-    waves = math.ceil(programs / SMS)
-    body = waves * (per_program[bound] + fill)
-    hbm = hbm_bytes / HBM_BYTES_PER_S
+    waves = math.ceil(programs / hw.sms)
+    body = waves * (per_program[bound] + serial + fill)
+    hbm = hbm_bytes / hw.hbm_bytes_per_s
+    parts = (*per_program.items(), ("serial", serial), ("fill", fill), ("hbm", hbm),
+             ("launch", LAUNCH_S))
     if hbm > body:
         bound, body = "hbm", hbm
     return Prediction(body + LAUNCH_S, bound, programs, totals["_flops"], totals["_l2"],
-                      totals["_smem"])
+                      totals["_smem"], serial, parts, waves)
 
 
-def _per_sm(flops: float, l2: float, smem: float, issue_clk: float = 0.0, n_eff=1.0):
+def _per_sm(flops: float, l2: float, smem: float, issue_clk: float = 0.0, n_eff=1.0,
+            hw: Ceilings | None = None):
     """Seconds one program needs of each SM resource (and, under "_", its raw amounts)."""
+    hw = hw or DEVICE
     return {
-        "tensor": flops / (TENSOR_FLOPS / SMS) / n_eff,
-        "l2": l2 / (L2_BYTES_PER_S / SMS),
-        "smem": smem / (SMEM_BYTES_PER_CLK * CLOCK_HZ),
-        "issue": issue_clk / CLOCK_HZ,
+        "tensor": flops / (hw.tensor_flops / hw.sms) / n_eff,
+        "l2": l2 / (hw.l2_bytes_per_s / hw.sms),
+        "smem": smem / (SMEM_BYTES_PER_CLK * hw.clock_hz),
+        "issue": issue_clk / hw.clock_hz,
         "_flops": flops,
         "_l2": l2,
         "_smem": smem,
@@ -157,7 +161,8 @@ def _hbm_bytes(case: Case) -> float:
         * ELEM
 
 
-def cublas(case: Case, block_m: int = 128, block_n: int = 256) -> Prediction:
+def cublas(case: Case, block_m: int = 128, block_n: int = 256,
+           hw: Ceilings | None = None) -> Prediction:
     """cuBLAS on one pre-merged weight (M = 1), persistent: no per-program fill."""
     tiles = math.ceil(case.rows / block_m) * math.ceil(case.n_dim / block_n)
     k = case.k_dim
@@ -165,9 +170,10 @@ def cublas(case: Case, block_m: int = 128, block_n: int = 256) -> Prediction:
         flops=2 * block_m * block_n * k,
         l2=(block_m + block_n) * k * ELEM,
         smem=((block_m + block_n) + block_m + 2 * block_n) * k * ELEM,  # TMA in, 2 WGs read
+        hw=hw,
     )
     merged = Case(case.name, case.lengths, 1, case.n_dim, case.k_dim, case.repeat)
-    return _finish(tiles, per, 0.0, _hbm_bytes(merged))
+    return _finish(tiles, per, 0.0, _hbm_bytes(merged), hw)
 
 
 def pack_slots(case: Case, slot_t: int, slots: int) -> tuple[int, float]:
@@ -194,7 +200,7 @@ def pack_slots(case: Case, slot_t: int, slots: int) -> tuple[int, float]:
     return len(distinct), sum(distinct) / max(len(distinct), 1)
 
 
-def swapab(case: Case, cfg, overlap: bool = False) -> Prediction:
+def swapab(case: Case, cfg, hw: Ceilings | None = None, overlap: bool = False) -> Prediction:
     """Gluon swap-AB register combine with a ``fused_configs.SwapABConfig``.
 
     ``overlap=False`` is the kernel as it is: each k-step's wgmmas are retired before the
@@ -218,14 +224,17 @@ def swapab(case: Case, cfg, overlap: bool = False) -> Prediction:
         smem=(2 * m * bn + bt + (bn // 64) * bt) * k * ELEM,
         issue_clk=issue,
         n_eff=wgmma_efficiency(slot_t),
+        hw=hw,
     )
     if not overlap:
         per["issue+mma"] = per.pop("issue") + per.pop("tensor")
-    return _finish(programs, per, PROGRAM_FILL_S, _hbm_bytes(case))
+    return _finish(programs, per, PROGRAM_FILL_S, _hbm_bytes(case), hw)
 
 
-def epilogue(case: Case, cfg, occupancy: int | None = None) -> Prediction:
+def epilogue(case: Case, cfg, occupancy: int | None = None,
+             hw: Ceilings | None = None) -> Prediction:
     """Epilogue-scaled multi-GEMM with a ``fused_configs.EpilogueConfig``."""
+    hw = hw or DEVICE
     bm, bn = cfg.block_m, cfg.block_n
     m, k = case.num_models, case.k_dim
     programs = math.ceil(case.rows / bm) * math.ceil(case.n_dim / bn)
@@ -234,13 +243,66 @@ def epilogue(case: Case, cfg, occupancy: int | None = None) -> Prediction:
         flops=2 * bm * bn * k * m,
         l2=m * (bm + bn) * k * ELEM,
         smem=m * ((bm + bn) + bm + wgs * bn) * k * ELEM,
+        hw=hw,
     )
     # Each model boundary drains the wgmma pipeline once (~200 clocks, assumption).
-    per["tensor"] += m * 200 / CLOCK_HZ
+    per["tensor"] += m * 200 / hw.clock_hz
     smem_bytes = cfg.num_stages * (bm + bn) * cfg.block_k * ELEM
     occ = occupancy or max(1, min(232448 // smem_bytes, 2))
     fill = PROGRAM_FILL_S / occ
-    return _finish(programs, per, fill, _hbm_bytes(case))
+    return _finish(programs, per, fill, _hbm_bytes(case), hw)
+
+
+#: Weight-stationary combine phase (assumptions): thread-instructions per weight element
+#: per model (a 16-byte load per 8 elements, one unpack to fp32, one FFMA, address and
+#: loop overhead), issued at 4 warp-instructions per clock per SM; plus the latency of
+#: its first loads and of the fence/barrier before the first wgmma.
+WSTAT_COMBINE_INSTR = 2.5
+WSTAT_COMBINE_LATENCY_S = 1.5e-6
+#: Per row block of the weight-stationary stream: draining the wgmma pipeline before the
+#: epilogue and issuing its stores (assumption: ~500 clocks exposed).
+WSTAT_EPILOGUE_CLK = 500
+#: y stored straight from the wgmma accumulator layout (no shared-memory staging: the
+#: resident tile leaves no room for it): 4 rows x 16 bytes per warp store, half of each
+#: 32-byte sector's bytes wasted, so y costs twice its bytes of L2 traffic.
+WSTAT_Y_SECTOR_WASTE = 2.0
+
+
+def wstat(case: Case, cfg, hw: Ceilings | None = None) -> Prediction:
+    """Weight-stationary Gluon kernel (``wstat_gluon``) with a ``fused_configs.WStatConfig``.
+
+    Per program: a combine phase (serial: the M weight tiles [BLOCK_N, K] from L2, combined
+    on the CUDA cores into the resident tile), then a stream phase over its run of rows:
+    x tiles by TMA, wgmma with both operands in shared memory (the resident tile as A, x^T
+    as B: m64 x n BLOCK_T x k16 per warp group), epilogue per row block. Only calls the
+    kernel fits (``wstat_fits``) are meaningful.
+    """
+    from .fused_configs import wstat_run_rows
+
+    hw = hw or DEVICE
+    bn, bt, bk = cfg.block_n, cfg.block_t, cfg.block_k
+    m, n, k = case.num_models, case.n_dim, case.k_dim
+    kp = math.ceil(k / bk) * bk
+    run = wstat_run_rows(case.rows, case.groups, n, cfg, hw.sms)
+    n_tiles = math.ceil(n / bn)
+    programs = sum(math.ceil(g / run) for g in case.lengths) * case.repeat * n_tiles
+    rows = min(max(case.lengths), run)  # the longest program's rows
+    blocks = math.ceil(rows / bt)
+    wgs = max(bn // 64, 1)
+    comb_l2 = m * bn * kp * ELEM
+    comb_issue = m * bn * kp * WSTAT_COMBINE_INSTR / (4 * 32)
+    combine = (max(comb_l2 / (hw.l2_bytes_per_s / hw.sms), comb_issue / hw.clock_hz)
+               + WSTAT_COMBINE_LATENCY_S)
+    per = _per_sm(
+        flops=2 * bn * bt * blocks * kp,
+        l2=blocks * bt * (kp + WSTAT_Y_SECTOR_WASTE * bn) * ELEM,
+        smem=blocks * (bt + wgs * (64 + bt)) * kp * ELEM,
+        hw=hw,
+    )
+    per["tensor"] += blocks * WSTAT_EPILOGUE_CLK / hw.clock_hz
+    per["_l2"] += comb_l2
+    per["_smem"] += bn * kp * ELEM
+    return _finish(programs, per, PROGRAM_FILL_S, _hbm_bytes(case), hw, serial=combine)
 
 
 # --------------------------------------------------------------------- the cases
@@ -335,7 +397,7 @@ def hazard_fix_cost() -> str:
         base = cublas(case).seconds
         cells = []
         for overlap in (True, False):
-            name, pred = min(((c.name, swapab(case, c, overlap)) for c in SWAPAB_CONFIGS),
+            name, pred = min(((c.name, swapab(case, c, overlap=overlap)) for c in SWAPAB_CONFIGS),
                              key=lambda p: p[1].seconds)
             cells.append(f"{pred.seconds / base:5.2f}x ({name}, {pred.bound})")
         name, pred = min(((c.name, epilogue(case, c)) for c in EPILOGUE_CONFIGS),
@@ -363,4 +425,138 @@ def table() -> str:
             name, pred = got[design]
             cells.append(f"{pred.seconds / base:5.2f}x ({name}, {pred.bound})")
         lines.append(f"{case.name:36s} {base * 1e3:9.3f}  {cells[0]:>34s}  {cells[1]:>34s}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------- issue 24: P1 / P4 on paper
+
+VIT_ROWS = {"B/32": 12800, "B/16": 12608, "L/14": 16448}  # 256 x 50, 64 x 197, 64 x 257
+VIT_WIDTH = {"B/32": 768, "B/16": 768, "L/14": 1024}
+
+
+def large_group_cases() -> list[Case]:
+    """P1 (M = 2) and P4 (M = 8): one group of >= 8k rows, fc1, fc2 and QKV of each ViT."""
+    out = []
+    for vit, rows in VIT_ROWS.items():
+        d = VIT_WIDTH[vit]
+        for layer, n_dim, k_dim in (("fc1", 4 * d, d), ("fc2", d, 4 * d), ("QKV", 3 * d, d)):
+            for p, num_models in (("P1", 2), ("P4", 8)):
+                out.append(Case(f"{p} {vit} {layer} M={num_models} {rows}", (rows,),
+                                num_models, n_dim, k_dim))
+    return out
+
+
+def large_group_table(hw: Ceilings | None = None) -> str:
+    """Predicted ratio to cuBLAS on the pre-merged weight for P1 and P4, every design,
+    with the time breakdown of the weight-stationary kernel (``NOTES``)::
+
+        python -c "from dawin_fast.kernels.traffic_model import large_group_table as t; print(t())"
+    """
+    hw = hw or DEVICE
+    from .fused_configs import EPILOGUE_CONFIGS, SWAPAB_CONFIGS, WSTAT_CONFIGS, wstat_fits
+
+    head = (f"{'case':24s} {'cuBLAS us':>9s} {'swapab':>7s} {'epilog':>7s} {'wstat':>16s}"
+            f" | wstat: {'combine':>7s} {'tensor':>6s} {'L2':>6s} {'smem':>6s} {'bound':>6s}"
+            f" {'progs':>5s}  (us per program)")
+    lines = [f"{hw.name} ceilings: {hw.tensor_flops / 1e12:.0f} TFLOP/s, HBM "
+             f"{hw.hbm_bytes_per_s / 1e12:.1f} TB/s, L2->SM {hw.l2_bytes_per_s / 1e12:.1f} "
+             f"TB/s (assumed), {hw.sms} SMs", head]
+    for case in large_group_cases():
+        base = cublas(case, hw=hw).seconds
+        sw = min(swapab(case, c, hw).seconds for c in SWAPAB_CONFIGS)
+        ep = min(epilogue(case, c, hw=hw).seconds for c in EPILOGUE_CONFIGS)
+        fitting = [c for c in WSTAT_CONFIGS if wstat_fits(c, case.k_dim)]
+        cell, detail = f"{'no fit':>16s}", ""
+        if fitting:
+            cfg = min(fitting, key=lambda c: wstat(case, c, hw).seconds)
+            pred = wstat(case, cfg, hw)
+            per = dict(pred.parts)
+            cell = f"{pred.seconds / base:5.2f}x ({cfg.name:5s})"
+            detail = (f"{pred.serial_s * 1e6:7.1f} {per['tensor'] * 1e6:6.1f} "
+                      f"{per['l2'] * 1e6:6.1f} {per['smem'] * 1e6:6.1f} {pred.bound:>6s} "
+                      f"{pred.programs:5d}")
+        lines.append(f"{case.name:24s} {base * 1e6:9.1f} {sw / base:6.2f}x {ep / base:6.2f}x "
+                     f"{cell:>16s} | {detail}")
+    return "\n".join(lines)
+
+
+def pred_run(case: Case, cfg, hw: Ceilings | None = None) -> int:
+    from .fused_configs import wstat_run_rows
+
+    hw = hw or DEVICE
+    return wstat_run_rows(case.rows, case.groups, case.n_dim, cfg, hw.sms)
+
+
+def design_breakdown(hw: Ceilings | None = None) -> str:
+    """Where the time goes, per P case and design (model, not measured): per program, the
+    seconds of each SM resource (tensor cores, L2 -> SM, shared memory, CUDA-core issue:
+    the register combine; "issue+mma" where issue and MMAs cannot overlap), the serial
+    weight-stationary combine phase, the fill/latency of a program, and per call the HBM
+    floor; waves of programs; the binding resource."""
+    hw = hw or DEVICE
+    from .fused_configs import EPILOGUE_CONFIGS, SWAPAB_CONFIGS, WSTAT_CONFIGS, wstat_fits
+
+    # "issue+mma": the swap-AB consumer's issue and MMAs, which add up since the hazard fix
+    cols = ("tensor", "l2", "smem", "issue", "issue+mma", "serial", "fill", "hbm")
+    lines = [f"{hw.name}; us per program (hbm: per call); ratio to cuBLAS on the pre-merged "
+             "weight",
+             f"{'case':32s} {'design':18s} " + " ".join(f"{c:>6s}" for c in cols)
+             + f" {'waves':>5s} {'bound':>6s} {'us':>7s} {'ratio':>6s}"]
+    cases = [c for c in vit_cases() if not c.name.startswith("P1")] + large_group_cases()
+    for case in cases:
+        base = cublas(case, hw=hw)
+        rows = [("cuBLAS premerged", base)]
+        for name, fn, configs in (("swapab", swapab, SWAPAB_CONFIGS),
+                                  ("epilogue", lambda c, g, h: epilogue(c, g, hw=h),
+                                   EPILOGUE_CONFIGS),
+                                  ("wstat", wstat, [g for g in WSTAT_CONFIGS
+                                                    if wstat_fits(g, case.k_dim)])):
+            if configs:
+                cfg = min(configs, key=lambda g: fn(case, g, hw).seconds)
+                rows.append((f"{name} {cfg.name}", fn(case, cfg, hw)))
+        for label, pred in rows:
+            parts = dict(pred.parts)
+            lines.append(f"{case.name:32s} {label:18s} "
+                         + " ".join(f"{parts.get(c, 0.0) * 1e6:6.1f}" for c in cols)
+                         + f" {pred.waves:5d} {pred.bound:>6s} {pred.seconds * 1e6:7.1f} "
+                         f"{pred.seconds / base.seconds:6.2f}")
+    return "\n".join(lines)
+
+
+def wstat_sensitivity(hw: Ceilings | None = None) -> str:
+    """The weight-stationary predictions for the K = 768 cases under each assumption made
+    pessimistic on its own (and all together): how far the P1/P4 margins stretch."""
+    hw = hw or DEVICE
+    import dataclasses
+    import sys
+
+    from .fused_configs import wstat_config
+
+    module = sys.modules[__name__]
+    knobs = {
+        "as modelled": {},
+        "L2 -> SM 20% slower (wstat only)": {"l2": 0.8},
+        "combine 2x the instructions": {"WSTAT_COMBINE_INSTR": 2 * WSTAT_COMBINE_INSTR},
+        "epilogue exposes 1500 clk": {"WSTAT_EPILOGUE_CLK": 1500},
+        "y stores waste 4x": {"WSTAT_Y_SECTOR_WASTE": 4.0},
+        "tensor 10% slower (wstat only)": {"tensor": 0.9},
+    }
+    knobs["all of these"] = {k: v for d in knobs.values() for k, v in d.items()}
+    cfg = wstat_config("ws128")
+    cases = [c for c in large_group_cases() if c.k_dim == 768 and c.name.split()[1] == "B/32"]
+    lines = [f"{'assumption':34s} " + " ".join(f"{c.name[:15]:>15s}" for c in cases)]
+    for label, changes in knobs.items():
+        saved = {k: getattr(module, k) for k in changes if k.isupper()}
+        try:
+            for k, v in changes.items():
+                if k.isupper():
+                    setattr(module, k, v)
+            slow = dataclasses.replace(
+                hw, l2_bytes_per_s=hw.l2_bytes_per_s * changes.get("l2", 1.0),
+                tensor_flops=hw.tensor_flops * changes.get("tensor", 1.0))
+            cells = [wstat(c, cfg, slow).seconds / cublas(c, hw=hw).seconds for c in cases]
+        finally:
+            for k, v in saved.items():
+                setattr(module, k, v)
+        lines.append(f"{label:34s} " + " ".join(f"{r:14.2f}x" for r in cells))
     return "\n".join(lines)

@@ -17,8 +17,10 @@ from dawin_fast.kernels import compile_gate, dispatch, traffic_model
 from dawin_fast.kernels.fused_configs import (
     EPILOGUE_CONFIGS,
     SWAPAB_CONFIGS,
+    WSTAT_CONFIGS,
     epilogue_config,
     twin_config,
+    wstat_twin_config,
 )
 from tests.reference import assert_close_to_reference
 from tests.test_interp_linear import make_inputs
@@ -29,11 +31,13 @@ HOPPER = dispatch.Target(cuda=True, half=True, gluon=True)
 B32_FC1 = dict(n_dim=3072, k_dim=768)
 
 
-def test_model_picks_swapab_for_groups_and_epilogue_for_rows():
+def test_model_picks_wstat_for_large_groups_swapab_for_groups_and_epilogue_for_rows():
     one = dispatch.choose(12800, 1, 2, **B32_FC1, target=HOPPER)
     per_sample = dispatch.choose(256 * 50, 256, 2, **B32_FC1, target=HOPPER)
     per_row = dispatch.choose(12800, 12800, 2, **B32_FC1, target=HOPPER)
-    assert (one.strategy, one.config) == ("swapab", "w8t256")
+    assert (one.strategy, one.config) == ("wstat", "ws128")
+    fc2 = dispatch.choose(12800, 1, 2, 768, 3072, target=HOPPER)  # no resident tile fits
+    assert (fc2.strategy, fc2.config) == ("swapab", "w8t256")
     assert (per_sample.strategy, per_sample.config) == ("swapab", "w8pack4x64")
     assert per_row.strategy == "epilogue"
     small = dispatch.choose(400, 1, 2, **B32_FC1, target=HOPPER)
@@ -57,6 +61,7 @@ def test_choice_is_the_cheapest_prediction():
         case = traffic_model.Case("", (rows // groups,), models, 3072, 768, repeat=groups)
         costs = [traffic_model.swapab(case, c).seconds for c in SWAPAB_CONFIGS]
         costs += [traffic_model.epilogue(case, c).seconds for c in EPILOGUE_CONFIGS]
+        costs += [traffic_model.wstat(case, c).seconds for c in WSTAT_CONFIGS]  # K=768 fits
         assert choice.predicted_s == min(costs)
 
 
@@ -72,15 +77,20 @@ def test_every_routable_config_is_in_the_compile_gate():
         for rows, groups in ((12800, 1), (400, 1), (12800, 256), (12800, 12800), (5000, 700)):
             for n_dim, k_dim in ((3072, 768), (768, 3072), (4096, 1024)):
                 choice = dispatch.choose(rows, groups, num_models, n_dim, k_dim, HOPPER)
-                kernel = "swapab (Gluon)" if choice.strategy == "swapab" else "epilogue"
+                kernel = {"swapab": "swapab (Gluon)", "wstat": "wstat (Gluon)"}.get(
+                    choice.strategy, "epilogue")
                 assert (kernel, choice.config) in gated, choice
                 shape = (rows, groups, num_models, n_dim, k_dim)
                 swapab = dispatch.best_config("swapab", *shape)
                 epilogue = dispatch.best_config("epilogue", *shape)
+                wstat = dispatch.best_config("wstat", *shape)
                 for dtype in (torch.bfloat16, torch.float16):
                     assert ("swapab twin", twin_config(swapab, dtype).name) in gated
                     assert ("epilogue", epilogue_config(epilogue, dtype, False).name) in gated
+                    assert ("wstat twin", wstat_twin_config(wstat, dtype).name) in gated
                 assert ("swapab twin", twin_config(swapab, torch.float32).name) in fp32_gated
+                assert ("wstat twin", wstat_twin_config(wstat, torch.float32).name) \
+                    in fp32_gated
                 for ieee in (True, False):
                     cfg = epilogue_config(epilogue, torch.float32, ieee)
                     assert ("epilogue", cfg.name) in fp32_gated
@@ -110,7 +120,7 @@ def _call(x, weight, coeffs, offsets, b, strategy=None):
     return out
 
 
-@pytest.mark.parametrize("strategy", ["swapab", "epilogue"])
+@pytest.mark.parametrize("strategy", ["swapab", "epilogue", "wstat"])
 @pytest.mark.parametrize("lengths", [[12, 0, 30, 5], [64]])
 def test_new_strategies_through_interp_matmul(strategy, lengths):
     if not kernels.interpreting():
@@ -167,7 +177,7 @@ def test_target_on_cpu_tensors_has_no_gluon():
     x, weight, *_ = make_inputs([4], 16, 8, 2, torch.float16, "cpu")
     target = dispatch.target_for(x, weight)
     assert not target.cuda and not target.gluon and target.half
-    assert interp_matmul_module.STRATEGIES[-2:] == ("swapab", "epilogue")
+    assert interp_matmul_module.STRATEGIES[-3:] == ("swapab", "epilogue", "wstat")
 
 
 # ------------------------------------------------------- rowscaled on Hopper (issue 18)

@@ -28,6 +28,7 @@ from dawin_fast.kernels import configs
 from dawin_fast.kernels.fused_configs import (
     EPILOGUE_CONFIGS,
     SWAPAB_CONFIGS,
+    WSTAT_CONFIGS,
     fits,
     gluon_smem_bytes,
 )
@@ -71,6 +72,17 @@ def test_the_gate_covers_what_the_issues_ask(report):
                 assert all("wait" in r["checks"] for r in mine)
                 if kernel == "swapab (Gluon)":
                     assert all({"a_regs", "tma", "model"} <= set(r["checks"]) for r in mine)
+    # Issue 24: the weight-stationary Gluon kernel, every config, bf16 and fp16 up to M = 32
+    # on every Triton gated, with both wgmma operands in shared memory (no register A
+    # operand, so no register-A hazard), TMA loads and its shared-memory model; its twin.
+    for version, rows in report["tritons"].items():
+        for cfg in WSTAT_CONFIGS:
+            mine = [r for r in rows if (r["kernel"], r["config"]) == ("wstat (Gluon)", cfg.name)]
+            assert {r["case"].split()[0] for r in mine} >= {"bfloat16", "float16"}, version
+            assert max(int(r["case"].split("M=")[1].split(",")[0]) for r in mine) == 32
+            assert all(r["a_operand"] == "shared" for r in mine), (version, cfg.name)
+            assert all({"wait", "tma", "model"} <= set(r["checks"]) for r in mine)
+            assert any(r["kernel"] == "wstat twin" and r["config"] == cfg.name for r in rows)
     assert all(report["tritons"].values())
 
 
