@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import traffic_model
+from . import arch, traffic_model
 from .common import use_ieee
 from .configs import interpreting
 from .epilogue_scaled import epilogue_scaled_matmul
@@ -37,6 +37,7 @@ from .fused_configs import (
     EPILOGUE_CONFIGS,
     SWAPAB_CONFIGS,
     epilogue_config,
+    epilogue_fits,
     swapab_config,
     twin_config,
 )
@@ -60,15 +61,19 @@ class Target:
     cuda: bool  # compiled kernels (not the interpreter)
     half: bool  # fp16/bf16 operands (the Gluon kernel's wgmma types)
     gluon: bool  # the Gluon kernel can run: sm_90, Gluon present, TMA-addressable operands
+    hopper: bool = True  # sm_90: wgmma and TMA exist (else no TMA descriptors either)
+    smem_limit: int = arch.HOPPER.smem_limit  # the device's shared memory per block
 
 
 def target_for(x: torch.Tensor, weight: torch.Tensor) -> Target:
+    """The call's target; the device's properties are queried once per device."""
     cuda = x.is_cuda and not interpreting()
     half = x.dtype in (torch.float16, torch.bfloat16)
-    gluon = (cuda and half and GLUON_AVAILABLE and GLUON_ENABLED
-             and torch.cuda.get_device_capability(x.device)[0] == 9
+    hopper = arch.hopper(x.device) if cuda else True
+    gluon = (cuda and half and GLUON_AVAILABLE and GLUON_ENABLED and hopper
              and tma_compatible(x, weight) is None)
-    return Target(cuda=cuda, half=half, gluon=gluon)
+    limit = arch.shared_memory_limit(x.device) if cuda else arch.assumed().smem_limit
+    return Target(cuda=cuda, half=half, gluon=gluon, hopper=hopper, smem_limit=limit)
 
 
 @dataclass(frozen=True)
@@ -105,11 +110,35 @@ def choose(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: i
 
 
 def best_config(strategy: str, num_rows: int, num_groups: int, num_models: int, n_dim: int,
-                k_dim: int) -> str:
-    """The model's cheapest config of one strategy (model, not measured)."""
+                k_dim: int, dtype: torch.dtype = torch.bfloat16,
+                limit: int = arch.HOPPER.smem_limit) -> str:
+    """The model's cheapest config of one strategy that fits ``limit`` bytes of shared
+    memory (model, not measured). The swap-AB twin's tiles fit every target (at most
+    24 KiB compiled); the epilogue kernel's need up to 128 KiB (``epilogue_fits``)."""
     groups = min(max(num_groups, 1), max(num_rows, 1))
     ranked = _costed(max(num_rows, 1), groups, num_models, n_dim, k_dim)
-    return next(c.config for c in ranked if c.strategy == strategy)
+    fitting = [c.config for c in ranked if c.strategy == strategy
+               and (strategy != "epilogue" or epilogue_fits(c.config, dtype, limit))]
+    if not fitting:
+        raise ValueError(f"{strategy}: no config fits {limit} B of shared memory")
+    return fitting[0]
+
+
+def candidates(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: int,
+               dtype: torch.dtype, target: Target, factor: float) -> list[Choice]:
+    """The issue-11 kernels' configs worth timing on this target: the traffic model's
+    ranking (a Hopper model: a prior and a pruner, not a prediction elsewhere), cut at
+    ``factor`` times its best, without configs that do not fit the device's shared
+    memory. Empty off CUDA, for fp32 (only an explicit strategy sends fp32 there) and
+    for empty calls."""
+    if not (target.cuda and target.half) or num_rows == 0:
+        return []
+    groups = min(max(num_groups, 1), num_rows)
+    ranked = [c for c in _costed(num_rows, groups, num_models, n_dim, k_dim)
+              if c.strategy != "epilogue" or epilogue_fits(c.config, dtype, target.smem_limit)]
+    if not ranked:
+        return []
+    return [c for c in ranked if c.predicted_s <= factor * ranked[0].predicted_s]
 
 
 def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor,
@@ -119,14 +148,19 @@ def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.T
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
     num_groups = coeffs.shape[0]
+    target = target_for(x, weight)
     if config is None:
-        config = best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim)
+        config = best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim,
+                             x.dtype, target.smem_limit)
     ieee = use_ieee(x.dtype)
     # The configs below are the compile gate's (see the module doc).
     if strategy == "epilogue":
         cfg = epilogue_config(config, x.dtype, ieee, interpreting=interpreting())
-        return epilogue_scaled_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)
-    if target_for(x, weight).gluon:
+        # TMA descriptors exist on Hopper only: pointer loads elsewhere (gated on all).
+        use_tma = None if target.hopper else False
+        return epilogue_scaled_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee,
+                                      use_tma=use_tma)
+    if target.gluon:
         return swapab_gluon_matmul(x, weight, coeffs, offsets, bias, y, swapab_config(config))
     cfg = twin_config(config, x.dtype, interpreting=interpreting())
     return swapab_twin_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)

@@ -86,10 +86,13 @@ def default_strategy(num_rows: int, num_groups: int, num_models: int,
 
 
 def fits(strategy: str, num_rows: int, num_groups: int, num_models: int,
-         dtype: torch.dtype, ieee: bool = False, is_aligned: bool = True) -> bool:
-    """Whether ``strategy`` has a GPU config within the shared-memory limit for this call."""
+         dtype: torch.dtype, ieee: bool = False, is_aligned: bool = True,
+         limit: int | None = None) -> bool:
+    """Whether ``strategy`` has a GPU config within ``limit`` bytes of shared memory
+    (default: the assumed target's, ``arch.assumed()``) for this call."""
     block_m = gpu_combine_block_m(num_rows, num_groups, dtype) if strategy == "combine" else None
-    return bool(fitting_configs(strategy, num_models, dtype, ieee, block_m, is_aligned))
+    return bool(fitting_configs(strategy, num_models, dtype, ieee, block_m, is_aligned,
+                                limit=limit))
 
 
 def choose_strategy(num_rows: int, num_groups: int, num_models: int, dtype: torch.dtype,
@@ -98,15 +101,17 @@ def choose_strategy(num_rows: int, num_groups: int, num_models: int, dtype: torc
     """The strategy ``interp_matmul`` uses when none is given: ``default_strategy``'s pick,
     or the other kernel when the pick has no config that fits in shared memory (combine
     runs out from M ~ 100 with 16-bit inputs; row-scaled fits at any M). The issue-11
-    kernels keep their shared memory independent of M (``compiled.md``)."""
+    kernels keep their shared memory independent of M (``compiled.md``). The limit is
+    ``target``'s (the device's), else the assumed target's (Hopper)."""
     first = default_strategy(num_rows, num_groups, num_models, n_dim, k_dim, target)
     if first in dispatch.NEW_STRATEGIES:
         return first
+    limit = target.smem_limit if target is not None else None
     for strategy in (first, *(s for s in OLD_STRATEGIES if s != first)):
-        if fits(strategy, num_rows, num_groups, num_models, dtype, ieee, is_aligned):
+        if fits(strategy, num_rows, num_groups, num_models, dtype, ieee, is_aligned, limit):
             return strategy
-    raise ValueError(f"interp_matmul: no kernel has a config that fits in shared memory for "
-                     f"M={num_models}, {dtype}")
+    raise ValueError(f"interp_matmul: no kernel has a config that fits in "
+                     f"{limit or 'the'} B of shared memory for M={num_models}, {dtype}")
 
 
 def call_aligned(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -370,6 +375,7 @@ def interp_matmul(
     *,
     strategy: str | None = None,
     out: torch.Tensor | None = None,
+    config: str | None = None,
 ) -> torch.Tensor:
     """Launch the grouped fused-interpolation GEMM.
 
@@ -382,6 +388,9 @@ def interp_matmul(
         strategy: "combine", "rowscaled", "swapab", "epilogue" or None
             (``choose_strategy``).
         out: optional [T, N] output (any strides) to write into instead of a new tensor.
+        config: the config name of a "swapab"/"epilogue" call (``fused_configs``; the
+            measured dispatch passes the one it timed), None for the model's; the old
+            kernels autotune theirs.
 
     Returns:
         y: [T, N] in x's dtype.
@@ -403,18 +412,19 @@ def interp_matmul(
         return _bias_only(y, coeffs, offsets, bias)
     ieee = use_ieee(x.dtype)
     is_aligned = call_aligned(x, weight)
+    target = dispatch.target_for(x, weight)
     if strategy is None:
         strategy = choose_strategy(num_rows, num_groups, num_models, x.dtype, ieee, is_aligned,
-                                   n_dim, k_dim, dispatch.target_for(x, weight))
+                                   n_dim, k_dim, target)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy in dispatch.NEW_STRATEGIES:
-        return dispatch.launch(strategy, x, weight, coeffs, offsets, bias, y)
+        return dispatch.launch(strategy, x, weight, coeffs, offsets, bias, y, config)
     if not interpreting() and not fits(strategy, num_rows, num_groups, num_models, x.dtype,
-                                       ieee, is_aligned):
+                                       ieee, is_aligned, target.smem_limit):
         raise ValueError(f"interp_matmul: strategy {strategy!r} has no config that fits in "
-                         f"shared memory for M={num_models}, {x.dtype}; use "
-                         f"strategy=None to pick one that does")
+                         f"{target.smem_limit} B of shared memory for M={num_models}, "
+                         f"{x.dtype}; use strategy=None to pick one that does")
     launch = plan_launch(x, weight, coeffs, offsets, bias, y, strategy)
     launch.kernel[launch.grid](*launch.args, **launch.kwargs)
     return y
