@@ -48,9 +48,11 @@ from .nn import (
     route,
 )
 from .ops import (
+    clear_dispatch_cache,
     interp_linear,
     interp_linear_torch,
     kernel_choice,
+    set_measured_dispatch,
     skip_value_checks,
     use_backend,
     use_strategy,
@@ -74,6 +76,7 @@ __all__ = [
     "coefficients_from_entropies",
     "coefficients_multi",
     "coefficients_two",
+    "clear_dispatch_cache",
     "cross_entropy",
     "dawinize",
     "dynamic_classifier_selection",
@@ -89,6 +92,7 @@ __all__ = [
     "max_softmax",
     "offset_terms",
     "route",
+    "set_measured_dispatch",
     "single_group",
     "skip_value_checks",
     "task_vectors",

@@ -114,6 +114,40 @@ def choose_strategy(num_rows: int, num_groups: int, num_models: int, dtype: torc
                      f"{limit or 'the'} B of shared memory for M={num_models}, {dtype}")
 
 
+#: The traffic model's cut: the issue-11 configs it costs within this factor of its best are
+#: timed by the measured dispatch (a Hopper model: off Hopper only a coarse prior).
+MEASURE_FACTOR = 1.5
+
+
+def candidates(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
+               factor: float = MEASURE_FACTOR) -> list[tuple[str, str | None]]:
+    """(strategy, config) pairs worth timing for this call on its device, the model's pick
+    (``choose_strategy``, with its config for the issue-11 kernels) first; then every old
+    kernel with a config that fits the device's shared memory (they have no cost model, and
+    Triton autotunes their configs), then the issue-11 configs the traffic model keeps
+    (``dispatch.candidates``). Config None: the model's or autotune's."""
+    num_rows, k_dim = x.shape
+    num_models, n_dim, _ = weight.shape
+    ieee = use_ieee(x.dtype)
+    is_aligned = call_aligned(x, weight)
+    target = dispatch.target_for(x, weight)
+    prior = choose_strategy(num_rows, num_groups, num_models, x.dtype, ieee, is_aligned,
+                            n_dim, k_dim, target)
+    out: list[tuple[str, str | None]] = [(prior, None)]
+    if prior in dispatch.NEW_STRATEGIES:
+        out = [(prior, dispatch.best_config(prior, num_rows, num_groups, num_models, n_dim,
+                                            k_dim, x.dtype, target.smem_limit))]
+    for strategy in OLD_STRATEGIES:
+        if fits(strategy, num_rows, num_groups, num_models, x.dtype, ieee, is_aligned,
+                target.smem_limit) and (strategy, None) not in out:
+            out.append((strategy, None))
+    for choice in dispatch.candidates(num_rows, num_groups, num_models, n_dim, k_dim,
+                                      x.dtype, target, factor):
+        if (choice.strategy, choice.config) not in out:
+            out.append((choice.strategy, choice.config))
+    return out
+
+
 def call_aligned(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a call's K-contiguous operands have 16-element rows (``configs.aligned``)."""
     return (x.stride(1) == 1 and weight.stride(2) == 1 and aligned(

@@ -22,7 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ALLOWED = {
     "kernels": {"third:triton"},
     "reference": set(),
-    "ops": {"kernels"},
+    # measured: the measured dispatch's timing and cache (names and callables, no kernels).
+    "measured": set(),
+    "ops": {"kernels", "measured"},
     "algorithm": set(),
     "nn": {"ops", "algorithm"},
     # distributed: a thin layer over torch.distributed that knows nothing of DaWin; below
@@ -46,6 +48,8 @@ IO_FLOORS = {"app"}
 IO_MODULES = {
     "dawin_fast.kernels.compile_gate": "a developer tool: compiles in worker processes, "
                                        "reports, writes kernels/compiled.{json,md}",
+    "dawin_fast.measured": "the measured dispatch's cache: one JSON file per device and "
+                           "versions, like Triton's autotune cache",
 }
 
 
