@@ -146,7 +146,10 @@ WGMMA_ONLY_CHECKS = ("wait", "a_regs", "tma")
 
 
 def variant_archs(variant: Variant) -> tuple[str, ...]:
-    """The targets a variant is gated on: sm_90a only for Gluon/TMA (Hopper-only), else all."""
+    """The targets a variant is gated on: its ``targets``, else sm_90a only for Gluon/TMA
+    (Hopper-only), else all."""
+    if variant.targets is not None:
+        return tuple(variant.targets)
     if variant.hopper_only or "tma" in variant.checks or "a_regs" in variant.checks:
         return (archs.HOPPER.name,)
     return tuple(archs.ARCHES)
@@ -177,9 +180,14 @@ class Variant:
     shared_slack: int = 0
     #: Gated (and dispatched) on sm_90a only; implied by a ``tma`` or ``a_regs`` check.
     hopper_only: bool = False
+    #: The targets to gate it on, overriding the rule above (e.g. a launch made only off
+    #: Hopper: ``("sm_80", "sm_89")``).
+    targets: tuple[str, ...] | None = None
+    #: Allowed failures (check -> reason) on sm_80/sm_89 only, added to ``allow`` there.
+    allow_off_hopper: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = set(self.checks) | set(self.allow)
+        unknown = set(self.checks) | set(self.allow) | set(self.allow_off_hopper)
         unknown -= set(CHECKS)
         if unknown:
             raise ValueError(f"{self.kernel} {self.case}: unknown checks {sorted(unknown)}")
@@ -413,7 +421,9 @@ def _worker(shard: int, shards: int, only: str | None, core_only: bool, out: Pat
                                       variant),
                    "checks": [c for c in variant.checks
                               if target.wgmma or c not in WGMMA_ONLY_CHECKS],
-                   "allow": dict(variant.allow), "order": index}
+                   "allow": {**variant.allow,
+                             **({} if target.wgmma else variant.allow_off_hopper)},
+                   "order": index}
             if not target.wgmma:
                 row["arch"] = arch_name
             if variant.shared_model is not None:

@@ -77,9 +77,21 @@ ROWSCALED_UNALIGNED = ((128, 128, 32, 8, 5), (64, 64, 32, 4, 3), (128, 64, 32, 8
                        (64, 32, 32, 4, 3))
 # With M = 1 the model loop folds away and ptxas serializes wgmma in these (C7515).
 ROWSCALED_NOT_AT_M1 = ((64, 64, 64, 4, 4), (128, 64, 64, 4, 4), (128, 256, 32, 8, 3))
-# On sm_80 (A100) the fp32 IEEE FMA dot spills with 32-deep K tiles (12-16 B spill stores
-# and a 16 B stack frame, compile gate, Triton 3.8; not on sm_89 or sm_90a).
-ROWSCALED_FP32_IEEE_NOT_ON_SM80 = ((64, 64, 32, 4, 2), (64, 64, 32, 4, 3))
+# Configs that spill off Hopper, where the dot is mma.sync (its operands and accumulators
+# sit in registers differently from wgmma's): (kind, "16bit" or "fp32", capability) ->
+# config keys. Read off the compile gate (Triton 3.8, one call per kernel, config and
+# dtype, 2026-12-03): rowscaled 16-bit 12-36 B of spill stores (sm_80: 64x128x64 and
+# 128x64x64; sm_89 also 128x256x32), fp32 4-16 B (sm_80, TF32 and IEEE, 32-deep K),
+# combine 16-bit 176-192 B (sm_80, at M = 1). Combine's two also on sm_89, where the
+# sampled calls' shared memory pruned them: a prediction, for per-sample M = 1 calls.
+SPILLS_OFF_HOPPER = {
+    ("rowscaled", "16bit", (8, 0)): {(64, 128, 64, 4, 4), (128, 64, 64, 4, 4)},
+    ("rowscaled", "16bit", (8, 9)): {(64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
+                                     (128, 256, 32, 8, 3)},
+    ("rowscaled", "fp32", (8, 0)): {(64, 64, 32, 4, 2), (64, 64, 32, 4, 3)},
+    ("combine", "16bit", (8, 0)): {(None, 128, 64, 4, 4), (None, 64, 128, 4, 3)},
+    ("combine", "16bit", (8, 9)): {(None, 128, 64, 4, 4), (None, 64, 128, 4, 3)},
+}
 
 
 def tensor_cores(dtype: torch.dtype, ieee: bool) -> bool:
@@ -130,16 +142,16 @@ def gpu_configs(kind: str) -> list[triton.Config]:
 
 def _family(kind: str, dtype: torch.dtype, aligned: bool, num_models: int, ieee: bool = False,
             capability: tuple[int, int] = arch.HOPPER.capability) -> set[tuple]:
+    spills = SPILLS_OFF_HOPPER.get(
+        (kind, "fp32" if dtype == torch.float32 else "16bit", tuple(capability)), set())
     if kind == "combine":
         rows = (COMBINE_FP32 if dtype == torch.float32 else
                 COMBINE_16BIT if aligned else COMBINE_UNALIGNED)
-        return {(None, *r) for r in rows}
+        return {(None, *r) for r in rows} - spills
     rows = (ROWSCALED_FP32 if dtype == torch.float32 else
             ROWSCALED_16BIT if aligned else ROWSCALED_UNALIGNED)
     out = set(rows) - (set(ROWSCALED_NOT_AT_M1) if num_models == 1 else set())
-    if dtype == torch.float32 and ieee and capability == arch.AMPERE.capability:
-        out -= set(ROWSCALED_FP32_IEEE_NOT_ON_SM80)
-    return out
+    return out - spills
 
 
 def _key(config: triton.Config) -> tuple:

@@ -111,14 +111,14 @@ def choose(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: i
 
 def best_config(strategy: str, num_rows: int, num_groups: int, num_models: int, n_dim: int,
                 k_dim: int, dtype: torch.dtype = torch.bfloat16,
-                limit: int = arch.HOPPER.smem_limit) -> str:
+                limit: int = arch.HOPPER.smem_limit, hopper: bool = True) -> str:
     """The model's cheapest config of one strategy that fits ``limit`` bytes of shared
     memory (model, not measured). The swap-AB twin's tiles fit every target (at most
     24 KiB compiled); the epilogue kernel's need up to 128 KiB (``epilogue_fits``)."""
     groups = min(max(num_groups, 1), max(num_rows, 1))
     ranked = _costed(max(num_rows, 1), groups, num_models, n_dim, k_dim)
     fitting = [c.config for c in ranked if c.strategy == strategy
-               and (strategy != "epilogue" or epilogue_fits(c.config, dtype, limit))]
+               and (strategy != "epilogue" or epilogue_fits(c.config, dtype, limit, hopper))]
     if not fitting:
         raise ValueError(f"{strategy}: no config fits {limit} B of shared memory")
     return fitting[0]
@@ -135,7 +135,8 @@ def candidates(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_di
         return []
     groups = min(max(num_groups, 1), num_rows)
     ranked = [c for c in _costed(num_rows, groups, num_models, n_dim, k_dim)
-              if c.strategy != "epilogue" or epilogue_fits(c.config, dtype, target.smem_limit)]
+              if c.strategy != "epilogue"
+              or epilogue_fits(c.config, dtype, target.smem_limit, target.hopper)]
     if not ranked:
         return []
     return [c for c in ranked if c.predicted_s <= factor * ranked[0].predicted_s]
@@ -151,7 +152,7 @@ def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.T
     target = target_for(x, weight)
     if config is None:
         config = best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim,
-                             x.dtype, target.smem_limit)
+                             x.dtype, target.smem_limit, target.hopper)
     ieee = use_ieee(x.dtype)
     # The configs below are the compile gate's (see the module doc).
     if strategy == "epilogue":

@@ -203,6 +203,11 @@ _GATE_FMA = ("fp32 with IEEE precision (F.linear's default) runs its dot on CUDA
              "design; TF32 (allow_tf32) takes wgmma")
 
 
+_GATE_SPILLS_OFF_HOPPER = ("e64x128 spills 12-36 B with mma.sync (sm_80, sm_89; Triton 3.8): the "
+                           "dispatch never picks it off Hopper "
+                           "(fused_configs.EPILOGUE_SPILLS_OFF_HOPPER)")
+
+
 def compile_variants():
     """The compile gate's variants of the epilogue-scaled kernel, as ``dispatch.launch``
     plans it (``plan_epilogue_scaled`` with ``fused_configs.epilogue_config``'s tiles):
@@ -213,12 +218,12 @@ def compile_variants():
     from .fused_configs import EPILOGUE_CONFIGS, epilogue_config
 
     def variant(name, dtype, num_models, num_groups, *, ieee=False, k_dim=768, stacked=True,
-                core=True, allow=None):
+                core=True, allow=None, use_tma=None, targets=None, allow_off_hopper=None):
         cfg = epilogue_config(name, dtype, ieee)
         rows, lengths = grouping(_GATE_ROWS, num_groups)
         call = stand_in_call(lengths, num_models, dtype=dtype, stacked=stacked,
                              **{**_GATE_LAYER, "k_dim": k_dim})
-        plan = plan_epilogue_scaled(*call, cfg, ieee=ieee)
+        plan = plan_epilogue_scaled(*call, cfg, ieee=ieee, use_tma=use_tma)
         tma = plan.kwargs["USE_TMA"]
         precision = " IEEE" if ieee else " TF32" if dtype == torch.float32 else ""
         extra = ("" if tma else ", pointer loads") + (f", K={k_dim}" if k_dim != 768 else "")
@@ -231,15 +236,27 @@ def compile_variants():
             tiles=f"M={cfg.block_m} N={cfg.block_n} K={cfg.block_k} w={cfg.num_warps} "
                   f"s={cfg.num_stages}",
             checks=(*DEFAULT_CHECKS, "wait", *(("tma",) if tma else ())), core=core,
-            allow=allow or {})
+            allow=allow or {}, targets=targets, allow_off_hopper=allow_off_hopper or {})
 
     for cfg in EPILOGUE_CONFIGS:
         yield variant(cfg.name, torch.bfloat16, 2, 256)
         yield variant(cfg.name, torch.float16, 8, 1)
         yield variant(cfg.name, torch.bfloat16, 32, 256)
-    yield variant("e64x128", torch.float16, 16, 3, stacked=False)
+    yield variant("e64x128", torch.float16, 16, 3, stacked=False,
+                  allow_off_hopper={"spill": _GATE_SPILLS_OFF_HOPPER})
     yield variant("e128x128", torch.bfloat16, 2, 256, k_dim=770,
                   allow={"spill": _GATE_UNALIGNED, "wait": _GATE_UNALIGNED})
     yield variant("e128x128", torch.float32, 2, 256, ieee=True, core=False,
                   allow={"wgmma": _GATE_FMA, "wait": _GATE_FMA})
     yield variant("e128x128", torch.float32, 2, 256, core=False)
+    # Off Hopper dispatch.launch never uses TMA descriptors: every config with pointer loads
+    # there (issue 20). e64x128 spills there (12-36 B): the dispatch skips it off Hopper.
+    off_hopper = ("sm_80", "sm_89")
+    for cfg in EPILOGUE_CONFIGS:
+        if cfg.name != "e64x128":
+            yield variant(cfg.name, torch.bfloat16, 2, 256, use_tma=False, core=False,
+                          targets=off_hopper)
+    yield variant("e128x128", torch.float32, 2, 256, ieee=True, use_tma=False, core=False,
+                  targets=off_hopper, allow={"wgmma": _GATE_FMA, "wait": _GATE_FMA})
+    yield variant("e128x128", torch.float32, 2, 256, use_tma=False, core=False,
+                  targets=off_hopper)

@@ -150,12 +150,19 @@ def test_no_call_fails_for_lack_of_a_config(target):
     assert im.fits("combine", 16448, 1, 64, torch.bfloat16, limit=arch.HOPPER.smem_limit)
 
 
-def test_a100_drops_the_fp32_ieee_tiles_that_spill_there():
-    kept = configs.fitting_configs("rowscaled", 2, torch.float32, True,
-                                   limit=arch.AMPERE.smem_limit,
-                                   capability=arch.AMPERE.capability)
-    keys = {configs._key(c) for c in kept}
-    assert keys and not keys & set(configs.ROWSCALED_FP32_IEEE_NOT_ON_SM80)
-    on_ada = configs.fitting_configs("rowscaled", 2, torch.float32, True,
-                                     limit=arch.ADA.smem_limit, capability=arch.ADA.capability)
-    assert len(on_ada) > len(kept)
+@pytest.mark.parametrize("target", [arch.AMPERE, arch.ADA], ids=lambda a: a.name)
+def test_configs_that_spill_there_are_dropped_off_hopper(target):
+    """The configs the gate saw spill with mma.sync are never autotuned on that target
+    (and stay on Hopper), while each family keeps at least one config."""
+    for (kind, family, capability), spilled in configs.SPILLS_OFF_HOPPER.items():
+        if capability != target.capability:
+            continue
+        dtype = torch.float32 if family == "fp32" else torch.bfloat16
+        for ieee in ((True, False) if family == "fp32" else (False,)):
+            kept = configs.fitting_configs(kind, 2, dtype, ieee, 64, limit=target.smem_limit,
+                                           capability=target.capability)
+            keys = {configs._key(c) for c in kept}
+            assert keys and not keys & spilled, (kind, family)
+            on_hopper = {configs._key(c) for c in configs.fitting_configs(
+                kind, 2, dtype, ieee, 64, limit=arch.HOPPER.smem_limit)}
+            assert on_hopper & spilled, "the exclusion is per target"
