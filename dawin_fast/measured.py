@@ -20,6 +20,7 @@ possible, e.g. inside CUDA-graph capture). The layering test allows this module'
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -71,15 +72,21 @@ def cache_dir() -> Path:
     return Path(base) / "dawin_fast"
 
 
-def versions() -> dict[str, str]:
-    """What a measurement depends on besides the device: this library, torch and Triton."""
+@functools.cache
+def _installed_versions() -> tuple[tuple[str, str], ...]:
     out = {"torch": torch.__version__}
     for name in ("dawin_fast", "triton"):
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = "none"
-    return out
+    return tuple(sorted(out.items()))
+
+
+def versions() -> dict[str, str]:
+    """What a measurement depends on besides the device: this library, torch and Triton
+    (read once: importlib.metadata scans site-packages)."""
+    return dict(_installed_versions())
 
 
 def cache_file(device: str) -> Path:
@@ -206,15 +213,19 @@ def clear(disk: bool = True) -> None:
                 path.unlink(missing_ok=True)
 
 
-def cpu_name() -> str:
-    """The CPU's model name and torch's thread count: the CPU path's device key."""
+@functools.cache
+def _cpu_model() -> str:
     name = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"cpu {name}, {torch.get_num_threads()} threads"
+                return line.split(":", 1)[1].strip()
+    return name
+
+
+def cpu_name() -> str:
+    """The CPU's model name and torch's thread count: the CPU path's device key."""
+    return f"cpu {_cpu_model()}, {torch.get_num_threads()} threads"
 
 
 def bucket(n: int) -> int:
