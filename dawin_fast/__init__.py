@@ -9,13 +9,16 @@ Package layout, bottom to top (each floor imports only the floors below it; a te
 ``tests/test_layering.py``, holds the rule):
 
 * ``kernels`` (installed from ``kernels/``): Triton kernels, no DaWin semantics.
+* ``measured``: the measured dispatch's timing and on-disk cache (imports none of the
+  above; besides ``app``, the one module that writes files).
 * ``ops``, ``reference``: the public op ``interp_linear`` and its float64 reference.
 * ``algorithm/``: expertise, coefficients, mixtures, grouping (imports nothing above).
 * ``nn/``: interpolating layers, routing, whole models.
 * ``distributed``: data parallelism over ``torch.distributed`` (imports none of the above).
 * ``pipeline``: the DaWin method on those models.
 * ``integrations/``, ``bench/``: front-end plug-ins, benchmark harnesses.
-* ``app/``: the command line, demo and evaluation; the only floor that does I/O.
+* ``app/``: the command line, demo and evaluation; the only floor that does I/O (with
+  ``measured``'s cache and the kernels' compile gate).
 """
 
 from .algorithm.coefficients import (

@@ -171,6 +171,11 @@ def _gpu_device(x: torch.Tensor) -> str:
     return f"{arch.device_name(x.device)} sm_{major}{minor}"
 
 
+def _compiled_kernels(x: torch.Tensor) -> bool:
+    """Whether a call runs compiled kernels on a GPU (what the measured dispatch times)."""
+    return x.is_cuda and not kernels.interpreting()
+
+
 def _choice_name(strategy: str, config: str | None) -> str:
     return strategy if config is None else f"{strategy}:{config}"
 
@@ -185,8 +190,7 @@ def _gpu_choice(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
     still applies) or ``lookup_only`` (``kernel_choice``)."""
     cands = kernels.candidates(x, weight, num_groups)
     prior = cands[0]
-    if not (x.is_cuda and not kernels.interpreting()) or x.shape[0] == 0 or \
-            weight.shape[1] == 0 or x.shape[1] == 0:
+    if not _compiled_kernels(x) or x.shape[0] == 0 or weight.shape[1] == 0 or x.shape[1] == 0:
         return (*prior, False)
     by_name = {_choice_name(*c): c for c in cands}
     device, key = _gpu_device(x), _gpu_key(x, weight, num_groups)

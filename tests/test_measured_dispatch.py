@@ -214,3 +214,57 @@ def test_measuring_off_is_the_model(record_strategies):
     with dawin_fast.use_backend("torch"):
         dawin_fast.interp_linear(x, weight, coeffs, offsets, bias)
     assert record_strategies == ["rowscaled"]
+
+
+# --------------------------------------------------------------------- the CUDA wiring
+
+
+def test_cuda_calls_time_the_kernel_candidates_once(cache, monkeypatch):
+    """The op's CUDA path, with the GPU faked: ``kernels.candidates`` is timed through
+    ``interp_matmul`` (each into a scratch output, with its config), the winner runs the
+    call, the second call reuses it, and inside CUDA-graph capture nothing is timed."""
+    launched = []
+
+    def fake_matmul(x, weight, coeffs, offsets, bias=None, *, strategy=None, config=None,
+                    out=None):
+        launched.append((strategy, config, out is not None))
+        y = torch.zeros(x.shape[0], weight.shape[1]) if out is None else out
+        return y
+
+    candidates = [("rowscaled", None), ("combine", None), ("swapab", "pack2x64")]
+    monkeypatch.setattr(ops.kernels, "interp_matmul", fake_matmul)
+    monkeypatch.setattr(ops.kernels, "candidates", lambda x, w, g: candidates)
+    monkeypatch.setattr(ops, "_compiled_kernels", lambda x: True)
+    monkeypatch.setattr(ops, "_use_triton", lambda x: True)
+    monkeypatch.setattr(ops, "_gpu_device", lambda x: "Fake GPU sm_89")
+    monkeypatch.setattr(ops, "_gpu_key", lambda x, w, g: f"key {x.shape[0]}")
+    capturing = [False]
+    monkeypatch.setattr(ops, "_is_capturing", lambda x: capturing[0])
+    # The op checks x.is_cuda before measuring: run its body directly.
+    seconds = {"rowscaled": 3.0, "combine": 2.0, "swapab:pack2x64": 1.0}
+
+    def timer(run, device):
+        before = len(launched)
+        run()
+        strategy, config, scratch = launched[before]
+        assert scratch, "timed runs write a scratch output"
+        return seconds[ops._choice_name(strategy, config)]
+
+    x, weight, coeffs, offsets, bias = layer(30, 6)
+    with measured.use_timer(timer):
+        assert ops._gpu_choice(x, weight, 6, lookup_only=True) == ("rowscaled", None, False)
+        capturing[0] = True
+        assert ops._gpu_choice(x, weight, 6, coeffs, offsets, bias) == ("rowscaled", None,
+                                                                         False)
+        assert not launched
+        capturing[0] = False
+        assert ops._gpu_choice(x, weight, 6, coeffs, offsets, bias) == ("swapab", "pack2x64",
+                                                                         True)
+        assert [(s, c) for s, c, _ in launched] == candidates
+        assert ops._gpu_choice(x, weight, 6, coeffs, offsets, bias) == ("swapab", "pack2x64",
+                                                                         True)
+        capturing[0] = True  # a cached choice applies inside capture
+        assert ops._gpu_choice(x, weight, 6, coeffs, offsets, bias) == ("swapab", "pack2x64",
+                                                                         True)
+        assert len(launched) == 3
+        assert ops._gpu_choice(x, weight, 6, lookup_only=True) == ("swapab", "pack2x64", True)
