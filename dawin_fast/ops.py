@@ -133,7 +133,7 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     if config is None:
         config = dispatch.best_config(strategy, num_rows, num_groups, num_models,
                                       weight.shape[1], rows.shape[1], rows.dtype,
-                                      target.smem_limit, target.hopper)
+                                      target.smem_limit)
     if strategy == "swapab":
         return f"swapab:{config} ({'Gluon' if target.gluon else 'twin'}) [{how}]"
     return f"epilogue:{config} [{how}]"

@@ -383,10 +383,10 @@ def main_loop_wait(ptx: str) -> int | None:
     return min(waits) if waits else None
 
 
-def sample_key(row: Mapping[str, Any]) -> tuple[str, str, str]:
+def sample_key(row: Mapping[str, Any]) -> tuple[str, str, str, bool]:
     """What a sampled extra-target build keeps one unit of: (kernel, config, dtype and
-    precision), e.g. ("rowscaled", "c3", "float32 IEEE")."""
-    return row["kernel"], row["config"], row["case"].split(" M=")[0]
+    precision, unaligned sizes), e.g. ("rowscaled", "c3", "float32 IEEE", False)."""
+    return row["kernel"], row["config"], row["case"].split(" M=")[0], ", K=" in row["case"]
 
 
 def _worker(shard: int, shards: int, only: str | None, core_only: bool, out: Path,

@@ -111,14 +111,14 @@ def choose(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: i
 
 def best_config(strategy: str, num_rows: int, num_groups: int, num_models: int, n_dim: int,
                 k_dim: int, dtype: torch.dtype = torch.bfloat16,
-                limit: int = arch.HOPPER.smem_limit, hopper: bool = True) -> str:
+                limit: int = arch.HOPPER.smem_limit) -> str:
     """The model's cheapest config of one strategy that fits ``limit`` bytes of shared
     memory (model, not measured). The swap-AB twin's tiles fit every target (at most
     24 KiB compiled); the epilogue kernel's need up to 128 KiB (``epilogue_fits``)."""
     groups = min(max(num_groups, 1), max(num_rows, 1))
     ranked = _costed(max(num_rows, 1), groups, num_models, n_dim, k_dim)
     fitting = [c.config for c in ranked if c.strategy == strategy
-               and (strategy != "epilogue" or epilogue_fits(c.config, dtype, limit, hopper))]
+               and (strategy != "epilogue" or epilogue_fits(c.config, dtype, limit))]
     if not fitting:
         raise ValueError(f"{strategy}: no config fits {limit} B of shared memory")
     return fitting[0]
@@ -129,14 +129,16 @@ def candidates(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_di
     """The issue-11 kernels' configs worth timing on this target: the traffic model's
     ranking (a Hopper model: a prior and a pruner, not a prediction elsewhere), cut at
     ``factor`` times its best, without configs that do not fit the device's shared
-    memory. Empty off CUDA, for fp32 (only an explicit strategy sends fp32 there) and
-    for empty calls."""
+    memory. Off Hopper without the epilogue kernel: with pointer loads and mma.sync every
+    16-bit and TF32 config the gate built there spills 8-36 B (``kernels/NOTES.md``); an
+    explicit strategy="epilogue" still runs there. Empty off CUDA, for fp32 (only an
+    explicit strategy sends fp32 there) and for empty calls."""
     if not (target.cuda and target.half) or num_rows == 0:
         return []
     groups = min(max(num_groups, 1), num_rows)
     ranked = [c for c in _costed(num_rows, groups, num_models, n_dim, k_dim)
-              if c.strategy != "epilogue"
-              or epilogue_fits(c.config, dtype, target.smem_limit, target.hopper)]
+              if c.strategy != "epilogue" or (
+                  target.hopper and epilogue_fits(c.config, dtype, target.smem_limit))]
     if not ranked:
         return []
     return [c for c in ranked if c.predicted_s <= factor * ranked[0].predicted_s]
@@ -152,7 +154,7 @@ def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.T
     target = target_for(x, weight)
     if config is None:
         config = best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim,
-                             x.dtype, target.smem_limit, target.hopper)
+                             x.dtype, target.smem_limit)
     ieee = use_ieee(x.dtype)
     # The configs below are the compile gate's (see the module doc).
     if strategy == "epilogue":

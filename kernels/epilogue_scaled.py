@@ -203,9 +203,10 @@ _GATE_FMA = ("fp32 with IEEE precision (F.linear's default) runs its dot on CUDA
              "design; TF32 (allow_tf32) takes wgmma")
 
 
-_GATE_SPILLS_OFF_HOPPER = ("e64x128 spills 12-36 B with mma.sync (sm_80, sm_89; Triton 3.8): the "
-                           "dispatch never picks it off Hopper "
-                           "(fused_configs.EPILOGUE_SPILLS_OFF_HOPPER)")
+_GATE_SPILLS_OFF_HOPPER = ("with pointer loads and mma.sync (sm_80, sm_89; Triton 3.8) the 16-bit "
+                           "and TF32 configs spill 8-36 B: the dispatch never picks the "
+                           "epilogue kernel off Hopper (dispatch.candidates), only an "
+                           "explicit strategy='epilogue' runs it there")
 
 
 def compile_variants():
@@ -214,8 +215,9 @@ def compile_variants():
     every 16-bit config at M = 2 (per-sample), 8 (one group) and 32, on TMA descriptors;
     the pointer-load fallback (models not stacked; K = 770, unaligned); fp32 IEEE and TF32
     at M = 2. Held to wgmma, main-loop wait depth >= 1 and, on descriptors, TMA loads."""
+    from . import arch
     from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
-    from .fused_configs import EPILOGUE_CONFIGS, epilogue_config
+    from .fused_configs import EPILOGUE_CONFIGS, epilogue_config, epilogue_fits
 
     def variant(name, dtype, num_models, num_groups, *, ieee=False, k_dim=768, stacked=True,
                 core=True, allow=None, use_tma=None, targets=None, allow_off_hopper=None):
@@ -250,13 +252,13 @@ def compile_variants():
                   allow={"wgmma": _GATE_FMA, "wait": _GATE_FMA})
     yield variant("e128x128", torch.float32, 2, 256, core=False)
     # Off Hopper dispatch.launch never uses TMA descriptors: every config with pointer loads
-    # there (issue 20). e64x128 spills there (12-36 B): the dispatch skips it off Hopper.
-    off_hopper = ("sm_80", "sm_89")
-    for cfg in EPILOGUE_CONFIGS:
-        if cfg.name != "e64x128":
-            yield variant(cfg.name, torch.bfloat16, 2, 256, use_tma=False, core=False,
-                          targets=off_hopper)
-    yield variant("e128x128", torch.float32, 2, 256, ieee=True, use_tma=False, core=False,
-                  targets=off_hopper, allow={"wgmma": _GATE_FMA, "wait": _GATE_FMA})
-    yield variant("e128x128", torch.float32, 2, 256, use_tma=False, core=False,
-                  targets=off_hopper)
+    # there (issue 20), where only an explicit strategy="epilogue" sends calls.
+    off_hopper = dict(use_tma=False, core=False, targets=("sm_80", "sm_89"),
+                      allow_off_hopper={"spill": _GATE_SPILLS_OFF_HOPPER})
+    for cfg in EPILOGUE_CONFIGS:  # each where it fits (e128x128: not on Ada)
+        targets = tuple(a.name for a in (arch.AMPERE, arch.ADA)
+                        if epilogue_fits(cfg.name, torch.bfloat16, a.smem_limit))
+        yield variant(cfg.name, torch.bfloat16, 2, 256, **{**off_hopper, "targets": targets})
+    yield variant("e128x128", torch.float32, 2, 256, ieee=True,
+                  allow={"wgmma": _GATE_FMA, "wait": _GATE_FMA}, **off_hopper)
+    yield variant("e128x128", torch.float32, 2, 256, **off_hopper)

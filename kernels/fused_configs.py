@@ -178,17 +178,10 @@ def epilogue_smem_bytes(cfg: EpilogueConfig, elem_bytes: int) -> int:
     return cfg.num_stages * (cfg.block_m + cfg.block_n) * cfg.block_k * elem_bytes
 
 
-#: Epilogue configs that spill off Hopper, where the loads are plain pointer loads and the
-#: dot mma.sync (compile gate, Triton 3.8: e64x128 12 B on sm_80, 36 B on sm_89).
-EPILOGUE_SPILLS_OFF_HOPPER = ("e64x128",)
-
-
-def epilogue_fits(name: str, dtype: torch.dtype, limit: int, hopper: bool = True) -> bool:
+def epilogue_fits(name: str, dtype: torch.dtype, limit: int) -> bool:
     """Whether the epilogue config ``name`` (as ``epilogue_config`` maps it for ``dtype``,
     IEEE and TF32 alike bounded) fits ``limit`` bytes of shared memory (e128x128, 128 KiB,
-    does not fit Ada's 99 KiB) and, off Hopper, is not one that spills there."""
-    if not hopper and dtype != torch.float32 and name in EPILOGUE_SPILLS_OFF_HOPPER:
-        return False
+    does not fit Ada's 99 KiB)."""
     elem = torch.empty((), dtype=dtype).element_size()
     if dtype == torch.float32:
         cfgs = [EPILOGUE_FP32_IEEE, EPILOGUE_TF32]

@@ -136,7 +136,7 @@ def candidates(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
     out: list[tuple[str, str | None]] = [(prior, None)]
     if prior in dispatch.NEW_STRATEGIES:
         out = [(prior, dispatch.best_config(prior, num_rows, num_groups, num_models, n_dim,
-                                            k_dim, x.dtype, target.smem_limit, target.hopper))]
+                                            k_dim, x.dtype, target.smem_limit))]
     for strategy in OLD_STRATEGIES:
         if fits(strategy, num_rows, num_groups, num_models, x.dtype, ieee, is_aligned,
                 target.smem_limit) and (strategy, None) not in out:

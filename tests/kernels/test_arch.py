@@ -92,12 +92,15 @@ def test_no_hopper_only_kernel_off_sm90(fake_gpu, monkeypatch, name):
         dispatch.launch(strategy, x, weight, coeffs, offsets, None, y)
     assert launched == ([("gluon", None), ("epilogue", None)] if hopper
                         else [("twin", None), ("epilogue", False)])
-    # The measured dispatch's candidates never name a config that does not fit there.
+    # The measured dispatch's candidates: configs that fit there, no epilogue kernel off
+    # Hopper (it spills with pointer loads and mma.sync: kernels/NOTES.md).
     for num_rows, groups in ((12800, 1), (12800, 256), (400, 1)):
-        for c in dispatch.candidates(num_rows, groups, 2, 3072, 768, torch.bfloat16, target,
-                                     factor=100.0):
-            assert c.strategy != "epilogue" or epilogue_fits(c.config, torch.bfloat16,
-                                                             target.smem_limit)
+        found = dispatch.candidates(num_rows, groups, 2, 3072, 768, torch.bfloat16, target,
+                                    factor=100.0)
+        assert {c.strategy for c in found} == ({"swapab", "epilogue"} if hopper
+                                               else {"swapab"})
+        assert all(epilogue_fits(c.config, torch.bfloat16, target.smem_limit)
+                   for c in found if c.strategy == "epilogue")
 
 
 @pytest.mark.parametrize("target", ARCHES, ids=lambda a: a.name)
