@@ -64,6 +64,8 @@ def test_the_gate_covers_what_the_issues_ask(report):
                    "swapab twin": [c.name for c in SWAPAB_CONFIGS],
                    "epilogue": [c.name for c in EPILOGUE_CONFIGS]}
     for version, rows in report["tritons"].items():
+        if rows and gate.row_arch(rows[0]) != arch.HOPPER:
+            continue  # sm_80/sm_89: test_every_target_is_gated_with_its_own_limit_and_mma
         for kernel, names in new_kernels.items():
             for name in names:
                 mine = [r for r in rows if (r["kernel"], r["config"]) == (kernel, name)]
