@@ -1,4 +1,4 @@
-"""Compile gate: what the H100 will run, built and checked on a CPU.
+"""Compile gate: what the H100 (and the A100 and Ada cards) will run, built and checked on a CPU.
 
 The Triton interpreter runs kernels as NumPy, so a kernel that is right there can still
 compile, on the GPU, into something slow or unlaunchable: shared memory over the limit,
