@@ -397,8 +397,7 @@ def _worker(shard: int, shards: int, only: str | None, core_only: bool, out: Pat
     import triton
 
     results = []
-    index = 0
-    seen: set[tuple] = set()
+    units = []
     for variant in discover(only):
         if core_only and not variant.core or arch_name not in variant_archs(variant):
             continue
@@ -406,41 +405,39 @@ def _worker(shard: int, shards: int, only: str | None, core_only: bool, out: Pat
             configs = _configs_of(variant)
         except Exception as exc:  # e.g. a prune that keeps nothing: a gate failure
             configs = [("-", exc)]
-        for label, config in configs:
-            if sample:  # every shard skips the same units: the order is the registry's
-                key = sample_key({"kernel": variant.kernel, "config": label,
-                                  "case": variant.case})
-                if key in seen:
-                    continue
-                seen.add(key)
-            index += 1
-            if (index - 1) % shards != shard:
-                continue
-            row = {"kernel": variant.kernel, "case": variant.case, "config": label,
-                   "tiles": _describe(None if isinstance(config, Exception) else config,
-                                      variant),
-                   "checks": [c for c in variant.checks
-                              if target.wgmma or c not in WGMMA_ONLY_CHECKS],
-                   "allow": {**variant.allow,
-                             **({} if target.wgmma else variant.allow_off_hopper)},
-                   "order": index}
-            if not target.wgmma:
-                row["arch"] = arch_name
+        units += [(variant, label, config) for label, config in configs]
+    if sample:  # the last call of each key: the registries list the largest M last
+        last = {sample_key({"kernel": v.kernel, "config": label, "case": v.case}): i
+                for i, (v, label, _) in enumerate(units)}
+        units = [u for i, u in enumerate(units) if i in set(last.values())]
+    for index, (variant, label, config) in enumerate(units, start=1):
+        if (index - 1) % shards != shard:
+            continue
+        row = {"kernel": variant.kernel, "case": variant.case, "config": label,
+               "tiles": _describe(None if isinstance(config, Exception) else config,
+                                  variant),
+               "checks": [c for c in variant.checks
+                          if target.wgmma or c not in WGMMA_ONLY_CHECKS],
+               "allow": {**variant.allow,
+                         **({} if target.wgmma else variant.allow_off_hopper)},
+               "order": index}
+        if not target.wgmma:
+            row["arch"] = arch_name
+        if variant.shared_model is not None:
+            # The model was read off sm_90a: elsewhere it must bound, not equal, the size.
+            row["checks"] += ["model_bound", "model"] if target.wgmma else ["model_bound"]
+        try:
+            if isinstance(config, Exception):
+                raise config
+            row.update(compile_variant(variant, config))
             if variant.shared_model is not None:
-                # The model was read off sm_90a: elsewhere it must bound, not equal, the size.
-                row["checks"] += ["model_bound", "model"] if target.wgmma else ["model_bound"]
-            try:
-                if isinstance(config, Exception):
-                    raise config
-                row.update(compile_variant(variant, config))
-                if variant.shared_model is not None:
-                    row["model_shared"] = int(variant.shared_model(config))
-                    if variant.shared_slack:
-                        row["model_slack"] = variant.shared_slack
-                row["error"] = None
-            except Exception as exc:  # report every unit, not just the first failure
-                row["error"] = f"{type(exc).__name__}: {exc}"[:4000]
-            results.append(row)
+                row["model_shared"] = int(variant.shared_model(config))
+                if variant.shared_slack:
+                    row["model_slack"] = variant.shared_slack
+            row["error"] = None
+        except Exception as exc:  # report every unit, not just the first failure
+            row["error"] = f"{type(exc).__name__}: {exc}"[:4000]
+        results.append(row)
     out.write_text(json.dumps({"triton": build_label(triton.__version__, arch_name),
                                "results": results, "sampled": sample}))
 

@@ -79,14 +79,18 @@ ROWSCALED_UNALIGNED = ((128, 128, 32, 8, 5), (64, 64, 32, 4, 3), (128, 64, 32, 8
 ROWSCALED_NOT_AT_M1 = ((64, 64, 64, 4, 4), (128, 64, 64, 4, 4), (128, 256, 32, 8, 3))
 # Configs that spill off Hopper, where the dot is mma.sync (its operands and accumulators
 # sit in registers differently from wgmma's): (kind, "16bit" or "fp32", capability) ->
-# config keys. Read off the compile gate (Triton 3.8, one call per kernel, config and
-# dtype, 2026-12-03): rowscaled 16-bit 12-36 B of spill stores (sm_80: 64x128x64 and
-# 128x64x64; sm_89 also 128x256x32), fp32 4-16 B (sm_80, TF32 and IEEE, 32-deep K),
-# combine 16-bit 176-192 B (sm_80, at M = 1). Combine's two also on sm_89, where the
-# sampled calls' shared memory pruned them: a prediction, for per-sample M = 1 calls.
+# config keys. Read off the compile gate (Triton 3.8, 2026-12-03; kernels/NOTES.md):
+# rowscaled 16-bit 8-36 B of spill stores, worst at M >= 8 with per-sample groups (sm_80
+# keeps 128x128x64 s3, 64x128x32 s5, 128x128x32 s5; sm_89 the last two), fp32 4-16 B
+# (sm_80, TF32 and IEEE, 32-deep K), combine 16-bit 176-192 B (sm_80, at M = 1).
+# Combine's two also on sm_89, where the sampled calls' shared memory pruned them: a
+# prediction, for per-sample M = 1 calls.
 SPILLS_OFF_HOPPER = {
-    ("rowscaled", "16bit", (8, 0)): {(64, 128, 64, 4, 4), (128, 64, 64, 4, 4)},
-    ("rowscaled", "16bit", (8, 9)): {(64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
+    ("rowscaled", "16bit", (8, 0)): {(128, 128, 64, 8, 4), (64, 128, 64, 4, 4),
+                                     (64, 64, 64, 4, 4), (128, 64, 64, 4, 4),
+                                     (128, 256, 32, 8, 3)},
+    ("rowscaled", "16bit", (8, 9)): {(128, 128, 64, 8, 3), (64, 128, 64, 4, 4),
+                                     (64, 64, 64, 4, 4), (128, 64, 64, 4, 4),
                                      (128, 256, 32, 8, 3)},
     ("rowscaled", "fp32", (8, 0)): {(64, 64, 32, 4, 2), (64, 64, 32, 4, 3)},
     ("combine", "16bit", (8, 0)): {(None, 128, 64, 4, 4), (None, 64, 128, 4, 3)},
