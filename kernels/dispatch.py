@@ -36,6 +36,7 @@ from .epilogue_scaled import epilogue_scaled_matmul
 from .fused_configs import (
     EPILOGUE_CONFIGS,
     SWAPAB_CONFIGS,
+    TWIN_SPILLS_OFF_HOPPER,
     epilogue_config,
     epilogue_fits,
     swapab_config,
@@ -137,8 +138,9 @@ def candidates(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_di
         return []
     groups = min(max(num_groups, 1), num_rows)
     ranked = [c for c in _costed(num_rows, groups, num_models, n_dim, k_dim)
-              if c.strategy != "epilogue" or (
-                  target.hopper and epilogue_fits(c.config, dtype, target.smem_limit))]
+              if (c.strategy != "epilogue" or (
+                  target.hopper and epilogue_fits(c.config, dtype, target.smem_limit)))
+              and (target.hopper or c.config not in TWIN_SPILLS_OFF_HOPPER)]
     if not ranked:
         return []
     return [c for c in ranked if c.predicted_s <= factor * ranked[0].predicted_s]

@@ -178,6 +178,11 @@ def epilogue_smem_bytes(cfg: EpilogueConfig, elem_bytes: int) -> int:
     return cfg.num_stages * (cfg.block_m + cfg.block_n) * cfg.block_k * elem_bytes
 
 
+#: Twin configs that spill off Hopper (8 B at M = 32, sm_80 and sm_89, Triton 3.8): the
+#: measured dispatch does not time them there; an explicit strategy="swapab" may run them.
+TWIN_SPILLS_OFF_HOPPER = ("pack2x64",)
+
+
 def epilogue_fits(name: str, dtype: torch.dtype, limit: int) -> bool:
     """Whether the epilogue config ``name`` (as ``epilogue_config`` maps it for ``dtype``,
     IEEE and TF32 alike bounded) fits ``limit`` bytes of shared memory (e128x128, 128 KiB,

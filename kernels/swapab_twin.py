@@ -146,6 +146,9 @@ _GATE_FMA = ("fp32 with IEEE precision (F.linear's default) runs its dot on CUDA
              "design; TF32 (allow_tf32) takes wgmma")
 
 
+_GATE_TWIN_SPILL = ("pack2x64 spills 8 B at M = 32 on sm_80 and sm_89 (Triton 3.8): the measured "
+                    "dispatch does not time it off Hopper (fused_configs."
+                    "TWIN_SPILLS_OFF_HOPPER); only an explicit strategy='swapab' may run it")
 _GATE_FP32_SPILL = ("sm_89 (Triton 3.8): 8 B of spill stores with fp32 IEEE, which reaches the "
                     "twin only through an explicit strategy='swapab' (the dispatch sends it "
                     "fp32 never); not on sm_90a")
@@ -157,7 +160,7 @@ def compile_variants():
     for fp16/bf16 at M = 2, 3, 8 and 32 in the groupings the Gluon kernel's variants use,
     and fp32 (IEEE and TF32, ``TWIN_FP32``'s tiles) at M = 2."""
     from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
-    from .fused_configs import SWAPAB_CONFIGS, twin_config
+    from .fused_configs import SWAPAB_CONFIGS, TWIN_SPILLS_OFF_HOPPER, twin_config
     from .swapab_gluon import GATE_GROUPS, GATE_LAYER, GATE_ROWS
 
     def variant(name, dtype, num_models, num_groups, ieee=False, core=True, allow=None,
@@ -175,7 +178,8 @@ def compile_variants():
                   f"w={cfg.num_warps} s=1",
             checks=(*DEFAULT_CHECKS, "wait"), core=core,
             allow={"wait": _GATE_NO_OVERLAP, **(allow or {})},
-            allow_off_hopper=allow_off_hopper or {})
+            allow_off_hopper={**({"spill": _GATE_TWIN_SPILL} if name in TWIN_SPILLS_OFF_HOPPER
+                                 else {}), **(allow_off_hopper or {})})
 
     for cfg in SWAPAB_CONFIGS:
         for dtype, num_models in ((torch.bfloat16, 2), (torch.bfloat16, 3), (torch.float16, 8),
