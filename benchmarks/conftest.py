@@ -19,6 +19,9 @@ import pytest
 
 DEADLINE_ENV = "DAWIN_BENCH_DEADLINE"
 RECORDS_ENV = "DAWIN_BENCH_RECORDS"
+# As in tests/conftest.py: the model's dispatch (deterministic, no cache written in the home
+# directory) unless a run sets DAWIN_FAST_MEASURE itself.
+os.environ.setdefault("DAWIN_FAST_MEASURE", "0")
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

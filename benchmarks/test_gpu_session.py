@@ -51,7 +51,8 @@ def test_dry_run_writes_every_stage(tmp_path, capsys):
     assert correctness["env"]["torch"] and correctness["env"]["device"]
     layers = json.loads((tmp_path / "layers.json").read_text())
     by_method = {r["method"]: r for r in layers["records"]}
-    assert by_method["fused"]["median_ms"] > 0 and by_method["fused"]["kernel"] == "torch"
+    assert by_method["fused"]["median_ms"] > 0
+    assert by_method["fused"]["kernel"].startswith("torch:")
     assert by_method["fused"]["rel_err"] < 1e-4 and by_method["fused"]["repeats"] >= 10
     assert "GPU" in by_method["fused_swapab"]["skipped"]
     e2e = json.loads((tmp_path / "e2e.json").read_text())

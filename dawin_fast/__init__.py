@@ -10,13 +10,16 @@ Package layout, bottom to top (each floor imports only the floors below it; a te
 ``tests/test_layering.py``, holds the rule):
 
 * ``kernels`` (installed from ``kernels/``): Triton kernels, no DaWin semantics.
+* ``measured``: the measured dispatch's timing and on-disk cache (imports none of the
+  above; besides ``app``, the one module that writes files).
 * ``ops``, ``reference``: the public op ``interp_linear`` and its float64 reference.
 * ``algorithm/``: expertise, coefficients, mixtures, grouping (imports nothing above).
 * ``nn/``: interpolating layers, routing, whole models.
 * ``distributed``: data parallelism over ``torch.distributed`` (imports none of the above).
 * ``pipeline``: the DaWin method on those models; ``pipeline_lm``: on causal LMs.
 * ``integrations/``, ``bench/``: front-end plug-ins, benchmark harnesses.
-* ``app/``: the command line, demo and evaluation; the only floor that does I/O.
+* ``app/``: the command line, demo and evaluation; the only floor that does I/O (with
+  ``measured``'s cache and the kernels' compile gate).
 """
 
 # First: in the dawin-fast command only, Ctrl-C during the imports below is one line.
@@ -52,9 +55,11 @@ from .nn import (
     route,
 )
 from .ops import (
+    clear_dispatch_cache,
     interp_linear,
     interp_linear_torch,
     kernel_choice,
+    set_measured_dispatch,
     skip_value_checks,
     use_backend,
     use_strategy,
@@ -82,6 +87,7 @@ __all__ = [
     "coefficients_from_entropies",
     "coefficients_multi",
     "coefficients_two",
+    "clear_dispatch_cache",
     "cross_entropy",
     "dawinize",
     "dynamic_classifier_selection",
@@ -97,6 +103,7 @@ __all__ = [
     "max_softmax",
     "offset_terms",
     "route",
+    "set_measured_dispatch",
     "single_group",
     "skip_value_checks",
     "task_vectors",

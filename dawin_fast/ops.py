@@ -37,7 +37,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from . import kernels, measured
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKENDS = ("auto", "triton", "torch")
@@ -102,50 +102,60 @@ def use_strategy(strategy: str | None) -> Iterator[None]:
 def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -> str:
     """What ``interp_linear(x, weight, coeffs, ...)`` launches here, for reports.
 
-    "torch" (the PyTorch path), "combine", "rowscaled", "swapab:<config> (Gluon)" or
-    "swapab:<config> (twin)", "epilogue:<config>", or "wstat:<config> (Gluon)" or
-    "wstat:<config> (twin)" ("... (interpreter)" under ``TRITON_INTERPRET=1``;
-    "... (rowscaled rerouted: register-A hazard on sm_90)" for a forced "rowscaled" on
-    Hopper), under this thread's backend and
-    ``use_strategy``. Ignores the one-hot shortcut (one-hot rows run cuBLAS).
+    "torch:loop" or "torch:rowscaled" (the PyTorch path), "combine", "rowscaled",
+    "swapab:<config> (Gluon)" or "swapab:<config> (twin)", "epilogue:<config>",
+    "wstat:<config> (Gluon)" or "wstat:<config> (twin)" ("... (interpreter)" under
+    ``TRITON_INTERPRET=1``; "... (rowscaled rerouted: register-A hazard on sm_90)" for a
+    "rowscaled" on Hopper), under this thread's backend and ``use_strategy``, followed by
+    how it was chosen: " [measured]" (a measured choice is cached for this call's key,
+    ``dawin_fast.measured``), " [model]" (the model's choice: measuring is off, or the
+    first call has not measured yet, or the model left one candidate) or " [forced]"
+    (``use_strategy``). Ignores the one-hot shortcut (one-hot rows run cuBLAS); on the
+    PyTorch path every group counts as non-empty.
     """
     from .kernels import dispatch
     from .kernels.common import use_ieee
-    from .kernels.interp_matmul import call_aligned, choose_strategy
 
     rows = x.reshape(-1, x.shape[-1])
-    if not _use_triton(rows):
-        return "torch"
-    num_rows, k_dim = rows.shape
-    num_models, n_dim, _ = weight.shape
+    num_rows = rows.shape[0]
+    num_models = weight.shape[0]
     num_groups = coeffs.shape[0]
+    if not _use_triton(rows):
+        prior = cpu_strategy(num_rows, num_groups, num_models)
+        cached = measured.lookup(measured.cpu_name(), _cpu_key(rows, weight, num_groups))
+        if measured.enabled() and cached is not None:
+            return f"torch:{cached} [measured]"
+        return f"torch:{prior} [model]"
     target = dispatch.target_for(rows, weight)
-    strategy = _strategy()
-    ieee = use_ieee(rows.dtype)
+    strategy, config, how = _strategy(), None, "forced"
     if strategy is None:
-        strategy = choose_strategy(num_rows, num_groups, num_models, rows.dtype, ieee,
-                                   call_aligned(rows, weight), n_dim, k_dim, target)
-    served = dispatch.served_by(strategy, target, rows.dtype, ieee)
+        strategy, config, was_measured = _gpu_choice(rows, weight, num_groups, lookup_only=True)
+        how = "measured" if was_measured else "model"
+    served = dispatch.served_by(strategy, target, rows.dtype, use_ieee(rows.dtype))
     note = f" ({strategy} rerouted: register-A hazard on sm_90)" if served != strategy else ""
     strategy = served
     if strategy not in dispatch.NEW_STRATEGIES:
-        return strategy
+        return f"{strategy} [{how}]"
     if kernels.interpreting():  # one pinned small config per kernel
-        return f"{strategy} (interpreter){note}"
-    config = dispatch.best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim)
+        return f"{strategy} (interpreter){note} [{how}]"
+    if config is None:
+        config = dispatch.best_config(strategy, num_rows, num_groups, num_models,
+                                      weight.shape[1], rows.shape[1], rows.dtype,
+                                      target.smem_limit)
     if strategy == "swapab":
-        return f"swapab:{config} ({'Gluon' if target.gluon else 'twin'})"
+        return f"swapab:{config} ({'Gluon' if target.gluon else 'twin'}) [{how}]"
     if strategy == "wstat":
         gluon = target.gluon and dispatch.wstat_reason(
             rows, weight, dispatch.wstat_config(config)) is None
-        return f"wstat:{config} ({'Gluon' if gluon else 'twin'})"
-    return f"epilogue:{config}{note}"
+        return f"wstat:{config} ({'Gluon' if gluon else 'twin'}) [{how}]"
+    return f"epilogue:{config}{note} [{how}]"
 
 
 def predicted_times(group_rows: int, num_groups: int, num_models: int, n_dim: int,
                     k_dim: int) -> dict:
-    """Traffic-model predictions (``kernels/traffic_model.py``: an H100 model of 16-bit
-    calls; predictions, not measurements) for ``num_groups`` groups of ``group_rows`` rows.
+    """Traffic-model predictions (``kernels/traffic_model.py``: a Hopper model of 16-bit
+    calls, H200 ceilings; predictions, not measurements) for ``num_groups`` groups of
+    ``group_rows`` rows.
 
     Seconds of cuBLAS on one pre-merged weight over the same rows (``cublas_s``), and of
     the cheapest config of each fused design (``swapab_s``/``epilogue_s``, with
@@ -159,6 +169,82 @@ def predicted_times(group_rows: int, num_groups: int, num_models: int, n_dim: in
         out.update({f"{design}_s": pred.seconds, f"{design}_config": config,
                     f"{design}_bound": pred.bound})
     return out
+
+
+def clear_dispatch_cache(disk: bool = True) -> None:
+    """Forget the measured dispatch's choices (in memory, and on disk unless ``disk`` is
+    False): the next call of each key measures again. ``DAWIN_FAST_MEASURE=0`` or
+    ``set_measured_dispatch(False)`` keeps the model's choices instead."""
+    measured.clear(disk)
+
+
+def set_measured_dispatch(enabled: bool | None) -> None:
+    """Measure strategy choices (True), keep the model's (False), or follow
+    ``DAWIN_FAST_MEASURE`` (None, the default: on unless "0")."""
+    measured.set_enabled(enabled)
+
+
+def _gpu_key(x: torch.Tensor, weight: torch.Tensor, num_groups: int) -> str:
+    from .kernels import dispatch
+    from .kernels.common import use_ieee
+    from .kernels.interp_matmul import call_aligned
+
+    num_models, n_dim, k_dim = weight.shape
+    target = dispatch.target_for(x, weight)
+    return (f"{str(x.dtype).removeprefix('torch.')} M={num_models} N={n_dim} K={k_dim} "
+            f"rows~{measured.bucket(x.shape[0])} groups~{measured.bucket(num_groups)} "
+            f"aligned={call_aligned(x, weight)} ieee={use_ieee(x.dtype)} gluon={target.gluon}")
+
+
+def _gpu_device(x: torch.Tensor) -> str:
+    from .kernels import arch
+
+    major, minor = arch.capability(x.device)
+    return f"{arch.device_name(x.device)} sm_{major}{minor}"
+
+
+def _compiled_kernels(x: torch.Tensor) -> bool:
+    """Whether a call runs compiled kernels on a GPU (what the measured dispatch times)."""
+    return x.is_cuda and not kernels.interpreting()
+
+
+def _choice_name(strategy: str, config: str | None) -> str:
+    return strategy if config is None else f"{strategy}:{config}"
+
+
+def _gpu_choice(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
+                coeffs: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None, lookup_only: bool = False
+                ) -> tuple[str, str | None, bool]:
+    """(strategy, config, measured) of a CUDA call with no forced strategy: the model's
+    candidates (``kernels.candidates``) timed once per key (``measured.choose``), the
+    model's pick where measuring is off, impossible (CUDA-graph capture: a cached choice
+    still applies) or ``lookup_only`` (``kernel_choice``)."""
+    cands = kernels.candidates(x, weight, num_groups)
+    prior = cands[0]
+    if not _compiled_kernels(x) or x.shape[0] == 0 or weight.shape[1] == 0 or x.shape[1] == 0:
+        return (*prior, False)
+    by_name = {_choice_name(*c): c for c in cands}
+    device, key = _gpu_device(x), _gpu_key(x, weight, num_groups)
+    if lookup_only:
+        cached = measured.lookup(device, key) if measured.enabled() else None
+        return (*by_name[cached], True) if cached in by_name else (*prior, False)
+    scratch: list[torch.Tensor] = []
+
+    def runner(strategy: str, config: str | None):
+        def run():
+            if not scratch:  # allocated only when measuring
+                scratch.append(torch.empty((x.shape[0], weight.shape[1]), dtype=x.dtype,
+                                           device=x.device))
+            kernels.interp_matmul(x, weight, coeffs, offsets, bias, strategy=strategy,
+                                  config=config, out=scratch[0])
+        return run
+
+    runs = {name: runner(*c) for name, c in by_name.items()}
+    choice, was_measured = measured.choose(device, key, runs, _choice_name(*prior),
+                                           torch_device=x.device,
+                                           can_measure=not _is_capturing(x))
+    return (*by_name[choice], was_measured)
 
 
 @contextlib.contextmanager
@@ -369,11 +455,61 @@ GROUP_ROW_COST = 1.2
 PATH_STRATEGIES = ("loop", "rowscaled")
 
 
-def per_group_cheaper(num_rows: int, num_groups: int, num_models: int) -> bool:
-    """Whether a per-group strategy beats a per-row one by the CPU cost model above."""
+#: The PyTorch path measures loop against row-scaled where the cost model above puts them
+#: within this factor of each other (elsewhere the model's pick stands): at M = 2 from 17 to
+#: 217 rows per group, i.e. around the fitted crossover (36), where one machine's constants
+#: may be wrong on another.
+CPU_MEASURE_FACTOR = 1.5
+
+
+def _cpu_costs(num_rows: int, num_groups: int, num_models: int) -> tuple[float, float]:
+    """(per-group, per-row) cost of a call by the CPU cost model above."""
     per_group = (num_groups * (GROUP_COST_PER_MODEL * num_models + GROUP_COST)
                  + GROUP_ROW_COST * num_rows)
-    return per_group <= num_models * num_rows
+    return per_group, float(num_models * num_rows)
+
+
+def per_group_cheaper(num_rows: int, num_groups: int, num_models: int) -> bool:
+    """Whether a per-group strategy beats a per-row one by the CPU cost model above."""
+    per_group, per_row = _cpu_costs(num_rows, num_groups, num_models)
+    return per_group <= per_row
+
+
+def _cpu_key(x: torch.Tensor, weight: torch.Tensor, num_groups: int) -> str:
+    num_models, n_dim, k_dim = weight.shape
+    return (f"torch {str(x.dtype).removeprefix('torch.')} M={num_models} N={n_dim} K={k_dim} "
+            f"rows~{measured.bucket(x.shape[0])} groups~{measured.bucket(num_groups)} "
+            f"{'contiguous' if weight.is_contiguous() else 'strided'}")
+
+
+def _measured_cpu_strategy(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor,
+                           offsets: torch.Tensor, bias: torch.Tensor | None,
+                           num_groups: int) -> str:
+    """``cpu_strategy``'s pick, or, where its two costs lie within ``CPU_MEASURE_FACTOR``,
+    the faster of loop and row-scaled as measured on this machine at the first call of
+    the key (``dawin_fast.measured``: cached in memory and on disk per CPU and versions)."""
+    num_rows, num_models = x.shape[0], weight.shape[0]
+    prior = cpu_strategy(num_rows, num_groups, num_models)
+    if not measured.enabled() or num_groups == 0 or _is_fake(x):
+        return prior
+    per_group, per_row = _cpu_costs(num_rows, num_groups, num_models)
+    if max(per_group, per_row) > CPU_MEASURE_FACTOR * min(per_group, per_row):
+        return prior
+    scratch: list[torch.Tensor] = []  # allocated only when measuring
+
+    def runner(strategy: str):
+        def run():
+            if not scratch:
+                scratch.append(torch.empty((num_rows, weight.shape[1]), dtype=x.dtype,
+                                           device=x.device))
+            interp_linear_torch(x, weight, coeffs, offsets, bias, out=scratch[0],
+                                strategy=strategy)
+        return run
+
+    runs = {s: runner(s) for s in PATH_STRATEGIES}
+    choice, _ = measured.choose(measured.cpu_name(), _cpu_key(x, weight, num_groups), runs,
+                                prior, torch_device=x.device)
+    return choice
 
 
 def cpu_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
@@ -418,7 +554,7 @@ def interp_linear_torch(
     bounds = offsets.tolist()
     groups = [g for g in range(coeffs.shape[0]) if bounds[g + 1] > bounds[g]]
     if strategy is None:
-        strategy = cpu_strategy(num_rows, len(groups), num_models)
+        strategy = _measured_cpu_strategy(x, weight, coeffs, offsets, bias, len(groups))
     if strategy not in PATH_STRATEGIES:
         raise ValueError(f"strategy must be one of {PATH_STRATEGIES}, got {strategy!r}")
     if strategy == "rowscaled":
@@ -588,9 +724,12 @@ def _interp_linear_op(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     if _use_triton(x):
-        return kernels.interp_matmul(
-            x, weight, coeffs.float(), offsets, bias, strategy=_strategy()
-        )
+        strategy, config = _strategy(), None
+        if strategy is None and x.is_cuda and measured.enabled():
+            strategy, config, _ = _gpu_choice(x, weight, coeffs.shape[0], coeffs.float(),
+                                              offsets, bias)
+        return kernels.interp_matmul(x, weight, coeffs.float(), offsets, bias,
+                                     strategy=strategy, config=config)
     return interp_linear_torch(x, weight, coeffs, offsets, bias)
 
 

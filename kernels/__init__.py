@@ -4,6 +4,13 @@ Pure kernels and their launchers: they know linear algebra, not DaWin.
 """
 
 from .configs import interpreting
-from .interp_matmul import STRATEGIES, choose_strategy, default_strategy, interp_matmul
+from .interp_matmul import (
+    STRATEGIES,
+    candidates,
+    choose_strategy,
+    default_strategy,
+    interp_matmul,
+)
 
-__all__ = ["STRATEGIES", "choose_strategy", "default_strategy", "interp_matmul", "interpreting"]
+__all__ = ["STRATEGIES", "candidates", "choose_strategy", "default_strategy", "interp_matmul",
+           "interpreting"]

@@ -6,8 +6,9 @@ there would only cost time, and small tiles make small test shapes cover multi-t
 
 Every GPU config is pruned before autotuning by a shared-memory model of what Triton
 allocates for it (``combine_shared_bytes``, ``rowscaled_shared_bytes``): a config whose
-model exceeds ``SHARED_MEMORY_LIMIT`` is never benchmarked, so autotune cannot pick a
-config that would fail to launch. The models were read off compiled kernels (Triton 3.6
+model exceeds the running device's limit (``arch.shared_memory_limit``: 232 448 B on
+Hopper, 166 912 B on an A100, 101 376 B on Ada) is never benchmarked, so autotune cannot
+pick a config that would fail to launch. The models were read off compiled kernels (Triton 3.6
 and 3.8, sm_90a, launch specialization) and the compile gate
 (``dawin_fast.kernels.compile_gate``) checks them against the compiled size of every
 variant it builds: never below it, and equal to it unless the variant says why not
@@ -32,9 +33,11 @@ import os
 import torch
 import triton
 
+from . import arch
+
 # Largest dynamic shared memory per block on H100/H200 (sm_90, the opt-in maximum:
-# 227 KiB = 232448 B; cudaDevAttrMaxSharedMemoryPerBlockOptin).
-SHARED_MEMORY_LIMIT = 232448
+# 227 KiB = 232448 B; cudaDevAttrMaxSharedMemoryPerBlockOptin). Other GPUs: ``arch``.
+SHARED_MEMORY_LIMIT = arch.HOPPER.smem_limit
 
 
 def interpreting() -> bool:
@@ -74,6 +77,25 @@ ROWSCALED_UNALIGNED = ((128, 128, 32, 8, 5), (64, 64, 32, 4, 3), (128, 64, 32, 8
                        (64, 32, 32, 4, 3))
 # With M = 1 the model loop folds away and ptxas serializes wgmma in these (C7515).
 ROWSCALED_NOT_AT_M1 = ((64, 64, 64, 4, 4), (128, 64, 64, 4, 4), (128, 256, 32, 8, 3))
+# Configs that spill off Hopper, where the dot is mma.sync (its operands and accumulators
+# sit in registers differently from wgmma's): (kind, "16bit" or "fp32", capability) ->
+# config keys. Read off the compile gate (Triton 3.8, 2026-12-03; kernels/NOTES.md):
+# rowscaled 16-bit 8-36 B of spill stores, worst at M >= 8 with per-sample groups (sm_80
+# keeps 128x128x64 s3, 64x128x32 s5, 128x128x32 s5; sm_89 the last two), fp32 4-16 B
+# (sm_80, TF32 and IEEE, 32-deep K), combine 16-bit 176-192 B (sm_80, at M = 1).
+# Combine's two also on sm_89, where the sampled calls' shared memory pruned them: a
+# prediction, for per-sample M = 1 calls.
+SPILLS_OFF_HOPPER = {
+    ("rowscaled", "16bit", (8, 0)): {(128, 128, 64, 8, 4), (64, 128, 64, 4, 4),
+                                     (64, 64, 64, 4, 4), (128, 64, 64, 4, 4),
+                                     (128, 256, 32, 8, 3), (128, 128, 32, 8, 5)},
+    ("rowscaled", "16bit", (8, 9)): {(128, 128, 64, 8, 3), (64, 128, 64, 4, 4),
+                                     (64, 64, 64, 4, 4), (128, 64, 64, 4, 4),
+                                     (128, 256, 32, 8, 3)},
+    ("rowscaled", "fp32", (8, 0)): {(64, 64, 32, 4, 2), (64, 64, 32, 4, 3)},
+    ("combine", "16bit", (8, 0)): {(None, 128, 64, 4, 4), (None, 64, 128, 4, 3)},
+    ("combine", "16bit", (8, 9)): {(None, 128, 64, 4, 4), (None, 64, 128, 4, 3)},
+}
 
 
 def tensor_cores(dtype: torch.dtype, ieee: bool) -> bool:
@@ -122,14 +144,18 @@ def gpu_configs(kind: str) -> list[triton.Config]:
     return _configs(kind)
 
 
-def _family(kind: str, dtype: torch.dtype, aligned: bool, num_models: int) -> set[tuple]:
+def _family(kind: str, dtype: torch.dtype, aligned: bool, num_models: int, ieee: bool = False,
+            capability: tuple[int, int] = arch.HOPPER.capability) -> set[tuple]:
+    spills = SPILLS_OFF_HOPPER.get(
+        (kind, "fp32" if dtype == torch.float32 else "16bit", tuple(capability)), set())
     if kind == "combine":
         rows = (COMBINE_FP32 if dtype == torch.float32 else
                 COMBINE_16BIT if aligned else COMBINE_UNALIGNED)
-        return {(None, *r) for r in rows}
+        return {(None, *r) for r in rows} - spills
     rows = (ROWSCALED_FP32 if dtype == torch.float32 else
             ROWSCALED_16BIT if aligned else ROWSCALED_UNALIGNED)
-    return set(rows) - (set(ROWSCALED_NOT_AT_M1) if num_models == 1 else set())
+    out = set(rows) - (set(ROWSCALED_NOT_AT_M1) if num_models == 1 else set())
+    return out - spills
 
 
 def _key(config: triton.Config) -> tuple:
@@ -157,13 +183,20 @@ def shared_bytes(kind: str, config: triton.Config, num_models: int, dtype: torch
 
 def fitting_configs(kind: str, num_models: int, dtype: torch.dtype, ieee: bool,
                     block_m: int | None = None, is_aligned: bool = True,
-                    configs: list[triton.Config] | None = None) -> list[triton.Config]:
+                    configs: list[triton.Config] | None = None,
+                    limit: int | None = None,
+                    capability: tuple[int, int] | None = None) -> list[triton.Config]:
     """The GPU configs autotune may pick for such a call: the call's family (dtype,
-    alignment, M), within ``SHARED_MEMORY_LIMIT`` by the model. Empty when none fits."""
-    family = _family(kind, dtype, is_aligned, num_models)
+    alignment, M), within ``limit`` bytes of shared memory by the model (default: the
+    assumed target's, ``arch.assumed()``; a launch passes its device's). Empty when none
+    fits. ``capability``: the device's (default the assumed target's), for the few configs
+    one architecture cannot build cleanly."""
+    capability = arch.assumed().capability if capability is None else capability
+    family = _family(kind, dtype, is_aligned, num_models, ieee, capability)
     configs = gpu_configs(kind) if configs is None else configs
+    limit = arch.assumed().smem_limit if limit is None else limit
     return [c for c in configs if _key(c) in family
-            and shared_bytes(kind, c, num_models, dtype, ieee, block_m) <= SHARED_MEMORY_LIMIT]
+            and shared_bytes(kind, c, num_models, dtype, ieee, block_m) <= limit]
 
 
 def _pruner(kind: str):
@@ -174,10 +207,11 @@ def _pruner(kind: str):
         is_aligned = (kwargs["stride_xk"] == 1 and kwargs["stride_wk"] == 1 and aligned(
             named_args["K"], (kwargs["stride_xt"], kwargs["stride_wn"], kwargs["stride_wm"]),
             (x.data_ptr(), w.data_ptr())))
+        limit = arch.shared_memory_limit(x.device)
         kept = fitting_configs(kind, kwargs["M"], x.dtype, kwargs["IEEE"], kwargs.get("BLOCK_M"),
-                               is_aligned, configs)
+                               is_aligned, configs, limit, arch.capability(x.device))
         if not kept:  # the dispatcher never sends such a call (interp_matmul checks first)
-            raise ValueError(f"{kind}: no config fits {SHARED_MEMORY_LIMIT} B of shared "
+            raise ValueError(f"{kind}: no config fits {limit} B of shared "
                              f"memory at M={kwargs['M']}, {x.dtype}")
         return kept
     return prune

@@ -34,15 +34,17 @@ from dataclasses import dataclass
 
 import torch
 
-from . import traffic_model
+from . import arch, traffic_model
 from .common import use_ieee
 from .configs import interpreting
 from .epilogue_scaled import epilogue_scaled_matmul
 from .fused_configs import (
     EPILOGUE_CONFIGS,
     SWAPAB_CONFIGS,
+    TWIN_SPILLS_OFF_HOPPER,
     WSTAT_CONFIGS,
     epilogue_config,
+    epilogue_fits,
     swapab_config,
     twin_config,
     wstat_config,
@@ -71,18 +73,22 @@ class Target:
     cuda: bool  # compiled kernels (not the interpreter)
     half: bool  # fp16/bf16 operands (the Gluon kernel's wgmma types)
     gluon: bool  # the Gluon kernel can run: sm_90, Gluon present, TMA-addressable operands
-    #: A Hopper GPU (sm_90: wgmma), where a register-A wgmma can be overwritten in flight
-    #: (``rowscaled_hazard``). ``gluon`` implies it.
-    hopper: bool = False
+    #: sm_90 (wgmma and TMA exist; else no TMA descriptors either). CPU tensors stand for
+    #: ``arch.assumed()``'s configs and count as Hopper here; a register-A wgmma can be
+    #: overwritten in flight on a real one only (``rowscaled_hazard``). ``gluon`` implies it.
+    hopper: bool = True
+    smem_limit: int = arch.HOPPER.smem_limit  # the device's shared memory per block
 
 
 def target_for(x: torch.Tensor, weight: torch.Tensor) -> Target:
+    """The call's target; the device's properties are queried once per device."""
     cuda = x.is_cuda and not interpreting()
     half = x.dtype in (torch.float16, torch.bfloat16)
-    hopper = cuda and torch.cuda.get_device_capability(x.device)[0] == 9
-    gluon = (hopper and half and GLUON_AVAILABLE and GLUON_ENABLED
+    hopper = arch.hopper(x.device) if cuda else True
+    gluon = (cuda and half and GLUON_AVAILABLE and GLUON_ENABLED and hopper
              and tma_compatible(x, weight) is None)
-    return Target(cuda=cuda, half=half, gluon=gluon, hopper=hopper)
+    limit = arch.shared_memory_limit(x.device) if cuda else arch.assumed().smem_limit
+    return Target(cuda=cuda, half=half, gluon=gluon, hopper=hopper, smem_limit=limit)
 
 
 #: Why "rowscaled" never runs on Hopper. Stated by ``kernel_choice`` and the warning of a
@@ -97,9 +103,10 @@ ROWSCALED_HAZARD = (
 
 def rowscaled_hazard(target: Target | None, dtype: torch.dtype, ieee: bool) -> bool:
     """Whether "rowscaled" would run its hazardous register-A wgmma loop here: a Hopper GPU
-    and a dtype that takes wgmma (fp16/bf16, fp32 with TF32; fp32 IEEE runs on CUDA cores).
-    Off Hopper (sm_80/sm_89) its dot is mma.sync, synchronous: no hazard."""
-    return (target is not None and (target.hopper or target.gluon)
+    (compiled: the interpreter has no wgmma) and a dtype that takes wgmma (fp16/bf16, fp32
+    with TF32; fp32 IEEE runs on CUDA cores). Off Hopper (sm_80/sm_89) its dot is mma.sync,
+    synchronous: no hazard."""
+    return (target is not None and target.cuda and (target.hopper or target.gluon)
             and not (dtype == torch.float32 and ieee))
 
 
@@ -148,13 +155,44 @@ def choose(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: i
 
 
 def best_config(strategy: str, num_rows: int, num_groups: int, num_models: int, n_dim: int,
-                k_dim: int) -> str:
-    """The model's cheapest config of one strategy (model, not measured). "wstat" where no
-    config fits this K: the one with the smallest resident tile (its twin runs)."""
+                k_dim: int, dtype: torch.dtype = torch.bfloat16,
+                limit: int = arch.HOPPER.smem_limit) -> str:
+    """The model's cheapest config of one strategy that fits ``limit`` bytes of shared
+    memory (model, not measured). The swap-AB twin's tiles fit every target (at most
+    24 KiB compiled); the epilogue kernel's need up to 128 KiB (``epilogue_fits``). "wstat"
+    where no config fits this K: the one with the smallest resident tile (its twin runs)."""
     groups = min(max(num_groups, 1), max(num_rows, 1))
     ranked = _costed(max(num_rows, 1), groups, num_models, n_dim, k_dim)
-    fallback = min(WSTAT_CONFIGS, key=lambda c: c.block_n).name if strategy == "wstat" else None
-    return next((c.config for c in ranked if c.strategy == strategy), fallback)
+    fitting = [c.config for c in ranked if c.strategy == strategy
+               and (strategy != "epilogue" or epilogue_fits(c.config, dtype, limit))]
+    if not fitting and strategy == "wstat":
+        return min(WSTAT_CONFIGS, key=lambda c: c.block_n).name
+    if not fitting:
+        raise ValueError(f"{strategy}: no config fits {limit} B of shared memory")
+    return fitting[0]
+
+
+def candidates(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: int,
+               dtype: torch.dtype, target: Target, factor: float) -> list[Choice]:
+    """The issue-11 kernels' configs worth timing on this target: the traffic model's
+    ranking (a Hopper model: a prior and a pruner, not a prediction elsewhere), cut at
+    ``factor`` times its best, without configs that do not fit the device's shared
+    memory. Off Hopper without the epilogue kernel: with pointer loads and mma.sync every
+    16-bit and TF32 config the gate built there spills 8-36 B (``kernels/NOTES.md``); an
+    explicit strategy="epilogue" still runs there. Empty off CUDA, for fp32 (only an
+    explicit strategy sends fp32 there) and for empty calls."""
+    if not (target.cuda and target.half) or num_rows == 0:
+        return []
+    groups = min(max(num_groups, 1), num_rows)
+    ranked = [c for c in _costed(num_rows, groups, num_models, n_dim, k_dim)
+              if (c.strategy != "epilogue" or (
+                  target.hopper and epilogue_fits(c.config, dtype, target.smem_limit)))
+              and (target.hopper or c.config not in TWIN_SPILLS_OFF_HOPPER)
+              # the model's wstat is the Gluon kernel; its twin is a correctness fallback
+              and (c.strategy != "wstat" or target.gluon)]
+    if not ranked:
+        return []
+    return [c for c in ranked if c.predicted_s <= factor * ranked[0].predicted_s]
 
 
 def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor,
@@ -164,19 +202,24 @@ def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.T
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
     num_groups = coeffs.shape[0]
+    target = target_for(x, weight)
     if config is None:
-        config = best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim)
+        config = best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim,
+                             x.dtype, target.smem_limit)
     ieee = use_ieee(x.dtype)
     # The configs below are the compile gate's (see the module doc).
     if strategy == "epilogue":
         cfg = epilogue_config(config, x.dtype, ieee, interpreting=interpreting())
-        return epilogue_scaled_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)
+        # TMA descriptors exist on Hopper only: pointer loads elsewhere (gated on all).
+        use_tma = None if target.hopper else False
+        return epilogue_scaled_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee,
+                                      use_tma=use_tma)
     if strategy == "wstat":
-        if target_for(x, weight).gluon and wstat_reason(x, weight, wstat_config(config)) is None:
+        if target.gluon and wstat_reason(x, weight, wstat_config(config)) is None:
             return wstat_gluon_matmul(x, weight, coeffs, offsets, bias, y, wstat_config(config))
         cfg = wstat_twin_config(config, x.dtype, interpreting=interpreting())
         return wstat_twin_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)
-    if target_for(x, weight).gluon:
+    if target.gluon:
         return swapab_gluon_matmul(x, weight, coeffs, offsets, bias, y, swapab_config(config))
     cfg = twin_config(config, x.dtype, interpreting=interpreting())
     return swapab_twin_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)

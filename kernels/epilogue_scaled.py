@@ -203,22 +203,29 @@ _GATE_FMA = ("fp32 with IEEE precision (F.linear's default) runs its dot on CUDA
              "design; TF32 (allow_tf32) takes wgmma")
 
 
+_GATE_SPILLS_OFF_HOPPER = ("with pointer loads and mma.sync (sm_80, sm_89; Triton 3.8) the 16-bit "
+                           "and TF32 configs spill 8-36 B: the dispatch never picks the "
+                           "epilogue kernel off Hopper (dispatch.candidates), only an "
+                           "explicit strategy='epilogue' runs it there")
+
+
 def compile_variants():
     """The compile gate's variants of the epilogue-scaled kernel, as ``dispatch.launch``
     plans it (``plan_epilogue_scaled`` with ``fused_configs.epilogue_config``'s tiles):
     every 16-bit config at M = 2 (per-sample), 8 (one group) and 32, on TMA descriptors;
     the pointer-load fallback (models not stacked; K = 770, unaligned); fp32 IEEE and TF32
     at M = 2. Held to wgmma, main-loop wait depth >= 1 and, on descriptors, TMA loads."""
+    from . import arch
     from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
-    from .fused_configs import EPILOGUE_CONFIGS, epilogue_config
+    from .fused_configs import EPILOGUE_CONFIGS, epilogue_config, epilogue_fits
 
     def variant(name, dtype, num_models, num_groups, *, ieee=False, k_dim=768, stacked=True,
-                core=True, allow=None):
+                core=True, allow=None, use_tma=None, targets=None, allow_off_hopper=None):
         cfg = epilogue_config(name, dtype, ieee)
         rows, lengths = grouping(_GATE_ROWS, num_groups)
         call = stand_in_call(lengths, num_models, dtype=dtype, stacked=stacked,
                              **{**_GATE_LAYER, "k_dim": k_dim})
-        plan = plan_epilogue_scaled(*call, cfg, ieee=ieee)
+        plan = plan_epilogue_scaled(*call, cfg, ieee=ieee, use_tma=use_tma)
         tma = plan.kwargs["USE_TMA"]
         precision = " IEEE" if ieee else " TF32" if dtype == torch.float32 else ""
         extra = ("" if tma else ", pointer loads") + (f", K={k_dim}" if k_dim != 768 else "")
@@ -231,15 +238,27 @@ def compile_variants():
             tiles=f"M={cfg.block_m} N={cfg.block_n} K={cfg.block_k} w={cfg.num_warps} "
                   f"s={cfg.num_stages}",
             checks=(*DEFAULT_CHECKS, "wait", *(("tma",) if tma else ())), core=core,
-            allow=allow or {})
+            allow=allow or {}, targets=targets, allow_off_hopper=allow_off_hopper or {})
 
     for cfg in EPILOGUE_CONFIGS:
         yield variant(cfg.name, torch.bfloat16, 2, 256)
         yield variant(cfg.name, torch.float16, 8, 1)
         yield variant(cfg.name, torch.bfloat16, 32, 256)
-    yield variant("e64x128", torch.float16, 16, 3, stacked=False)
+    yield variant("e64x128", torch.float16, 16, 3, stacked=False,
+                  allow_off_hopper={"spill": _GATE_SPILLS_OFF_HOPPER})
     yield variant("e128x128", torch.bfloat16, 2, 256, k_dim=770,
                   allow={"spill": _GATE_UNALIGNED, "wait": _GATE_UNALIGNED})
     yield variant("e128x128", torch.float32, 2, 256, ieee=True, core=False,
                   allow={"wgmma": _GATE_FMA, "wait": _GATE_FMA})
     yield variant("e128x128", torch.float32, 2, 256, core=False)
+    # Off Hopper dispatch.launch never uses TMA descriptors: every config with pointer loads
+    # there (issue 20), where only an explicit strategy="epilogue" sends calls.
+    off_hopper = dict(use_tma=False, core=False, targets=("sm_80", "sm_89"),
+                      allow_off_hopper={"spill": _GATE_SPILLS_OFF_HOPPER})
+    for cfg in EPILOGUE_CONFIGS:  # each where it fits (e128x128: not on Ada)
+        targets = tuple(a.name for a in (arch.AMPERE, arch.ADA)
+                        if epilogue_fits(cfg.name, torch.bfloat16, a.smem_limit))
+        yield variant(cfg.name, torch.bfloat16, 2, 256, **{**off_hopper, "targets": targets})
+    yield variant("e128x128", torch.float32, 2, 256, ieee=True,
+                  allow={"wgmma": _GATE_FMA, "wait": _GATE_FMA}, **off_hopper)
+    yield variant("e128x128", torch.float32, 2, 256, **off_hopper)

@@ -174,6 +174,34 @@ def gluon_smem_bytes(cfg: SwapABConfig, elem_bytes: int = 2) -> int:
     return rings * cfg.block_k * elem_bytes + 2 * 8 * (cfg.w_stages + cfg.x_stages)
 
 
+#: Compiled shared memory above ``epilogue_smem_bytes`` (mbarriers, the epilogue's layout
+#: conversion): 0-544 B over the compiled sm_90a variants (kernels/compiled.md, Triton 3.6
+#: and 3.8: e.g. e128x128 131 104 B for a 131 072 B model).
+EPILOGUE_SMEM_SLACK = 1024
+
+
+def epilogue_smem_bytes(cfg: EpilogueConfig, elem_bytes: int) -> int:
+    """Shared memory of the epilogue-scaled kernel: ``num_stages`` (x, w) tile pairs."""
+    return cfg.num_stages * (cfg.block_m + cfg.block_n) * cfg.block_k * elem_bytes
+
+
+#: Twin configs that spill off Hopper (8 B at M = 32, sm_80 and sm_89, Triton 3.8): the
+#: measured dispatch does not time them there; an explicit strategy="swapab" may run them.
+TWIN_SPILLS_OFF_HOPPER = ("pack2x64",)
+
+
+def epilogue_fits(name: str, dtype: torch.dtype, limit: int) -> bool:
+    """Whether the epilogue config ``name`` (as ``epilogue_config`` maps it for ``dtype``,
+    IEEE and TF32 alike bounded) fits ``limit`` bytes of shared memory (e128x128, 128 KiB,
+    does not fit Ada's 99 KiB)."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    if dtype == torch.float32:
+        cfgs = [EPILOGUE_FP32_IEEE, EPILOGUE_TF32]
+    else:
+        cfgs = [epilogue_config(name, dtype, False)]
+    return all(epilogue_smem_bytes(c, elem) + EPILOGUE_SMEM_SLACK <= limit for c in cfgs)
+
+
 def fits(smem_bytes: int) -> bool:
     """Whether a program needing ``smem_bytes`` (plus the slack) can launch on an H100."""
     return smem_bytes + GLUON_SMEM_SLACK <= SMEM_LIMIT

@@ -97,10 +97,13 @@ def default_strategy(num_rows: int, num_groups: int, num_models: int,
 
 
 def fits(strategy: str, num_rows: int, num_groups: int, num_models: int,
-         dtype: torch.dtype, ieee: bool = False, is_aligned: bool = True) -> bool:
-    """Whether ``strategy`` has a GPU config within the shared-memory limit for this call."""
+         dtype: torch.dtype, ieee: bool = False, is_aligned: bool = True,
+         limit: int | None = None) -> bool:
+    """Whether ``strategy`` has a GPU config within ``limit`` bytes of shared memory
+    (default: the assumed target's, ``arch.assumed()``) for this call."""
     block_m = gpu_combine_block_m(num_rows, num_groups, dtype) if strategy == "combine" else None
-    return bool(fitting_configs(strategy, num_models, dtype, ieee, block_m, is_aligned))
+    return bool(fitting_configs(strategy, num_models, dtype, ieee, block_m, is_aligned,
+                                limit=limit))
 
 
 def choose_strategy(num_rows: int, num_groups: int, num_models: int, dtype: torch.dtype,
@@ -109,16 +112,54 @@ def choose_strategy(num_rows: int, num_groups: int, num_models: int, dtype: torc
     """The strategy ``interp_matmul`` uses when none is given: ``default_strategy``'s pick,
     or the other kernel when the pick has no config that fits in shared memory (combine
     runs out from M ~ 100 with 16-bit inputs; row-scaled fits at any M). The issue-11
-    kernels keep their shared memory independent of M (``compiled.md``)."""
+    kernels keep their shared memory independent of M (``compiled.md``). The limit is
+    ``target``'s (the device's), else the assumed target's (Hopper)."""
     first = default_strategy(num_rows, num_groups, num_models, n_dim, k_dim, target)
     if first in dispatch.NEW_STRATEGIES:
         return first
+    limit = target.smem_limit if target is not None else None
     for strategy in (first, *(s for s in OLD_STRATEGIES if s != first)):
-        if fits(strategy, num_rows, num_groups, num_models, dtype, ieee, is_aligned):
+        if fits(strategy, num_rows, num_groups, num_models, dtype, ieee, is_aligned, limit):
             # Never "rowscaled" on Hopper (dispatch.ROWSCALED_HAZARD): its stand-in there.
             return dispatch.served_by(strategy, target, dtype, ieee)
-    raise ValueError(f"interp_matmul: no kernel has a config that fits in shared memory for "
-                     f"M={num_models}, {dtype}")
+    raise ValueError(f"interp_matmul: no kernel has a config that fits in "
+                     f"{limit or 'the'} B of shared memory for M={num_models}, {dtype}")
+
+
+#: The traffic model's cut: the issue-11 configs it costs within this factor of its best are
+#: timed by the measured dispatch (a Hopper model: off Hopper only a coarse prior).
+MEASURE_FACTOR = 1.5
+
+
+def candidates(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
+               factor: float = MEASURE_FACTOR) -> list[tuple[str, str | None]]:
+    """(strategy, config) pairs worth timing for this call on its device, the model's pick
+    (``choose_strategy``, with its config for the issue-11 kernels) first; then every old
+    kernel with a config that fits the device's shared memory (they have no cost model, and
+    Triton autotunes their configs), then the issue-11 configs the traffic model keeps
+    (``dispatch.candidates``). Config None: the model's or autotune's."""
+    num_rows, k_dim = x.shape
+    num_models, n_dim, _ = weight.shape
+    ieee = use_ieee(x.dtype)
+    is_aligned = call_aligned(x, weight)
+    target = dispatch.target_for(x, weight)
+    prior = choose_strategy(num_rows, num_groups, num_models, x.dtype, ieee, is_aligned,
+                            n_dim, k_dim, target)
+    out: list[tuple[str, str | None]] = [(prior, None)]
+    if prior in dispatch.NEW_STRATEGIES:
+        out = [(prior, dispatch.best_config(prior, num_rows, num_groups, num_models, n_dim,
+                                            k_dim, x.dtype, target.smem_limit))]
+    for strategy in OLD_STRATEGIES:
+        # never "rowscaled" on Hopper (dispatch.ROWSCALED_HAZARD): it is not timed there
+        if (dispatch.served_by(strategy, target, x.dtype, ieee) == strategy
+                and fits(strategy, num_rows, num_groups, num_models, x.dtype, ieee,
+                         is_aligned, target.smem_limit) and (strategy, None) not in out):
+            out.append((strategy, None))
+    for choice in dispatch.candidates(num_rows, num_groups, num_models, n_dim, k_dim,
+                                      x.dtype, target, factor):
+        if (choice.strategy, choice.config) not in out:
+            out.append((choice.strategy, choice.config))
+    return out
 
 
 def call_aligned(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -382,6 +423,7 @@ def interp_matmul(
     *,
     strategy: str | None = None,
     out: torch.Tensor | None = None,
+    config: str | None = None,
 ) -> torch.Tensor:
     """Launch the grouped fused-interpolation GEMM.
 
@@ -394,6 +436,9 @@ def interp_matmul(
         strategy: "combine", "rowscaled", "swapab", "epilogue", "wstat" or None
             (``choose_strategy``).
         out: optional [T, N] output (any strides) to write into instead of a new tensor.
+        config: the config name of a "swapab"/"epilogue" call (``fused_configs``; the
+            measured dispatch passes the one it timed), None for the model's; the old
+            kernels autotune theirs.
 
     Returns:
         y: [T, N] in x's dtype.
@@ -426,12 +471,12 @@ def interp_matmul(
         warnings.warn(dispatch.ROWSCALED_HAZARD, stacklevel=2)
         strategy = dispatch.served_by(strategy, target, x.dtype, ieee)
     if strategy in dispatch.NEW_STRATEGIES:
-        return dispatch.launch(strategy, x, weight, coeffs, offsets, bias, y)
+        return dispatch.launch(strategy, x, weight, coeffs, offsets, bias, y, config)
     if not interpreting() and not fits(strategy, num_rows, num_groups, num_models, x.dtype,
-                                       ieee, is_aligned):
+                                       ieee, is_aligned, target.smem_limit):
         raise ValueError(f"interp_matmul: strategy {strategy!r} has no config that fits in "
-                         f"shared memory for M={num_models}, {x.dtype}; use "
-                         f"strategy=None to pick one that does")
+                         f"{target.smem_limit} B of shared memory for M={num_models}, "
+                         f"{x.dtype}; use strategy=None to pick one that does")
     launch = plan_launch(x, weight, coeffs, offsets, bias, y, strategy)
     launch.kernel[launch.grid](*launch.args, **launch.kwargs)
     return y

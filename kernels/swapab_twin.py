@@ -196,16 +196,25 @@ _GATE_FMA = ("fp32 with IEEE precision (F.linear's default) runs its dot on CUDA
              "design; TF32 (allow_tf32) takes wgmma")
 
 
+_GATE_TWIN_SPILL = ("pack2x64 spills 8 B at M = 32 on sm_80 and sm_89 (Triton 3.8): the measured "
+                    "dispatch does not time it off Hopper (fused_configs."
+                    "TWIN_SPILLS_OFF_HOPPER); only an explicit strategy='swapab' may run it")
+_GATE_FP32_SPILL = ("sm_89 (Triton 3.8): 8 B of spill stores with fp32 IEEE, which reaches the "
+                    "twin only through an explicit strategy='swapab' (the dispatch sends it "
+                    "fp32 never); not on sm_90a")
+
+
 def compile_variants():
     """The compile gate's variants of the twin, as ``dispatch.launch`` runs it on a GPU
     (``plan_swapab_twin`` with ``fused_configs.twin_config``'s tiles): every swap-AB config
     for fp16/bf16 at M = 2, 3, 8 and 32 in the groupings the Gluon kernel's variants use,
     and fp32 (IEEE and TF32, ``TWIN_FP32``'s tiles) at M = 2."""
     from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
-    from .fused_configs import SWAPAB_CONFIGS, twin_config
+    from .fused_configs import SWAPAB_CONFIGS, TWIN_SPILLS_OFF_HOPPER, twin_config
     from .swapab_gluon import GATE_GROUPS, GATE_LAYER, GATE_ROWS
 
-    def variant(name, dtype, num_models, num_groups, ieee=False, core=True, allow=None):
+    def variant(name, dtype, num_models, num_groups, ieee=False, core=True, allow=None,
+                allow_off_hopper=None):
         cfg = twin_config(name, dtype)
         rows, lengths = grouping(GATE_ROWS, num_groups)
         plan = plan_swapab_twin(*stand_in_call(lengths, num_models, dtype=dtype, **GATE_LAYER),
@@ -218,7 +227,9 @@ def compile_variants():
             tiles=f"N={cfg.block_n} K={cfg.block_k} T={cfg.slots}x{cfg.slot_t} "
                   f"w={cfg.num_warps} s=1",
             checks=(*DEFAULT_CHECKS, "wait"), core=core,
-            allow={"wait": _GATE_NO_OVERLAP, **(allow or {})})
+            allow={"wait": _GATE_NO_OVERLAP, **(allow or {})},
+            allow_off_hopper={**({"spill": _GATE_TWIN_SPILL} if name in TWIN_SPILLS_OFF_HOPPER
+                                 else {}), **(allow_off_hopper or {})})
 
     for cfg in SWAPAB_CONFIGS:
         for dtype, num_models in ((torch.bfloat16, 2), (torch.bfloat16, 3), (torch.float16, 8),
@@ -226,5 +237,5 @@ def compile_variants():
             yield variant(cfg.name, dtype, num_models, GATE_GROUPS[cfg.name])
     for num_groups in (1, 80):
         yield variant("w8t256", torch.float32, 2, num_groups, ieee=True, core=False,
-                      allow={"wgmma": _GATE_FMA})
+                      allow={"wgmma": _GATE_FMA}, allow_off_hopper={"spill": _GATE_FP32_SPILL})
         yield variant("w8t256", torch.float32, 2, num_groups, core=False)

@@ -10,6 +10,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# The measured dispatch (dawin_fast.measured) would time strategies and write a cache in
+# the home directory: tests keep the model's choices (deterministic) unless they turn it
+# on themselves (tests/test_measured_dispatch.py, with an injected timer and a tmp cache).
+os.environ.setdefault("DAWIN_FAST_MEASURE", "0")
 
 from hypothesis import settings  # noqa: E402
 

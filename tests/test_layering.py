@@ -24,7 +24,9 @@ ALLOWED = {
     # _launch: the command's Ctrl-C handler during imports; runs before everything else.
     "_launch": set(),
     "reference": set(),
-    "ops": {"kernels"},
+    # measured: the measured dispatch's timing and cache (names and callables, no kernels).
+    "measured": set(),
+    "ops": {"kernels", "measured"},
     "algorithm": set(),
     "nn": {"ops", "algorithm"},
     # distributed: a thin layer over torch.distributed that knows nothing of DaWin; below
@@ -50,6 +52,8 @@ IO_FLOORS = {"app"}
 IO_MODULES = {
     "dawin_fast.kernels.compile_gate": "a developer tool: compiles in worker processes, "
                                        "reports, writes kernels/compiled.{json,md}",
+    "dawin_fast.measured": "the measured dispatch's cache: one JSON file per device and "
+                           "versions, like Triton's autotune cache",
 }
 
 

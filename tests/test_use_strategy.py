@@ -60,11 +60,14 @@ def test_kernel_choice_names_the_default_and_the_torch_path(device):
         default = kernel_choice(x, weight, coeffs)
     expected = kernels.choose_strategy(x.shape[0], coeffs.shape[0], 2, x.dtype, True, True,
                                        24, 40)
-    if device == "cpu":  # the interpreter: the old kernels' rule
-        assert default == expected
+    if device == "cpu":  # the interpreter: the old kernels' rule, not measured
+        assert default == f"{expected} [model]"
     assert default.split(":")[0].split(" ")[0] in kernels.STRATEGIES
     with use_backend("torch"):
-        assert kernel_choice(x, weight, coeffs) == "torch"
+        assert kernel_choice(x, weight, coeffs) in ("torch:loop [model]",
+                                                    "torch:rowscaled [model]")
+    with use_backend("triton"), use_strategy("rowscaled"):
+        assert kernel_choice(x, weight, coeffs) == "rowscaled [forced]"
 
 
 def test_use_strategy_rejects_unknown_names_and_restores_on_error():

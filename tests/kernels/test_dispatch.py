@@ -44,15 +44,19 @@ def test_model_picks_wstat_for_large_groups_swapab_for_groups_and_epilogue_for_r
     assert (small.strategy, small.config) == ("swapab", "big128")  # more programs on 132 SMs
 
 
-@pytest.mark.parametrize("target", [
-    dispatch.Target(cuda=False, half=True, gluon=False),  # interpreter / CPU
-    dispatch.Target(cuda=True, half=False, gluon=False),  # fp32
-    dispatch.Target(cuda=True, half=True, gluon=False),  # no sm_90 / no Gluon / no TMA
+@pytest.mark.parametrize("target, per_sample", [
+    (dispatch.Target(cuda=False, half=True, gluon=False), "rowscaled"),  # interpreter / CPU
+    # fp32 on Hopper (TF32 wgmma: rowscaled's hazard, so epilogue) and off it
+    (dispatch.Target(cuda=True, half=False, gluon=False), "epilogue"),
+    (dispatch.Target(cuda=True, half=False, gluon=False, hopper=False), "rowscaled"),
+    # sm_90 without Gluon or TMA, and no sm_90 at all
+    (dispatch.Target(cuda=True, half=True, gluon=False), "epilogue"),
+    (dispatch.Target(cuda=True, half=True, gluon=False, hopper=False), "rowscaled"),
 ])
-def test_no_new_default_where_gluon_cannot_run(target):
+def test_no_new_default_where_gluon_cannot_run(target, per_sample):
     assert dispatch.choose(12800, 1, 2, **B32_FC1, target=target) is None
     assert kernels.default_strategy(12800, 1, 2, 3072, 768, target) == "combine"
-    assert kernels.default_strategy(256 * 50, 256, 2, 3072, 768, target) == "rowscaled"
+    assert kernels.default_strategy(256 * 50, 256, 2, 3072, 768, target) == per_sample
 
 
 def test_choice_is_the_cheapest_prediction():
@@ -200,7 +204,7 @@ def test_default_rule_never_picks_rowscaled_on_hopper():
     # fp32 IEEE runs on CUDA cores (no wgmma): rowscaled stays allowed there.
     assert dispatch.served_by("rowscaled", HOPPER_NO_GLUON, torch.float32, True) == "rowscaled"
     # Off Hopper (sm_80/sm_89: mma.sync, synchronous) nothing changes.
-    off = dispatch.Target(cuda=True, half=True, gluon=False)
+    off = dispatch.Target(cuda=True, half=True, gluon=False, hopper=False)
     assert dispatch.served_by("rowscaled", off, torch.bfloat16, False) == "rowscaled"
 
 
@@ -229,3 +233,17 @@ def test_forced_rowscaled_on_hopper_runs_epilogue_and_says_so(monkeypatch):
     with ops.use_backend("triton"), ops.use_strategy("rowscaled"):
         choice = ops.kernel_choice(x, weight, coeffs)
     assert choice.startswith("epilogue") and "rowscaled rerouted" in choice
+
+
+@pytest.mark.parametrize("hopper", [True, False])
+def test_measured_candidates_never_time_rowscaled_on_hopper(monkeypatch, hopper):
+    """The measured dispatch times ``kernels.candidates``: on Hopper (compiled) "rowscaled"
+    is not among them for any dtype that takes wgmma; off Hopper it is, where it fits."""
+    target = dispatch.Target(cuda=True, half=True, gluon=False, hopper=hopper)
+    monkeypatch.setattr(dispatch, "target_for", lambda x, w: target)
+    weight = torch.zeros(2, 3072, 768, dtype=torch.bfloat16)
+    for rows, groups in ((12800, 256), (64, 64), (12800, 1)):
+        x = torch.zeros(rows, 768, dtype=torch.bfloat16)
+        found = [s for s, _ in kernels.candidates(x, weight, groups)]
+        assert ("rowscaled" in found) == (not hopper), (rows, groups, found)
+        assert found, "something is always timed"

@@ -23,8 +23,8 @@ import os
 import pytest
 import torch
 
+from dawin_fast.kernels import arch, configs
 from dawin_fast.kernels import compile_gate as gate
-from dawin_fast.kernels import configs
 from dawin_fast.kernels.fused_configs import (
     EPILOGUE_CONFIGS,
     SWAPAB_CONFIGS,
@@ -38,7 +38,9 @@ im = importlib.import_module("dawin_fast.kernels.interp_matmul")
 
 @pytest.fixture(scope="module")
 def report():
-    return gate.run_gate()
+    # sm_80/sm_89 sampled (one call per kernel, config and dtype): every target's
+    # configs, at ~1/4 of their full cost (the committed table has every call).
+    return gate.run_gate(sample_extra=True)
 
 
 def test_every_variant_passes_the_gate(report):
@@ -63,6 +65,8 @@ def test_the_gate_covers_what_the_issues_ask(report):
                    "swapab twin": [c.name for c in SWAPAB_CONFIGS],
                    "epilogue": [c.name for c in EPILOGUE_CONFIGS]}
     for version, rows in report["tritons"].items():
+        if rows and gate.row_arch(rows[0]) != arch.HOPPER:
+            continue  # sm_80/sm_89: test_every_target_is_gated_with_its_own_limit_and_mma
         for kernel, names in new_kernels.items():
             for name in names:
                 mine = [r for r in rows if (r["kernel"], r["config"]) == (kernel, name)]
@@ -91,10 +95,54 @@ def test_the_committed_table_is_current(report):
     fresh = gate.comparable(report)
     for version, rows in fresh.items():
         assert version in committed, f"compiled.json has no Triton {version}: {gate.COMMAND}"
+        if version in report.get("sampled", []):  # the sample's rows, as in the table
+            built = {(r["kernel"], r["case"], r["config"]) for r in rows}
+            committed[version] = [r for r in committed[version]
+                                  if (r["kernel"], r["case"], r["config"]) in built]
         assert committed[version] == rows, (
             f"kernels/compiled.json is stale for Triton {version}: run {gate.COMMAND}")
     assert gate.render_markdown(json.loads(gate.JSON_PATH.read_text())) == \
         gate.MD_PATH.read_text(), "compiled.md is not rendered from compiled.json"
+
+
+def test_every_target_is_gated_with_its_own_limit_and_mma(report):
+    """Issue 20: sm_80 (A100) and sm_89 (Ada) beside sm_90a, each against its own limit,
+    mma.sync there instead of wgmma, every non-Hopper-only kernel and config on each, and
+    the Gluon/TMA variants on sm_90a only."""
+    labels = {gate.row_arch(rows[0]).name: label
+              for label, rows in report["tritons"].items() if rows}
+    assert set(labels) == set(arch.ARCHES)
+    hopper = {(r["kernel"], r["config"], gate.sample_key(r)[2])
+              for r in report["tritons"][labels["sm_90a"]]}
+    for name in ("sm_80", "sm_89"):
+        target = arch.ARCHES[name]
+        rows = report["tritons"][labels[name]]
+        assert report["targets"][name] == target.smem_limit
+        assert all(r["target"] == name for r in rows if not r.get("error"))
+        assert all(r["shared"] <= target.smem_limit for r in rows if not r.get("error"))
+        assert all(r.get("mma") == "mma.sync" or "wgmma" in r["allow"] for r in rows)
+        assert not any(r["kernel"] == "swapab (Gluon)" or "tma" in r["checks"] for r in rows)
+        kernels = {r["kernel"] for r in rows}
+        assert kernels == {"combine", "rowscaled", "swapab twin", "epilogue"}
+        # Every (kernel, config, dtype) of sm_90a that fits this target is built here.
+        built = {(r["kernel"], r["config"], gate.sample_key(r)[2]) for r in rows}
+        assert {k for k in hopper if k[0] in ("swapab twin",)} <= built
+
+
+def test_rows_are_judged_by_their_own_target():
+    ada = dict(arch="sm_89", target="sm_89", mma="mma.sync")
+    assert gate.failed_checks(unit(**ada)) == {}
+    assert "smem" in gate.failed_checks(unit(**ada, shared=110000, model_shared=110000))
+    assert gate.failed_checks(unit(shared=110000, model_shared=110000)) == {}  # sm_90a
+    assert "wgmma" in gate.failed_checks(unit(**{**ada, "mma": "wgmma"}))
+    assert "compiles" in gate.failed_checks(unit(**{**ada, "target": "sm_90a"}))
+
+
+def test_hopper_only_variants_are_gated_on_sm90a_only():
+    variants = list(gate.discover("swapab (Gluon)"))
+    assert variants and all(gate.variant_archs(v) == ("sm_90a",) for v in variants)
+    old = next(iter(gate.discover("rowscaled bfloat16 M=2")))
+    assert gate.variant_archs(old) == tuple(arch.ARCHES)
 
 
 def test_the_gpu_machines_triton_is_gated(request):
@@ -122,9 +170,13 @@ def unit(**changes):
 
 DEFECTS = {  # check -> (defect, ...): each must fail that check
     "smem": [dict(shared=configs.SHARED_MEMORY_LIMIT + 1024,
-                  model_shared=configs.SHARED_MEMORY_LIMIT + 1024)],
+                  model_shared=configs.SHARED_MEMORY_LIMIT + 1024),
+             dict(arch="sm_80", target="sm_80", mma="mma.sync",
+                  shared=arch.AMPERE.smem_limit + 1024,
+                  model_shared=arch.AMPERE.smem_limit + 1024)],
     "spill": [dict(spill_stores=96, spill_loads=96), dict(stack=16)],  # stack: local memory
-    "wgmma": [dict(mma="mma.sync"), dict(mma="none")],
+    "wgmma": [dict(mma="mma.sync"), dict(mma="none"),
+              dict(arch="sm_89", target="sm_89", mma="none")],
     "serial": [dict(serialized=["C7515"])],
     "warn": [dict(warnings=["ptxas warning : Value of threads per SM ... ignored"])],
     "model": [dict(model_shared=2048), dict(model_shared=512),
