@@ -133,13 +133,16 @@ def swapab_config(name: str, *, interpreting: bool = False) -> SwapABConfig:
 
 def twin_config(name: str, dtype: torch.dtype, *, interpreting: bool = False) -> SwapABConfig:
     """The twin's tiles for the model's pick ``name``: the same as the Gluon kernel's, but
-    small ones in the interpreter and ``TWIN_FP32``'s for fp32 on a GPU. Multi-slot tiles of
-    128 weight rows run 8 warps: the twin holds every slot's accumulator and combined tile
-    at once (the Gluon kernel's loop order), and at 4 warps pack2x64 spilled (M = 32,
-    ptxas -v, Triton 3.6 and 3.8)."""
+    small ones in the interpreter and ``TWIN_FP32``'s for fp32 on a GPU. The twin holds
+    every slot's accumulator and combined tile at once (the Gluon kernel's loop order), so
+    multi-slot tiles of 128 weight rows run 8 warps (at 4, pack2x64 spilled at M = 32:
+    ptxas -v, Triton 3.6 and 3.8), and fp32 runs 8 warps and K-steps of 16 (pack4x32 with
+    fp32 IEEE spilled 240 B at 4 warps and 84 B at 8 warps with K-steps of 32, Triton 3.8)."""
     if interpreting:
         return INTERPRETER_SWAPAB[name]
-    cfg = swapab_config(TWIN_FP32 if dtype == torch.float32 else name)
+    if dtype == torch.float32:
+        return dataclasses.replace(swapab_config(TWIN_FP32), block_k=16, num_warps=8)
+    cfg = swapab_config(name)
     if cfg.slots > 1 and cfg.block_n >= 128 and cfg.num_warps < 8:
         cfg = dataclasses.replace(cfg, num_warps=8)
     return cfg

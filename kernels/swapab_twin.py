@@ -199,9 +199,10 @@ _GATE_FMA = ("fp32 with IEEE precision (F.linear's default) runs its dot on CUDA
 _GATE_TWIN_SPILL = ("pack2x64 spills 8 B at M = 32 on sm_80 and sm_89 (Triton 3.8): the measured "
                     "dispatch does not time it off Hopper (fused_configs."
                     "TWIN_SPILLS_OFF_HOPPER); only an explicit strategy='swapab' may run it")
-_GATE_FP32_SPILL = ("sm_89 (Triton 3.8): 8 B of spill stores with fp32 IEEE, which reaches the "
-                    "twin only through an explicit strategy='swapab' (the dispatch sends it "
-                    "fp32 never); not on sm_90a")
+_GATE_FP32_SPILL = ("sm_80 (Triton 3.8): 32 B of spills with fp32 IEEE and several groups (ptxas "
+                    "stops at 128 registers there), which reaches the twin only through an "
+                    "explicit strategy='swapab' (the dispatch sends it fp32 never); none on "
+                    "sm_90a or sm_89")
 
 
 def compile_variants():
