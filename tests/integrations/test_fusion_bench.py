@@ -235,8 +235,8 @@ def run_cli(*overrides, tmp_path):
                           capture_output=True, text=True, timeout=300)
 
 
-def readme_command() -> list[str]:
-    lines = [line for line in (ROOT / "README.md").read_text().splitlines()
+def docs_command() -> list[str]:
+    lines = [line for line in (ROOT / "docs" / "fusionbench.md").read_text().splitlines()
              if line.startswith("fusion_bench method=")]
     assert len(lines) == 1, lines
     return lines[0].split()[1:]
@@ -244,9 +244,9 @@ def readme_command() -> list[str]:
 
 @pytest.mark.parametrize("method", ["clip_we_moe", "clip_dawe"])
 def test_cli_smoke_run(method, tmp_path):
-    """The README's command (and the same with DAWE): our method, the tiny pool built
+    """The command of docs/fusionbench.md (and the same with DAWE): our method, the tiny pool built
     from configs, the dummy task pool (which reports what the method returned)."""
-    overrides = readme_command()
+    overrides = docs_command()
     assert overrides[0] == "method=dawin_fast/clip_we_moe"
     overrides[0] = f"method=dawin_fast/{method}"
     result = run_cli(*overrides, tmp_path=tmp_path)
