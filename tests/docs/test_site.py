@@ -57,3 +57,31 @@ def test_nav_lists_every_page():
     generated = sorted(hook().GENERATED)
     assert sorted(pages) == sorted(written + generated)
     assert len(pages) == len(set(pages))
+
+
+def api_entries() -> list[str]:
+    text = (ROOT / "docs/api.md").read_text(encoding="utf-8")
+    return re.findall(r"^::: (\S+)\s*$", text, re.M)
+
+
+def test_api_reference_covers_the_public_api():
+    """Every name of dawin_fast.__all__ and dawin_fast.nn.__all__ has an entry (under either
+    path), and every entry that is a module, class or function has a docstring to render."""
+    import importlib
+    import inspect
+
+    import dawin_fast
+    import dawin_fast.nn
+
+    entries = api_entries()
+    short = {entry.rsplit(".", 1)[-1] for entry in entries}
+    missing = [name for module in (dawin_fast, dawin_fast.nn) for name in module.__all__
+               if name not in short]
+    assert missing == [], f"docs/api.md lacks {missing}"
+    for entry in entries:
+        module, _, name = entry.rpartition(".")
+        obj = getattr(importlib.import_module(module), name, None) if module else None
+        if obj is None:
+            obj = importlib.import_module(entry)
+        if inspect.ismodule(obj) or inspect.isclass(obj) or inspect.isroutine(obj):
+            assert obj.__doc__ and obj.__doc__.strip(), f"{entry} has no docstring"
