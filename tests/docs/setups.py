@@ -61,8 +61,8 @@ def shard() -> dict:
 
 
 def task_vectors_clip() -> dict:
-    """trained-coefficients: a tiny Hugging Face CLIP tower (8 layers) as base and two task
-    vectors, gates that require grad, 4 images in 2 clusters."""
+    """trained-coefficients: a tiny Hugging Face CLIP tower (8 layers, 16 features) as base and
+    two task vectors, gates that require grad, 4 images in 2 clusters, a 5-class head."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from tests.models import perturb
@@ -81,7 +81,8 @@ def task_vectors_clip() -> dict:
                 row=torch.tensor([1.0, 0.3, 0.3], requires_grad=True),
                 layer_row=torch.tensor([1.0, 0.5, 0.2], requires_grad=True),
                 per_sample_rows=torch.rand(4, 3, requires_grad=True),
-                g=nn.Linear(32, 3))  # a gate on fc2's input [B, L, 32]
+                g=nn.Linear(32, 3),  # a gate on fc2's input [B, L, 32]
+                head=torch.randn(5, 16))  # a [C, D] head on the pooled features
 
 
 SETUPS: dict[str, Callable[[], dict]] = {
