@@ -40,6 +40,9 @@ setup(
         "demo": ["scikit-learn", "matplotlib", "safetensors"],
         # The FusionBench plug-in (dawin_fast.integrations.fusion_bench and its Hydra plugin).
         "fusionbench": ["fusion-bench==0.2.33"],
+        # The documentation site (mkdocs.yml, docs/): `mkdocs build --strict` in .ci/run.
+        "docs": ["mkdocs==1.6.1", "mkdocs-material==9.8.2", "mkdocstrings==1.0.8",
+                 "mkdocstrings-python==2.0.11"],
     },
     entry_points={"console_scripts": ["dawin-fast=dawin_fast.app.cli:main"]},
 )

@@ -447,7 +447,7 @@ def _is_capturing(t: torch.Tensor) -> bool:
 # GROUP_COST (streaming N*K weights: a merge, or dW_g and its contraction with the M
 # weights), plus GROUP_ROW_COST per row (a matmul on a group's few rows runs below peak).
 # Fitted on the developer CPU (one thread, fp32, K=768, N=3072, M in {2, 4, 9}, 1 to 100
-# rows per group; see README "CPU dispatch"): forward 11.2*M + 9 and 1.2 per row, gradient
+# rows per group; see docs/kernels.md, "CPU dispatch"): forward 11.2*M + 9 and 1.2 per row, gradient
 # 9.3*M + 8 and 1.2 per row.
 GROUP_COST_PER_MODEL = 10.0
 GROUP_COST = 9.0

@@ -238,10 +238,10 @@ def run_cli(*overrides, tmp_path):
                           capture_output=True, text=True, timeout=300)
 
 
-def readme_command(method: str) -> list[str]:
-    """The README's ``fusion_bench method=dawin_fast/<method> ...`` command (with its
-    backslash continuations), as the shell would split it."""
-    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+def doc_command(method: str) -> list[str]:
+    """The ``fusion_bench method=dawin_fast/<method> ...`` command of docs/fusionbench.md
+    (with its backslash continuations), as the shell would split it."""
+    text = (ROOT / "docs" / "fusionbench.md").read_text().replace("\\\n", " ")
     lines = [line.strip() for line in text.splitlines()
              if line.strip().startswith(f"fusion_bench method=dawin_fast/{method} ")]
     assert len(lines) == 1, lines
@@ -250,9 +250,9 @@ def readme_command(method: str) -> list[str]:
 
 @pytest.mark.parametrize("method", ["clip_we_moe", "clip_dawe"])
 def test_cli_smoke_run(method, tmp_path):
-    """The README's command (and the same with DAWE): our method, the tiny pool built
-    from configs, the dummy task pool (which reports what the method returned)."""
-    overrides = readme_command("clip_we_moe")
+    """The command of docs/fusionbench.md (and the same with DAWE): our method, the tiny
+    pool built from configs, the dummy task pool (which reports what the method returned)."""
+    overrides = doc_command("clip_we_moe")
     overrides[0] = f"method=dawin_fast/{method}"
     result = run_cli(*overrides, tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -260,8 +260,9 @@ def test_cli_smoke_run(method, tmp_path):
 
 
 def test_cli_dawin_with_heads_from_a_config_as_the_readme_shows(tmp_path):
-    """The README's clip_dawin command: heads from a config, given with Hydra's '+'."""
-    overrides = readme_command("clip_dawin")
+    """The clip_dawin command of docs/fusionbench.md: heads from a config, given with
+    Hydra's '+'."""
+    overrides = doc_command("clip_dawin")
     assert any(o.startswith("+method.heads._target_=") for o in overrides)
     result = run_cli(*overrides, tmp_path=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
