@@ -84,7 +84,11 @@ ROWSCALED_NOT_AT_M1 = ((64, 64, 64, 4, 4), (128, 64, 64, 4, 4), (128, 256, 32, 8
 # keeps 128x128x64 s3, 64x128x32 s5, 128x128x32 s5; sm_89 the last two), fp32 4-16 B
 # (sm_80, TF32 and IEEE, 32-deep K), combine 16-bit 176-192 B (sm_80, at M = 1).
 # Combine's two also on sm_89, where the sampled calls' shared memory pruned them: a
-# prediction, for per-sample M = 1 calls.
+# prediction, for per-sample M = 1 calls. The first full (unsampled) table found two more
+# (2026-12-03, after the merge of issues 18, 20 and 24): combine 128x32 w8 s3 on sm_80 (bf16
+# M = 2, unaligned K = 200: 52 B), dropped there; and 32x32 w4 s2 on sm_89 (fp16 M = 16 per
+# sample: 4 B), kept: it is the only combine tile within Ada's limit at M = 32 (the gate
+# allows that spill: interp_matmul._GATE_ADA_SPILL).
 SPILLS_OFF_HOPPER = {
     ("rowscaled", "16bit", (8, 0)): {(128, 128, 64, 8, 4), (64, 128, 64, 4, 4),
                                      (64, 64, 64, 4, 4), (128, 64, 64, 4, 4),
@@ -93,7 +97,8 @@ SPILLS_OFF_HOPPER = {
                                      (64, 64, 64, 4, 4), (128, 64, 64, 4, 4),
                                      (128, 256, 32, 8, 3)},
     ("rowscaled", "fp32", (8, 0)): {(64, 64, 32, 4, 2), (64, 64, 32, 4, 3)},
-    ("combine", "16bit", (8, 0)): {(None, 128, 64, 4, 4), (None, 64, 128, 4, 3)},
+    ("combine", "16bit", (8, 0)): {(None, 128, 64, 4, 4), (None, 64, 128, 4, 3),
+                                   (None, 128, 32, 8, 3)},
     ("combine", "16bit", (8, 9)): {(None, 128, 64, 4, 4), (None, 64, 128, 4, 3)},
 }
 
