@@ -16,7 +16,7 @@ setup(
     packages=[
         "dawin_fast", "dawin_fast.algorithm", "dawin_fast.nn", "dawin_fast.integrations",
         "dawin_fast.integrations.fusion_bench", "dawin_fast.bench", "dawin_fast.app",
-        "dawin_fast.kernels",
+        "dawin_fast.kernels", "dawin_fast.kernel_tools",
         # The Hydra search-path plugin of the FusionBench plug-in, installed as the top-level
         # namespace package "hydra_plugins" (where Hydra looks: pkgutil.walk_packages over
         # its __path__) from a folder inside the plug-in. Listed on its own so that an

@@ -6,7 +6,7 @@
     python -m benchmarks.triton_cache transplant .tcache /tmp/dawin-first-contact-triton-cache
 
 **build** compiles, for sm_90a under the compile gate's compile-only driver
-(``kernels/compile_gate.py``), every kernel variant the first-contact stage launches: each
+(``kernel_tools/compile_gate.py``), every kernel variant the first-contact stage launches: each
 distinct (kernel, config, M, dtype, one group or many) of the numerics cases (all of them,
 ``numerics_more`` included), the P1-P4 layer cases and the e2e forward, planned by the
 launchers' own ``plan_*`` functions on CPU stand-in tensors of the real shapes, and every
@@ -70,7 +70,8 @@ def calls() -> list[tuple]:
 def plan_units(call: tuple) -> list[tuple]:
     """(label, fn, args, kwargs, configs) to compile for one call: the launcher's plan on
     CPU stand-ins (``compile_gate.stand_in_call``), every config autotune may keep."""
-    from dawin_fast.kernels import compile_gate, dispatch
+    from dawin_fast.kernel_tools import compile_gate
+    from dawin_fast.kernels import dispatch
     from dawin_fast.kernels.epilogue_scaled import plan_epilogue_scaled
     from dawin_fast.kernels.fused_configs import epilogue_config, swapab_config, twin_config
     from dawin_fast.kernels.interp_matmul import OLD_STRATEGIES, plan_launch
@@ -119,7 +120,7 @@ def _record_keys(manifest: dict) -> None:
 def build_worker(shard: int, shards: int, out: Path) -> None:
     """Compile this shard's units into $TRITON_CACHE_DIR; write its manifest part."""
     os.environ.pop("TRITON_INTERPRET", None)
-    from dawin_fast.kernels import compile_gate
+    from dawin_fast.kernel_tools import compile_gate
 
     compile_gate._install_compile_only_driver()
     from triton import knobs

@@ -153,19 +153,21 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
 
 def predicted_times(group_rows: int, num_groups: int, num_models: int, n_dim: int,
                     k_dim: int) -> dict:
-    """Traffic-model predictions (``kernels/traffic_model.py``: a Hopper model of 16-bit
+    """Traffic-model predictions (``kernels/cost_model.py``: a Hopper model of 16-bit
     calls, H200 ceilings; predictions, not measurements) for ``num_groups`` groups of
     ``group_rows`` rows.
 
     Seconds of cuBLAS on one pre-merged weight over the same rows (``cublas_s``), and of
     the cheapest config of each fused design (``swapab_s``/``epilogue_s``, with
-    ``*_config`` and ``*_bound``, what limits it).
+    ``*_config`` and ``*_bound``, what limits it); the ceilings used (``device``,
+    ``hbm_bytes_per_s``).
     """
-    from .kernels import traffic_model
+    from .kernels import cost_model
 
-    case = traffic_model.Case("", (group_rows,), num_models, n_dim, k_dim, repeat=num_groups)
-    out = dict(cublas_s=traffic_model.cublas(case).seconds)
-    for design, (config, pred) in traffic_model.best(case).items():
+    case = cost_model.Case("", (group_rows,), num_models, n_dim, k_dim, repeat=num_groups)
+    out = dict(cublas_s=cost_model.cublas(case).seconds, device=cost_model.DEVICE.name,
+               hbm_bytes_per_s=cost_model.DEVICE.hbm_bytes_per_s)
+    for design, (config, pred) in cost_model.best(case).items():
         out.update({f"{design}_s": pred.seconds, f"{design}_config": config,
                     f"{design}_bound": pred.bound})
     return out

@@ -10,7 +10,7 @@ model exceeds the running device's limit (``arch.shared_memory_limit``: 232 448 
 Hopper, 166 912 B on an A100, 101 376 B on Ada) is never benchmarked, so autotune cannot
 pick a config that would fail to launch. The models were read off compiled kernels (Triton 3.6
 and 3.8, sm_90a, launch specialization) and the compile gate
-(``dawin_fast.kernels.compile_gate``) checks them against the compiled size of every
+(``dawin_fast.kernel_tools.compile_gate``) checks them against the compiled size of every
 variant it builds: never below it, and equal to it unless the variant says why not
 (unaligned calls are not pipelined, so they use far less than the pipelined model).
 

@@ -21,7 +21,7 @@ routed here are the gated ones.
 ``choose`` is the default rule for CUDA fp16/bf16 calls that the Gluon kernel can run:
 every candidate (each swap-AB config, the epilogue kernel, each weight-stationary config
 that fits this K) is costed by the traffic model
-(``traffic_model``) for (rows per group, G, M, N, K) and the cheapest wins. Every such
+(``cost_model``) for (rows per group, G, M, N, K) and the cheapest wins. Every such
 choice is the model's, not a measurement: no GPU has timed these kernels yet. Elsewhere
 ``choose`` returns None and ``interp_matmul`` keeps its measured rule for the old kernels.
 """
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import arch, traffic_model
+from . import arch, cost_model
 from .common import use_ieee
 from .configs import interpreting
 from .epilogue_scaled import epilogue_scaled_matmul
@@ -128,14 +128,14 @@ class Choice:
 @functools.lru_cache(maxsize=4096)
 def _costed(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: int):
     """Model predictions for every candidate, cheapest first (groups of equal length)."""
-    case = traffic_model.Case("", (max(num_rows // num_groups, 1),), num_models, n_dim, k_dim,
+    case = cost_model.Case("", (max(num_rows // num_groups, 1),), num_models, n_dim, k_dim,
                               repeat=num_groups)
-    out = [Choice("swapab", c.name, traffic_model.swapab(case, c).seconds)
+    out = [Choice("swapab", c.name, cost_model.swapab(case, c).seconds)
            for c in SWAPAB_CONFIGS]
-    out += [Choice("epilogue", c.name, traffic_model.epilogue(case, c).seconds)
+    out += [Choice("epilogue", c.name, cost_model.epilogue(case, c).seconds)
             for c in EPILOGUE_CONFIGS]
     # Only where the resident tile fits in shared memory (16-bit: the Gluon kernel's types).
-    out += [Choice("wstat", c.name, traffic_model.wstat(case, c).seconds)
+    out += [Choice("wstat", c.name, cost_model.wstat(case, c).seconds)
             for c in WSTAT_CONFIGS if wstat_fits(c, k_dim)]
     return sorted(out, key=lambda c: c.predicted_s)
 
@@ -144,7 +144,7 @@ def choose(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: i
            target: Target) -> Choice | None:
     """The new kernel (and config) for a call, or None to keep the old kernels' rule.
 
-    Model, not measured: the cheapest candidate of ``traffic_model`` for groups of
+    Model, not measured: the cheapest candidate of ``cost_model`` for groups of
     ``num_rows / num_groups`` rows. Only where the Gluon kernel can run (CUDA sm_90,
     fp16/bf16, TMA-addressable), since the model is of the H100.
     """

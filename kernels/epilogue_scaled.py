@@ -216,8 +216,8 @@ def compile_variants():
     the pointer-load fallback (models not stacked; K = 770, unaligned); fp32 IEEE and TF32
     at M = 2. Held to wgmma, main-loop wait depth >= 1 and, on descriptors, TMA loads."""
     from . import arch
-    from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
     from .fused_configs import EPILOGUE_CONFIGS, epilogue_config, epilogue_fits
+    from .gate_spec import DEFAULT_CHECKS, Variant, grouping, stand_in_call
 
     def variant(name, dtype, num_models, num_groups, *, ieee=False, k_dim=768, stacked=True,
                 core=True, allow=None, use_tma=None, targets=None, allow_off_hopper=None):

@@ -2,12 +2,12 @@
 
 Plain data, chosen by a rule instead of run-time autotuning (which stalls the first call
 and cannot run inside CUDA-graph capture). Every GPU config here is compiled for sm_90a
-on Triton 3.6 and 3.8 by the compile gate (``compile_gate``; the kernels' own
+on Triton 3.6 and 3.8 by the compile gate (``kernel_tools.compile_gate``; the kernels' own
 ``compile_variants``), which holds it to: wgmma (register A operand for the Gluon
 swap-AB kernel), main-loop wait depth >= 1, no spills, no ptxas serialization or warning,
 shared memory within ``SMEM_LIMIT`` for M up to 32; the twin, which has no asynchronous
 MMA, is allowed its wait depth 0 with that reason. None of them has been timed: the
-choice between them follows the traffic model (``traffic_model``).
+choice between them follows the traffic model (``cost_model``).
 """
 
 from __future__ import annotations

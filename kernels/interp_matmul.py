@@ -492,7 +492,7 @@ def _bias_only(y, coeffs, offsets, bias):
 
 # ------------------------------------------------------------------------ compile gate
 
-# The calls the compile gate builds (``compile_gate``): a ViT-B/32 MLP layer (K=768,
+# The calls the compile gate builds (``gate_spec``): a ViT-B/32 MLP layer (K=768,
 # N=3072) with its rows in one group (256 images x 50 tokens) or per sample (256 groups of
 # 50 rows), and a layer whose sizes are not multiples of 16 (no alignment hints).
 _GATE_LAYER = dict(k_dim=768, n_dim=3072)
@@ -530,7 +530,7 @@ def compile_variants() -> Iterator:
     (bf16) / {2, 8, 16, 32} (fp16), one group and per-sample groups; fp32 (IEEE and TF32)
     and unaligned sizes at M=2. The 16-bit M <= 16 aligned calls are ``core`` (also
     compiled on the H100's Triton 3.6)."""
-    from .compile_gate import Variant
+    from .gate_spec import Variant
 
     def variant(strategy, case, launch, core, allow=None, allow_off_hopper=None):
         allow = dict(allow or {})

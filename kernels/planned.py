@@ -2,7 +2,7 @@
 
 The issue-11 launchers (``swapab_gluon``, ``swapab_twin``, ``epilogue_scaled``) first plan
 their launch (every argument, constexpr and launch option) and then run the plan. The
-compile gate (``compile_gate``) compiles the same plans for sm_90a on a CPU, so what it
+compile gate (``kernel_tools.compile_gate``) compiles the same plans for sm_90a on a CPU, so what it
 checks cannot drift from what is launched.
 """
 

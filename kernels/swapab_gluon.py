@@ -406,7 +406,7 @@ def plan_swapab_gluon(
 
 # ------------------------------------------------------------------------ compile gate
 
-# The calls the compile gate builds (``compile_gate``): 4096 rows of a ViT-B/32 MLP layer
+# The calls the compile gate builds (``gate_spec``): 4096 rows of a ViT-B/32 MLP layer
 # (K = 768, N = 3072) in groups of the lengths the traffic model gives each config (one
 # group; 33-64 rows; 17-32; <= 16), every config, fp16 and bf16, M from 1 to 32 (M = 3:
 # LLVM unrolls short model loops fully, and w8pack4x64 once spilled at M = 3 only).
@@ -431,8 +431,8 @@ def compile_variants():
     main-loop wait depth is 0 by design (``WAIT_ZERO_REASON``)."""
     if not GLUON_AVAILABLE:
         return
-    from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
     from .fused_configs import GLUON_SMEM_SLACK, SWAPAB_CONFIGS, gluon_smem_bytes
+    from .gate_spec import DEFAULT_CHECKS, Variant, grouping, stand_in_call
 
     def variant(cfg, dtype, num_models, num_groups, bias=True):
         name, lengths = grouping(GATE_ROWS, num_groups)

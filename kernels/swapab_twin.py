@@ -210,8 +210,8 @@ def compile_variants():
     (``plan_swapab_twin`` with ``fused_configs.twin_config``'s tiles): every swap-AB config
     for fp16/bf16 at M = 2, 3, 8 and 32 in the groupings the Gluon kernel's variants use,
     and fp32 (IEEE and TF32, ``TWIN_FP32``'s tiles) at M = 2."""
-    from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
     from .fused_configs import SWAPAB_CONFIGS, TWIN_SPILLS_OFF_HOPPER, twin_config
+    from .gate_spec import DEFAULT_CHECKS, Variant, grouping, stand_in_call
     from .swapab_gluon import GATE_GROUPS, GATE_LAYER, GATE_ROWS
 
     def variant(name, dtype, num_models, num_groups, ieee=False, core=True, allow=None,

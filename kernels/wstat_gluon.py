@@ -272,8 +272,8 @@ def compile_variants():
     (``wstat_smem_bytes``, up to ``WSTAT_SMEM_SLACK`` below the compiled size)."""
     if not GLUON_AVAILABLE:
         return
-    from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
     from .fused_configs import WSTAT_CONFIGS, WSTAT_SMEM_SLACK
+    from .gate_spec import DEFAULT_CHECKS, Variant, grouping, stand_in_call
 
     def variant(cfg, dtype, num_models, num_groups, bias=True):
         layer = GATE_LAYERS[cfg.name]

@@ -141,8 +141,8 @@ def compile_variants():
     """The compile gate's variants of the twin, as ``dispatch.launch`` runs it on a GPU
     (``fused_configs.wstat_twin_config``'s tiles): each config's layer in bf16/fp16 at
     M = 2 and 8 (one group, 3 clusters), and fp32 (IEEE and TF32) at M = 2."""
-    from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
     from .fused_configs import WSTAT_CONFIGS, wstat_twin_config
+    from .gate_spec import DEFAULT_CHECKS, Variant, grouping, stand_in_call
     from .wstat_gluon import GATE_LAYERS, GATE_ROWS
 
     def variant(name, dtype, num_models, num_groups, ieee=False, core=True, allow=None):

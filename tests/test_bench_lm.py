@@ -24,14 +24,14 @@ def test_llama_shapes_and_layout():
 
 
 def test_predictions_come_from_the_traffic_model():
-    from dawin_fast.kernels import traffic_model
+    from dawin_fast.kernels import cost_model
 
     records = bench.lm_predictions()
     assert len(records) == len(bench.lm_cases())
     decode = next(r for r in records if r["case"] == "Llama-3-8B-down_proj-per_sample-M2-64x1")
-    case = traffic_model.Case("", (1,), 2, 4096, 14336, repeat=64)
-    assert decode["cublas_s"] == traffic_model.cublas(case).seconds
-    assert decode["epilogue_s"] == traffic_model.best(case)["epilogue"][1].seconds
+    case = cost_model.Case("", (1,), 2, 4096, 14336, repeat=64)
+    assert decode["cublas_s"] == cost_model.cublas(case).seconds
+    assert decode["epilogue_s"] == cost_model.best(case)["epilogue"][1].seconds
     assert decode["weights_gb"] == pytest.approx(2 * 4096 * 14336 * 2 / 1e9)
     table = bench.render_lm_predictions(records)
     assert "not measured" in table and table.count("| Llama-3-8B-") == len(records)

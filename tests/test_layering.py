@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # import Triton: dawin_fast knows nothing of Triton beyond the ops it calls.
 ALLOWED = {
     "kernels": {"third:triton"},
+    # kernel_tools: the developer tools of the kernels (compile gate, SASS check, the
+    # traffic model's reports). Nothing imports it (no floor lists it).
+    "kernel_tools": {"kernels", "third:triton"},
     # _launch: the command's Ctrl-C handler during imports; runs before everything else.
     "_launch": set(),
     "reference": set(),
@@ -46,12 +49,12 @@ ALLOWED = {
              "integrations", "_launch"},
     "main": {"app"},  # dawin_fast/__main__.py: `python -m dawin_fast`
 }
-# Folders allowed to print or open files: only the application.
-IO_FLOORS = {"app"}
+# Folders allowed to print or open files: the application, and the kernels' developer
+# tools (the compile gate compiles in worker processes, reports, writes
+# kernels/compiled.{json,md}).
+IO_FLOORS = {"app", "kernel_tools"}
 # Single modules outside them that may, and why.
 IO_MODULES = {
-    "dawin_fast.kernels.compile_gate": "a developer tool: compiles in worker processes, "
-                                       "reports, writes kernels/compiled.{json,md}",
     "dawin_fast.measured": "the measured dispatch's cache: one JSON file per device and "
                            "versions, like Triton's autotune cache",
 }
@@ -127,7 +130,15 @@ SOURCES = sorted([*ROOT.glob("dawin_fast/**/*.py"), *ROOT.glob("kernels/**/*.py"
 def test_sources_found():
     names = {module_name(p) for p in SOURCES}
     assert {"dawin_fast.ops", "dawin_fast.kernels.interp_matmul", "dawin_fast.nn.linear",
-            "dawin_fast.algorithm.mixture", "dawin_fast.app.cli"} <= names
+            "dawin_fast.algorithm.mixture", "dawin_fast.app.cli",
+            "dawin_fast.kernel_tools.compile_gate"} <= names
+
+
+def test_kernels_hold_no_tools():
+    """kernels/ holds kernels, their configs and launchers (issue 23): the compile gate,
+    the SASS check and the traffic model's reports live in dawin_fast/kernel_tools/."""
+    present = {p.name for p in (ROOT / "kernels").glob("*.py")}
+    assert not present & {"compile_gate.py", "sass_hazard.py", "traffic_model.py"}
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -154,6 +165,9 @@ def test_checker_catches_an_upward_import(tmp_path, monkeypatch):
         "dawin_fast/algorithm/bad.py": "from ..nn.linear import DaWinLinear\n",
         "dawin_fast/nn/bad.py": "def f():\n    import triton\n",
         "kernels/bad.py": "from dawin_fast.ops import interp_linear\n",
+        # the launchers never depend on the tools that check them
+        "kernels/bad_tool.py": "from dawin_fast.kernel_tools import compile_gate\n",
+        "dawin_fast/nn/bad_tool.py": "from ..kernel_tools import traffic_model\n",
     }
     for rel, text in bad.items():
         (fake_root / rel).write_text(text)

@@ -209,7 +209,7 @@ def default_cases(suite: str = "vit") -> list[Case]:
 
 
 def lm_predictions(cases: Iterable[Case] | None = None) -> list[dict]:
-    """The traffic model's predictions for the LM cases (an H100 model of 16-bit calls:
+    """The traffic model's predictions for the LM cases (a Hopper model of 16-bit calls:
     predictions, not measurements): cuBLAS on one pre-merged weight over the same rows, the
     cheapest config of each fused design, and the bytes of the M stacked bf16 weights
     (what a decode step must read once at least)."""
@@ -226,16 +226,19 @@ def lm_predictions(cases: Iterable[Case] | None = None) -> list[dict]:
 def render_lm_predictions(records: list[dict]) -> str:
     """Markdown: per LM case, predicted ms of cuBLAS (pre-merged) and of the two fused
     designs (x cuBLAS), and the design's bound."""
-    lines = ["Traffic-model predictions (kernels/traffic_model.py, an H100 model of bf16 "
-             "calls; not measured)", "",
-             "| case | rows | groups | M weights GB (ms at 2.97 TB/s) | cuBLAS premerged ms "
+    hbm = records[0]["hbm_bytes_per_s"] if records else 0.0
+    device = records[0]["device"] if records else "-"
+    lines = ["Traffic-model predictions (kernels/cost_model.py, a Hopper model of bf16 "
+             f"calls with {device} ceilings; not measured)", "",
+             f"| case | rows | groups | M weights GB (ms at {hbm / 1e12:.2f} TB/s) "
+             "| cuBLAS premerged ms "
              "| swap-AB ms (× cuBLAS, bound) | epilogue ms (× cuBLAS, bound) |",
              "|---|---|---|---|---|---|---|"]
     for r in records:
         base = r["cublas_s"]
         cells = [f"{r[f'{d}_s'] * 1e3:.4f} ({r[f'{d}_s'] / base:.2f}×, {r[f'{d}_bound']})"
                  for d in ("swapab", "epilogue")]
-        floor_ms = r["weights_gb"] / 2.97e12 * 1e12  # DESIGN §3: H100 device copy
+        floor_ms = r["weights_gb"] / r["hbm_bytes_per_s"] * 1e12  # the model's HBM rate
         lines.append(f"| {r['case']} | {r['rows']} | {r['groups']} | {r['weights_gb']:.3f} "
                      f"({floor_ms:.4f}) | {base * 1e3:.4f} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from dawin_fast import kernels
-from dawin_fast.kernels import compile_gate, dispatch, traffic_model
+from dawin_fast.kernel_tools import compile_gate
+from dawin_fast.kernels import cost_model, dispatch
 from dawin_fast.kernels.fused_configs import (
     EPILOGUE_CONFIGS,
     SWAPAB_CONFIGS,
@@ -62,10 +63,10 @@ def test_no_new_default_where_gluon_cannot_run(target, per_sample):
 def test_choice_is_the_cheapest_prediction():
     for rows, groups, models in ((12800, 1, 2), (12800, 256, 8), (4096, 4096, 32)):
         choice = dispatch.choose(rows, groups, models, **B32_FC1, target=HOPPER)
-        case = traffic_model.Case("", (rows // groups,), models, 3072, 768, repeat=groups)
-        costs = [traffic_model.swapab(case, c).seconds for c in SWAPAB_CONFIGS]
-        costs += [traffic_model.epilogue(case, c).seconds for c in EPILOGUE_CONFIGS]
-        costs += [traffic_model.wstat(case, c).seconds for c in WSTAT_CONFIGS]  # K=768 fits
+        case = cost_model.Case("", (rows // groups,), models, 3072, 768, repeat=groups)
+        costs = [cost_model.swapab(case, c).seconds for c in SWAPAB_CONFIGS]
+        costs += [cost_model.epilogue(case, c).seconds for c in EPILOGUE_CONFIGS]
+        costs += [cost_model.wstat(case, c).seconds for c in WSTAT_CONFIGS]  # K=768 fits
         assert choice.predicted_s == min(costs)
 
 
@@ -103,11 +104,11 @@ def test_every_routable_config_is_in_the_compile_gate():
 def test_uniform_packing_closed_form_matches_the_schedule():
     for length, repeat in ((50, 256), (197, 64), (1, 40), (64, 10), (300, 3)):
         for cfg in SWAPAB_CONFIGS:
-            closed = traffic_model.pack_slots(
-                traffic_model.Case("", (length,), 2, 64, 64, repeat=repeat), cfg.slot_t,
+            closed = cost_model.pack_slots(
+                cost_model.Case("", (length,), 2, 64, 64, repeat=repeat), cfg.slot_t,
                 cfg.slots)
-            exact = traffic_model.pack_slots(
-                traffic_model.Case("", (length,) * repeat + (0,), 2, 64, 64), cfg.slot_t,
+            exact = cost_model.pack_slots(
+                cost_model.Case("", (length,) * repeat + (0,), 2, 64, 64), cfg.slot_t,
                 cfg.slots)
             assert closed[0] == exact[0]
             # The last tile of the exact list may be partial; the closed form averages the

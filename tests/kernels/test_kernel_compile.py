@@ -1,7 +1,7 @@
 """The compile gate: every kernel variant compiled for sm_90a as a real launch compiles it.
 
 The interpreter never compiles a kernel, so what the H100 runs is checked here, on a CPU:
-``dawin_fast.kernels.compile_gate`` compiles every variant the kernel modules register
+``dawin_fast.kernel_tools.compile_gate`` compiles every variant the kernel modules register
 (combine and rowscaled; the Gluon swap-AB kernel, its twin and the epilogue-scaled kernel
 of issue 11), through Triton's own launch path and specialization, every config autotune
 or dispatch may pick, and fails on shared memory over the H100 limit, spills or local
@@ -11,7 +11,7 @@ operand not in registers, a main-loop wait depth of 0, loads without TMA. It als
 under every Triton named in ``DAWIN_GATE_TRITONS`` (CI: the H100's 3.6.0).
 
 The committed table (``kernels/compiled.json`` / ``compiled.md``) must match what the
-gate compiles now: regenerate it with ``python -m dawin_fast.kernels.compile_gate --write``.
+gate compiles now: regenerate it with ``python -m dawin_fast.kernel_tools.compile_gate --write``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import os
 import pytest
 import torch
 
+from dawin_fast.kernel_tools import compile_gate as gate
 from dawin_fast.kernels import arch, configs
-from dawin_fast.kernels import compile_gate as gate
 from dawin_fast.kernels.fused_configs import (
     EPILOGUE_CONFIGS,
     SWAPAB_CONFIGS,

@@ -14,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dawin_fast import kernels
-from dawin_fast.kernels import dispatch, traffic_model
+from dawin_fast.kernel_tools import traffic_model
+from dawin_fast.kernels import dispatch
 from dawin_fast.kernels.fused_configs import (
     INTERPRETER_SMS,
     WSTAT_CONFIGS,

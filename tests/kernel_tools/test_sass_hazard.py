@@ -1,4 +1,4 @@
-"""The wgmma register-A hazard check (``kernels/sass_hazard.py``) on hand-written SASS and on
+"""The wgmma register-A hazard check (``kernel_tools/sass_hazard.py``) on hand-written SASS and on
 a real compiled loop (rowscaled, Triton 3.6, sm_90a: triton-lang/triton#9433).
 
 Each snippet is ``cuobjdump -sass`` text: ``/*addr*/ instruction ;``. A defect must be
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dawin_fast.kernels.sass_hazard import (
+from dawin_fast.kernel_tools.sass_hazard import (
     parse_functions,
     register_a_hazards,
     written_registers,

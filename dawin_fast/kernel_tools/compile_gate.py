@@ -66,7 +66,7 @@ what is launched. ``fn`` may be an autotuner (every kept config is compiled), a
 ``triton.jit`` or a Gluon ``jit`` function (compiled once with ``kwargs``, which hold
 ``num_warps`` etc. as the launcher passes them).
 
-**Running it.** ``python -m dawin_fast.kernels.compile_gate`` compiles (parallel
+**Running it.** ``python -m dawin_fast.kernel_tools.compile_gate`` compiles (parallel
 subprocesses, ``--jobs``), prints a summary and the failures, and exits 1 on failure;
 ``--write`` also writes ``kernels/compiled.json`` and ``kernels/compiled.md`` (the table,
 summary lines first); ``--render`` re-renders the markdown from the JSON. Other Triton
@@ -98,7 +98,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import datetime
 import importlib
 import io
@@ -110,41 +109,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import arch as archs
-from .configs import SHARED_MEMORY_LIMIT
+from ..kernels import arch as archs
+from ..kernels.configs import SHARED_MEMORY_LIMIT
+from ..kernels.gate_spec import (  # noqa: F401  (re-exported for the gate's users)
+    CHECKS,
+    DEFAULT_CHECKS,
+    Variant,
+    grouping,
+    stand_in_call,
+)
 
-CHECKS = {
-    "compiles": "Triton and ptxas build it for the target (the PTX targets sm_90a, sm_80 or "
-                "sm_89)",
-    "smem": f"shared memory within the target's per-block limit ({SHARED_MEMORY_LIMIT} B on "
-            f"sm_90a, {archs.AMPERE.smem_limit} B on sm_80, {archs.ADA.smem_limit} B on sm_89)",
-    "spill": "no register spills and no local memory (ptxas -v: 0 bytes spill stores and "
-             "loads, 0 bytes stack frame)",
-    "wgmma": "the dot runs on the target's tensor-core MMA: wgmma on sm_90a (not mma.sync), "
-             "mma.sync on sm_80/sm_89 (not FMA)",
-    "serial": "ptxas did not serialize wgmma (C7510, C7515: 'wgmma ... serialized')",
-    "warn": "ptxas printed no warning (e.g. a register target it ignored)",
-    "model_bound": "the kernel's shared-memory model (plus its stated slack) is at least "
-                   "the compiled size (configs chosen by the model fit)",
-    "model": "the kernel's shared-memory model equals the compiled size (or lies at most "
-             "its stated slack below it)",
-    "wait": "main-loop wgmma.wait_group depth >= 1 (the next MMA overlaps the last)",
-    "a_regs": "wgmma takes its A operand from registers",
-    "tma": "the loads go through TMA (cp.async.bulk.tensor)",
-    "a_hazard": "no instruction writes a register of a still-pending wgmma's register-A "
-                "operand (SASS, every path; kernels/sass_hazard.py; vacuous without "
-                "register-A HGMMA)",
-}
-DEFAULT_CHECKS = ("compiles", "smem", "spill", "wgmma", "serial", "warn", "a_hazard")
-
-HERE = Path(__file__).resolve().parent
+#: The table lives beside the kernels it describes (kernels/ in the source tree).
+HERE = Path(importlib.import_module("dawin_fast.kernels").__file__).resolve().parent
 JSON_PATH = HERE / "compiled.json"
 MD_PATH = HERE / "compiled.md"
-COMMAND = "python -m dawin_fast.kernels.compile_gate --write"
+COMMAND = "python -m dawin_fast.kernel_tools.compile_gate --write"
 TARGET = archs.HOPPER.gate_target  # sm_90a: H100 / H200 (the worker's default)
 #: Targets besides sm_90a are compiled on the installed Triton only (module doc).
 EXTRA_TARGET_TRITONS = (None,)
@@ -167,78 +150,15 @@ def build_label(version: str, arch_name: str) -> str:
     return version if arch_name == archs.HOPPER.name else f"{version} {arch_name}"
 
 
-@dataclasses.dataclass
-class Variant:
-    """One real kernel call to compile (see the module doc)."""
-
-    kernel: str
-    case: str
-    fn: Any
-    args: tuple
-    kwargs: Mapping[str, Any]
-    shared_model: Callable[[Any], int] | None = None
-    checks: tuple[str, ...] = DEFAULT_CHECKS
-    allow: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    core: bool = True
-    #: For a launcher without autotune: its config's name and tiles, shown in the table.
-    config: str = "-"
-    tiles: str = "-"
-    #: Bytes the compiled size may exceed ``shared_model`` by (``model``, ``model_bound``).
-    shared_slack: int = 0
-    #: Gated (and dispatched) on sm_90a only; implied by a ``tma`` or ``a_regs`` check.
-    hopper_only: bool = False
-    #: The targets to gate it on, overriding the rule above (e.g. a launch made only off
-    #: Hopper: ``("sm_80", "sm_89")``).
-    targets: tuple[str, ...] | None = None
-    #: Allowed failures (check -> reason) on sm_80/sm_89 only, added to ``allow`` there.
-    allow_off_hopper: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        unknown = set(self.checks) | set(self.allow) | set(self.allow_off_hopper)
-        unknown -= set(CHECKS)
-        if unknown:
-            raise ValueError(f"{self.kernel} {self.case}: unknown checks {sorted(unknown)}")
-
-
-def stand_in_call(lengths: list[int], num_models: int, n_dim: int, k_dim: int, dtype,
-                  *, bias: bool = True, stacked: bool = True) -> tuple:
-    """CPU tensors of a real call, allocated and never touched: (x [T, K], weight [M, N, K],
-    coeffs [G, M] fp32, offsets [G+1] int64, bias [M, N] or None, y [T, N]), groups of
-    ``lengths`` rows. ``stacked=False``: the models' weights are not back to back (a view
-    of a taller buffer), as when they come from separate tensors."""
-    import torch
-
-    num_rows = sum(lengths)
-    x = torch.empty((num_rows, k_dim), dtype=dtype)
-    weight = torch.empty((num_models, n_dim + (0 if stacked else 16), k_dim), dtype=dtype)
-    weight = weight[:, :n_dim]
-    coeffs = torch.empty((len(lengths), num_models), dtype=torch.float32)
-    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
-    b = torch.empty((num_models, n_dim), dtype=dtype) if bias else None
-    y = torch.empty((num_rows, n_dim), dtype=dtype)
-    return x, weight, coeffs, offsets, b, y
-
-
-def grouping(num_rows: int, num_groups: int) -> tuple[str, list[int]]:
-    """(name, lengths) of ``num_rows`` rows in ``num_groups`` near-equal groups."""
-    lengths = [num_rows // num_groups] * num_groups
-    lengths[-1] += num_rows - sum(lengths)
-    if num_groups == 1:
-        return f"one group of {num_rows} rows", lengths
-    return f"{num_groups} groups x ~{num_rows // num_groups} rows", lengths
-
-
 # ------------------------------------------------------------------------------ discovery
 
 
 def discover(only: str | None = None) -> Iterator[Variant]:
     """Every module's ``compile_variants()``, in module order; ``only`` filters by a
     substring of "kernel case"."""
-    package = importlib.import_module(__package__)
+    package = importlib.import_module("dawin_fast.kernels")
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if info.name == "compile_gate":
-            continue
-        module = importlib.import_module(f"{__package__}.{info.name}")
+        module = importlib.import_module(f"dawin_fast.kernels.{info.name}")
         provider = getattr(module, "compile_variants", None)
         if provider is None:
             continue
@@ -708,7 +628,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     versions = list(report["tritons"])
     out = ["# What the kernels compile to (sm_90a, sm_80, sm_89)", "",
            f"Generated by `{COMMAND}` on {report['date']} (CPU, no GPU: the compile gate, "
-           f"`kernels/compile_gate.py`); do not edit.", ""]
+           f"`dawin_fast/kernel_tools/compile_gate.py`); do not edit.", ""]
     out += summary_lines(report)
     out += ["", "sm_80 (A100) and sm_89 (Ada) are built on the installed Triton only, without the "
             "Hopper-only (Gluon, TMA) variants: two more targets on every Triton would add their "
@@ -794,7 +714,7 @@ def comparable(report: Mapping[str, Any]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dawin_fast.kernels.compile_gate",
+    parser = argparse.ArgumentParser(prog="python -m dawin_fast.kernel_tools.compile_gate",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true",
                         help="write kernels/compiled.json and kernels/compiled.md")
