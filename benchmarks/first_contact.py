@@ -147,6 +147,8 @@ def call_work(work: Work, child: str, strategy: str | None, rows: int, groups: i
     target = dispatch.Target(cuda=True, half=True, gluon=gluon)
     if strategy is None:
         strategy = choose_strategy(rows, groups, m, dtype, False, True, n, k, target)
+    # A forced "rowscaled" runs the epilogue kernel on Hopper (dispatch.ROWSCALED_HAZARD).
+    strategy = dispatch.served_by(strategy, target, dtype, False)
     single = groups == 1
     if strategy in OLD_STRATEGIES:
         block_m = gpu_combine_block_m(rows, groups, dtype) if strategy == "combine" else None
@@ -161,7 +163,7 @@ def call_work(work: Work, child: str, strategy: str | None, rows: int, groups: i
             work.autotune_configs += len(configs)
     elif strategy in dispatch.NEW_STRATEGIES:
         config = dispatch.best_config(strategy, rows, groups, m, n, k)
-        kernel = "gluon" if strategy == "swapab" and gluon else strategy
+        kernel = f"{strategy} gluon" if strategy in ("swapab", "wstat") and gluon else strategy
         key = (kernel, config, m, single, str(dtype))
         work.compiles.add(key)
         work.calls.setdefault(key, (strategy, rows, groups, m, n, k, dtype, gluon))
