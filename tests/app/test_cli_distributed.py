@@ -74,10 +74,12 @@ def comparable(report: dict) -> str:
 
 
 def accuracy_table(stdout: str) -> list[str]:
-    """The printed table without its images/s column."""
+    """The printed table without its images/s column (3 significant digits: "12345",
+    "21.4" or "0.3" on a loaded machine, or "-")."""
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("method"))
-    return [re.sub(r"\s+(\d+|-|images/s)$", "", line) for line in lines[start:start + 9]]
+    return [re.sub(r"\s+(\d+(\.\d+)?|-|images/s)$", "", line)
+            for line in lines[start:start + 9]]
 
 
 def messages(stderr: str) -> list[str]:
@@ -147,16 +149,18 @@ def test_corrupt_image_on_one_rank_stops_every_rank(files, tmp_path):
 
 def test_unreadable_image_fails_every_rank_before_any_work(files, tmp_path):
     """A file that is no image is found by every rank's up-front check, before the process
-    group exists: each rank exits 2 with one line naming the file (there is nothing to
-    share yet), and no report is written."""
+    group exists: a rank exits 2 with one line naming the file (there is nothing to share
+    yet), and no report is written. torchrun's agent stops the other workers as soon as one
+    fails, so a slower rank may be stopped before its own check prints: one line or two
+    (CI on 2 loaded cores printed one)."""
     out = tmp_path / "report.json"
     command = python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                      "-m", "dawin_fast.app.cli", *eval_argv(files, "unreadable", out))
     (done,) = launch([command], [base_env()], timeout=TIMEOUT)
     assert done.returncode != 0
     ours = [line for line in messages(done.stderr) if line.startswith("dawin-fast eval:")]
-    assert len(ours) == 2 and all("11.png" in line and "not a readable image" in line
-                                  for line in ours), ours
+    assert 1 <= len(ours) <= 2 and all("11.png" in line and "not a readable image" in line
+                                       for line in ours), ours
     # torchrun's own agent prints its ChildFailedError traceback; none comes from our code.
     assert not re.search(r'File ".*dawin_fast', done.stderr)
     assert not out.exists()
