@@ -7,7 +7,7 @@ Computes, for rows grouped by ``offsets`` (rows ``offsets[g] .. offsets[g+1]-1``
 for all groups in one launch, without writing any interpolated weight to memory.
 Interpolation and accumulation run in float32; the output has x's dtype.
 
-Four strategies, one contract:
+Five strategies, one contract:
 
 * ``"combine"``: a schedule gives every row block one group id (blocks never straddle
   groups, like vLLM's fused_moe); each program interpolates its weight tile in registers
@@ -436,7 +436,7 @@ def interp_matmul(
         strategy: "combine", "rowscaled", "swapab", "epilogue", "wstat" or None
             (``choose_strategy``).
         out: optional [T, N] output (any strides) to write into instead of a new tensor.
-        config: the config name of a "swapab"/"epilogue" call (``fused_configs``; the
+        config: the config name of a "swapab"/"epilogue"/"wstat" call (``fused_configs``; the
             measured dispatch passes the one it timed), None for the model's; the old
             kernels autotune theirs.
 
