@@ -43,6 +43,17 @@ def device(request):
 
 
 @pytest.fixture
+def torch_backend():
+    """The PyTorch path for a module's logic (the CLI, the pipeline, the API edges): the
+    kernels have their own tests, and the interpreter would make these runs minutes long.
+    A module takes it for every test with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    from dawin_fast import use_backend
+
+    with use_backend("torch"):
+        yield
+
+
+@pytest.fixture
 def no_work(monkeypatch):
     """Fail the test if a command gets as far as building models, loading or training on
     data, or running a benchmark: its arguments and files must be checked first."""

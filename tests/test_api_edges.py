@@ -8,14 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dawin_fast import DaWin, DaWinMultiTask, DaWinViT, interp_linear, task_vectors, use_backend
+from dawin_fast import DaWin, DaWinMultiTask, DaWinViT, interp_linear, task_vectors
 from tests.test_pipeline import NUM_CLASSES, images, setup
 
-
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("mode", ["mixture", "per_sample", 0.3, [0.2, 0.8]])

@@ -27,16 +27,11 @@ from dawin_fast import (
     group_by_rows,
     interp_linear,
     route,
-    use_backend,
 )
 from tests.app.cli_files import ARCH, FEATURES, eval_args, make_files, run_error
 from tests.models import tiny_open_clip_visual
 
-
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from dawin_fast import (
     DaWinViT,
     entropy,
     task_vectors,
-    use_backend,
 )
 from tests.models import interpolate_model, tiny_open_clip_visual
 
@@ -23,12 +22,7 @@ TOL = dict(rtol=1e-4, atol=1e-4)
 NUM_CLASSES = 6
 
 
-@pytest.fixture(autouse=True)
-def torch_backend():
-    """The pipeline's logic, on the PyTorch path: the kernels are covered by the layer tests,
-    and the interpreter would make these end-to-end runs minutes long."""
-    with use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # tests/conftest.py
 
 
 def setup(num_models=2, seed=0):

@@ -6,14 +6,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from dawin_fast import DaWin, DaWinClassifier, DaWinMultiTask, DaWinViT, use_backend
+from dawin_fast import DaWin, DaWinClassifier, DaWinMultiTask, DaWinViT
 from tests.models import tiny_open_clip_visual
 
-
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

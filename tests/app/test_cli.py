@@ -20,16 +20,10 @@ import numpy as np
 import pytest
 import torch
 
-from dawin_fast import use_backend
 from dawin_fast.app.cli import build_parser, main
 from tests.app.cli_files import ARCH, FEATURES, eval_args, make_files, run_error, save_png
 
-
-@pytest.fixture(autouse=True)
-def torch_backend():
-    """The commands' logic on the PyTorch path: the interpreter would take minutes here."""
-    with use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,11 @@ import stat
 
 import pytest
 
-from dawin_fast import use_backend
 from dawin_fast.app import outputs
 from dawin_fast.app.errors import UserError
 from tests.app.cli_files import eval_args, make_files, run_error
 
-
-@pytest.fixture(autouse=True)
-def torch_backend():
-    with use_backend("torch"):
-        yield
+pytestmark = pytest.mark.usefixtures("torch_backend")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -120,6 +120,15 @@ def test_sampling_fixed_seed(lm):
     assert torch.equal(got, seq)
 
 
+def assert_per_sequence_logits(logits, models, ids, mask):
+    """Sequence b's logits (its real tokens) are those of the model holding the state
+    dicts interpolated with ``ROWS[b]``."""
+    for b, row in enumerate(ROWS):
+        expected = merged_reference(models, row)(ids, attention_mask=mask).logits[b]
+        real = mask[b].bool()
+        torch.testing.assert_close(logits[b][real], expected[real], **TOL)
+
+
 @pytest.mark.parametrize("family", OTHER_FAMILIES)
 @torch.no_grad()
 def test_other_families_forward(family):
@@ -130,10 +139,7 @@ def test_other_families_forward(family):
     ids, mask = left_padded_prompts()
     with use_backend("torch"):
         logits = merged(ids, ROWS, attention_mask=mask).logits
-    for b, row in enumerate(ROWS):
-        expected = merged_reference(models, row)(ids, attention_mask=mask).logits[b]
-        real = mask[b].bool()
-        torch.testing.assert_close(logits[b][real], expected[real], **TOL)
+    assert_per_sequence_logits(logits, models, ids, mask)
 
 
 @torch.no_grad()
@@ -165,10 +171,7 @@ def test_tied_llama_through_the_kernels(backend):
     ids, mask = left_padded_prompts()
     logits = run_backend(backend, lambda m, *a: m(*a[:2], attention_mask=a[2]).logits,
                          merged, ids, ROWS, mask)
-    for b, row in enumerate(ROWS):
-        expected = merged_reference(models, row)(ids, attention_mask=mask).logits[b]
-        real = mask[b].bool()
-        torch.testing.assert_close(logits[b][real], expected[real], **TOL)
+    assert_per_sequence_logits(logits, models, ids, mask)
 
 
 @torch.no_grad()
