@@ -30,30 +30,23 @@ import triton
 
 from .common import bias_args, tile_coords, tma_layout_reason
 from .fused_configs import SwapABConfig
+from .gluon_api import (
+    GL_DTYPES,
+    GLUON_AVAILABLE,
+    TensorDescriptor,
+    fence_async_shared,
+    gl,
+    gluon,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 from .planned import PlannedLaunch
 from .schedule import call_schedule, slot_span
 
-try:
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
-        mbarrier,
-        tma,
-        warpgroup_mma,
-        warpgroup_mma_wait,
-    )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    GLUON_AVAILABLE = True
-    LOADER_REGS = gl.constexpr(40)  # the loader only issues TMA and waits on barriers
-except ImportError:  # a Triton without Gluon (< 3.5): the launcher reports it unavailable
-    GLUON_AVAILABLE = False
-
-
-_GL_DTYPES = {}
-if GLUON_AVAILABLE:
-    _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
+#: the loader only issues TMA and waits on barriers
+LOADER_REGS = gl.constexpr(40) if GLUON_AVAILABLE else None
 
 
 if GLUON_AVAILABLE:
@@ -380,7 +373,7 @@ def plan_swapab_gluon(
         raise ValueError(f"swapab_gluon: config {cfg.name} needs x_stages >= 2")
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
-    gl_dtype = _GL_DTYPES[x.dtype]
+    gl_dtype = GL_DTYPES[x.dtype]
     w_layout = gl.NVMMASharedLayout.get_default_for([block_n, block_k], gl_dtype)
     x_layout = gl.NVMMASharedLayout.get_default_for([slot_t, block_k], gl_dtype)
     w2d = weight.as_strided((num_models * n_dim, k_dim), (weight.stride(1), 1))

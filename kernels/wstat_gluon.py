@@ -34,32 +34,21 @@ import triton
 
 from .common import bias_args, tma_layout_reason
 from .fused_configs import WStatConfig, wstat_run_rows, wstat_smem_bytes
+from .gluon_api import (
+    GL_DTYPES,
+    GLUON_AVAILABLE,
+    TensorDescriptor,
+    cta_barrier,
+    fence_async_shared,
+    gl,
+    gluon,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 from .planned import PlannedLaunch
 from .schedule import call_schedule
-
-try:
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-    from triton.experimental.gluon.language.nvidia.hopper import (
-        fence_async_shared,
-        mbarrier,
-        tma,
-        warpgroup_mma,
-        warpgroup_mma_wait,
-    )
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    GLUON_AVAILABLE = True
-    # The CTA-wide barrier: gl.barrier on Triton 3.8, gl.thread_barrier on 3.6.
-    _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
-except ImportError:  # a Triton without Gluon (< 3.5): the launcher reports it unavailable
-    GLUON_AVAILABLE = False
-
-
-_GL_DTYPES = {}
-if GLUON_AVAILABLE:
-    _GL_DTYPES = {torch.float16: gl.float16, torch.bfloat16: gl.bfloat16}
-
 
 if GLUON_AVAILABLE:
 
@@ -145,7 +134,7 @@ if GLUON_AVAILABLE:
             w_res.index(kt).store(comb.to(dtype))
         # Generic-proxy stores of every warp before any wgmma (async proxy) reads them.
         fence_async_shared()
-        _cta_barrier()
+        cta_barrier()
 
         # ---- stream phase: y^T[BLOCK_N, BLOCK_T] += W_c slice (smem) x x^T slice (smem).
         mma_layout: gl.constexpr = gl.NVMMADistributedLayout(
@@ -230,7 +219,7 @@ def plan_wstat_gluon(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor
     num_models, n_dim, _ = weight.shape
     num_groups = coeffs.shape[0]
     x_layout = gl.NVMMASharedLayout.get_default_for([cfg.block_t, cfg.block_k],
-                                                    _GL_DTYPES[x.dtype])
+                                                    GL_DTYPES[x.dtype])
     x_desc = TensorDescriptor(x, list(x.shape), list(x.stride()), [cfg.block_t, cfg.block_k],
                               x_layout)
     run_rows = wstat_run_rows(num_rows, num_groups, n_dim, cfg)
