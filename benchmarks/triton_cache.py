@@ -77,7 +77,7 @@ def plan_units(call: tuple) -> list[tuple]:
     from dawin_fast.kernels.interp_matmul import OLD_STRATEGIES, plan_launch
     from dawin_fast.kernels.swapab_gluon import plan_swapab_gluon
     from dawin_fast.kernels.swapab_twin import plan_swapab_twin
-    from dawin_fast.kernels.wstat_gluon import plan_wstat_gluon, wstat_reason
+    from dawin_fast.kernels.wstat_gluon import plan_wstat_gluon
     from dawin_fast.kernels.wstat_twin import plan_wstat_twin
 
     strategy, rows, groups, m, n, k, dtype, gluon = call
@@ -95,9 +95,8 @@ def plan_units(call: tuple) -> list[tuple]:
     if strategy == "epilogue":
         plan = plan_epilogue_scaled(*tensors, epilogue_config(config, dtype, False))
     elif strategy == "wstat":  # as dispatch.launch: Gluon where its resident tile fits
-        cfg = dispatch.wstat_config(config)
-        plan = (plan_wstat_gluon(*tensors, cfg)
-                if gluon and wstat_reason(tensors[0], tensors[1], cfg) is None
+        plan = (plan_wstat_gluon(*tensors, dispatch.wstat_config(config))
+                if dispatch.wstat_on_gluon(gluon, tensors[0], tensors[1], config)
                 else plan_wstat_twin(*tensors, dispatch.wstat_twin_config(config, dtype)))
     elif gluon:
         plan = plan_swapab_gluon(*tensors, swapab_config(config))

@@ -145,8 +145,7 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     if strategy == "swapab":
         return f"swapab:{config} ({'Gluon' if target.gluon else 'twin'}) [{how}]"
     if strategy == "wstat":
-        gluon = target.gluon and dispatch.wstat_reason(
-            rows, weight, dispatch.wstat_config(config)) is None
+        gluon = dispatch.wstat_on_gluon(target.gluon, rows, weight, config)
         return f"wstat:{config} ({'Gluon' if gluon else 'twin'}) [{how}]"
     return f"epilogue:{config}{note} [{how}]"
 

@@ -195,6 +195,12 @@ def candidates(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_di
     return [c for c in ranked if c.predicted_s <= factor * ranked[0].predicted_s]
 
 
+def wstat_on_gluon(gluon: bool, x: torch.Tensor, weight: torch.Tensor, config: str) -> bool:
+    """Whether a "wstat" call with ``config`` runs the Gluon kernel (``gluon``: the target
+    allows it, and its resident tile fits this call) rather than the twin."""
+    return gluon and wstat_reason(x, weight, wstat_config(config)) is None
+
+
 def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor,
            offsets: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
            config: str | None = None) -> torch.Tensor:
@@ -215,7 +221,7 @@ def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.T
         return epilogue_scaled_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee,
                                       use_tma=use_tma)
     if strategy == "wstat":
-        if target.gluon and wstat_reason(x, weight, wstat_config(config)) is None:
+        if wstat_on_gluon(target.gluon, x, weight, config):
             return wstat_gluon_matmul(x, weight, coeffs, offsets, bias, y, wstat_config(config))
         cfg = wstat_twin_config(config, x.dtype, interpreting=interpreting())
         return wstat_twin_matmul(x, weight, coeffs, offsets, bias, y, cfg, ieee=ieee)
