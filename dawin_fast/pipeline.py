@@ -119,7 +119,10 @@ def _check_mode(mode) -> None:
 
 
 class _Base:
-    """Mode handling shared by DaWin and DaWinMultiTask."""
+    """Mode handling shared by DaWin, DaWinMultiTask and DaWinLM."""
+
+    #: What the empty-calibration error calls the samples (``_fit``).
+    _calibration_items = "samples"
 
     def __init__(self, num_experts: int, temperatures, mode, n_clusters: int, expertise: str,
                  seed: int) -> None:
@@ -175,6 +178,16 @@ class _Base:
         local = torch.cat(parts) if parts else torch.empty(0, width)
         distributed.check_distinct_shards(local, what)
         return distributed.gather_rows(local, dst=0)
+
+    def _fit(self, p: torch.Tensor):
+        """The mixture fitted on the per-sample weights p [N, ·] that calibrate gathered, or
+        None outside the mixture mode (DaWin overrides it: it fits offset terms too)."""
+        if p.shape[0] == 0:
+            raise ValueError(f"{type(self).__name__}.calibrate: no batches (no calibration "
+                             f"{self._calibration_items})")
+        if self.mode != "mixture":
+            return None
+        return self._new_mixture(self.n_clusters).fit(self._mixture_input(p))
 
     def _mixture_means(self, mixture) -> torch.Tensor:
         means = torch.as_tensor(mixture.means_, dtype=torch.float32)
@@ -469,13 +482,6 @@ class DaWinMultiTask(_Base):
         gathered = self._gather_for_fit(p, self.num_tasks, "DaWinMultiTask.calibrate")
         self.mixture = distributed.run_on_main(self._fit, gathered)
         return self
-
-    def _fit(self, p: torch.Tensor):
-        if p.shape[0] == 0:
-            raise ValueError("DaWinMultiTask.calibrate: no batches (no calibration samples)")
-        if self.mode != "mixture":
-            return None
-        return self._new_mixture(self.n_clusters).fit(self._mixture_input(p))
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, task: int, return_details: bool = False

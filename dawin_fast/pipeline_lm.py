@@ -87,6 +87,8 @@ class DaWinLM(_Base):
         seed: seed of the mixture's k-means initialisation.
     """
 
+    _calibration_items = "prompts"
+
     def __init__(self, model: DaWinCausalLM, temperatures: Sequence[float] | None = None,
                  mode: str | float | Sequence[float] = "mixture", n_clusters: int = 3,
                  expertise: str = "entropy", task_arithmetic: bool = False,
@@ -184,13 +186,6 @@ class DaWinLM(_Base):
         gathered = self._gather_for_fit(p, self.num_experts, "DaWinLM.calibrate")
         self.mixture = distributed.run_on_main(self._fit, gathered)
         return self
-
-    def _fit(self, p: torch.Tensor):
-        if p.shape[0] == 0:
-            raise ValueError("DaWinLM.calibrate: no batches (no calibration prompts)")
-        if self.mode != "mixture":
-            return None
-        return self._new_mixture(self.n_clusters).fit(self._mixture_input(p))
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
