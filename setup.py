@@ -36,7 +36,10 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "timm", "transformers"],
+        # kernels: Hugging Face's package, which transformers >= 5 requires; named so that the
+        # test of the tree's kernels/ folder never hiding it always has it to find.
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "timm", "transformers",
+                 "kernels"],
         "demo": ["scikit-learn", "matplotlib", "safetensors"],
         # The FusionBench plug-in (dawin_fast.integrations.fusion_bench and its Hydra plugin).
         "fusionbench": ["fusion-bench==0.2.33"],
