@@ -281,7 +281,7 @@ LIBRARY = [
                                                                         offsets=_offsets(0, 6)),
      ValueError, "offsets given without coeffs"),
     ("DaWinLinear no routing", _routed_layer, RuntimeError,
-     "needs coefficients: call it inside `with dawin_fast.nn.route(coeffs, offsets):`"),
+     "needs coefficients: call it inside `with dawin_fast.route(coeffs, offsets):`"),
     ("DaWinLinear rows without offsets", lambda: DaWinLinear(8, 4, 2)(_x(), C2), ValueError,
      "offsets are required when coeffs has more than one row"),
     ("DaWinLinear.merged row", lambda: DaWinLinear(8, 4, 2).merged([1.0]), ValueError,

@@ -1,7 +1,7 @@
 """Interpolating versions of the layers a vision transformer is made of.
 
 Each takes M same-shape modules (``from_modules``) and, in ``forward``, runs the
-interpolation selected by the active routing (``dawin_fast.nn.route``):
+interpolation selected by the active routing (``dawin_fast.route``):
 
 * big matrices go through the fused kernel (``DaWinLinear``): attention's QKV and output
   projections (``DaWinMultiheadAttention``), the patch embedding (``DaWinPatchEmbed``);

@@ -20,7 +20,7 @@ class DaWinLinear(nn.Module):
     ``dawin_fast.interp_linear``: no interpolated weight is ever materialised.
 
     Without ``coeffs`` the layer uses the routing of the enclosing
-    ``dawin_fast.nn.route(...)`` block (set once per forward by a DaWin model); with no
+    ``dawin_fast.route(...)`` block (set once per forward by a DaWin model); with no
     routing set it raises.
 
     The stacked parameters ``weight`` [M, N, K] and ``bias`` [M, N] are frozen

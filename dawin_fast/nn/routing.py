@@ -305,13 +305,23 @@ def current_routing() -> Routing | None:
     return stack[-1] if stack else None
 
 
+def check_not_tracing(who: str) -> None:
+    """Refuse ``torch.jit.trace``: grouping and the one-hot shortcut read coefficient values
+    on the host, which a trace would record as constants for every later call."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(f"{who}: torch.jit.trace would bake in choices made from the "
+                           f"coefficient values (grouping, one-hot shortcut); run it eagerly, "
+                           f"or torch.compile the module under dawin_fast.route(...)")
+
+
 def require_routing(layer: str) -> Routing:
     """The active routing, or a clear error naming the layer that needed it."""
+    check_not_tracing(layer)
     routing = current_routing()
     if routing is None:
         raise RuntimeError(
             f"{layer} needs coefficients: call it inside "
-            "`with dawin_fast.nn.route(coeffs, offsets):` (DaWin models do this for you)"
+            "`with dawin_fast.route(coeffs, offsets):` (DaWin models do this for you)"
         )
     return routing
 
