@@ -94,9 +94,10 @@ def _linear(modules: Sequence[nn.Module], what: str) -> nn.Module:
 # base class.
 _PLAIN_FORWARD = (nn.Linear, nn.Embedding, nn.Conv2d, nn.LayerNorm, nn.MultiheadAttention)
 
-# Subclasses whose forward computes exactly what the base's does (timm's LayerNorm only
-# picks a faster kernel for the same last-dimension norm).
-_SAME_AS_BASE = {("timm.layers.norm", "LayerNorm")}
+# Subclasses whose forward computes what the base's does (the same last-dimension norm,
+# with a faster kernel or a cast back to the input's dtype, as DaWinLayerNorm does).
+_SAME_AS_BASE = {("timm.layers.norm", "LayerNorm"), ("open_clip.transformer", "LayerNorm"),
+                 ("open_clip.transformer", "LayerNormFp32")}
 
 
 def _overrides_forward(module: nn.Module) -> bool:
