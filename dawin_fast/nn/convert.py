@@ -368,6 +368,8 @@ class DaWinModel(GroupedModel):
         if first is None:
             raise ValueError(f"{who}: the call passes no input tensor [B, ...]")
         coeffs = as_coeffs(coeffs, first.device, f"{who}(x, coeffs)")
+        if cluster_labels is not None or (coeffs.dim() == 2 and coeffs.shape[0] > 1):
+            self.check_per_sample()  # before reading the input's dims
         if cluster_labels is None and coeffs.dim() == 2 and coeffs.shape[0] > 1:
             batch = coeffs.shape[0]
         else:

@@ -100,7 +100,7 @@ class DaWinLinear(nn.Module):
                 raise ValueError("DaWinLinear: offsets given without coeffs")
             routing = require_routing("DaWinLinear (without coeffs=[G, M] and offsets)")
             routing = routing.resolve(self.routing_name, x)
-            coeffs, offsets = routing.coeffs, routing.row_offsets(x)
+            coeffs, offsets = routing.coeffs, routing.row_offsets(x, self.routing_name)
             one_hot = routing.one_hot_for(math.prod(x.shape[:-1]))
         else:
             if coeffs.dim() == 1:

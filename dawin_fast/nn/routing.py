@@ -205,12 +205,16 @@ class Routing:
     def num_models(self) -> int:
         return self.coeffs.shape[1]
 
-    def row_offsets(self, x: torch.Tensor) -> torch.Tensor:
-        """Offsets over the rows of ``x`` [..., K] (sample-major, batch-first)."""
+    def row_offsets(self, x: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+        """Offsets over the rows of ``x`` [..., K] (sample-major, batch-first), for the
+        layer named ``layer`` (named in errors)."""
         if self.offsets is not None and x.dim() >= 3 and x.shape[0] != self.num_samples:
+            where = f"layer {layer!r}" if layer else "a layer"
             raise ValueError(
-                f"routing is for {self.num_samples} samples, but a layer's input has shape "
-                f"{tuple(x.shape)}: inputs must be batch-first [B, ...]"
+                f"routing is for {self.num_samples} samples, but the input of {where} has "
+                f"shape {tuple(x.shape)}: per-sample rows need every layer's input batch-first "
+                f"[B, ...] (a model that regroups samples, e.g. into windows, runs with one "
+                f"row [M] only)"
             )
         return self.row_offsets_for(math.prod(x.shape[:-1]))
 
