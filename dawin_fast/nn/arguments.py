@@ -14,7 +14,9 @@ mappings such as Hugging Face's ``BatchEncoding``):
   [L, L] mask). An ambiguous tensor is refused with a message saying how to declare it.
 
 Outputs: every tensor whose dim 0 is B is put back in caller order (Hugging Face
-``ModelOutput`` fields included); the rest (a loss) comes back as it is.
+``ModelOutput`` fields included); the rest (a loss) comes back as it is; a tensor that is
+sample-by-sample along another dim ([C, B], or a square [B, B]) is refused (it may be
+sorted along that dim too).
 """
 
 from __future__ import annotations
@@ -109,17 +111,34 @@ def check_declarations(per_sample: Collection[str], shared: Collection[str],
                              f"passes {sorted(names)}")
 
 
-def unsort_output(out: Any, unpermute: Permute, batch: int) -> Any:
+def unsort_output(out: Any, unpermute: Permute, batch: int, who: str = "DaWinModel",
+                  name: str = "output") -> Any:
     """Every tensor of an output whose dim 0 is ``batch`` back in caller order, keeping
-    container types (tuples, namedtuples, lists, dicts, Hugging Face's ModelOutput)."""
+    container types (tuples, namedtuples, lists, dicts, Hugging Face's ModelOutput).
+
+    A tensor that looks sample-by-sample along a dim other than 0 (CLIP's logits [C texts,
+    B images], a square [B, B] similarity matrix) may have been sorted along it too, which
+    dim 0 alone does not undo: refused, naming it, rather than returned half sorted. (A
+    per-sample model's [B, L, D] with L = B is unsorted along dim 0, its batch dim.)
+    """
     if isinstance(out, torch.Tensor):
+        square = out.dim() == 2 and out.shape == (batch, batch)
+        if batch > 1 and (square or (out.dim() >= 1 and out.shape[0] != batch
+                                     and batch in out.shape[1:])):
+            raise ValueError(
+                f"{who}: {name} has shape {tuple(out.shape)}: the batch size {batch} is in a "
+                f"dim other than 0, which may follow the samples too, and dawinize cannot tell; "
+                f"use a batch size no other dim of the outputs has, or one row [M]")
         return unpermute(out) if out.dim() >= 1 and out.shape[0] == batch else out
     if isinstance(out, tuple) and hasattr(out, "_fields"):
-        return type(out)(*(unsort_output(o, unpermute, batch) for o in out))
+        return type(out)(*(unsort_output(o, unpermute, batch, who, f"{name}.{f}")
+                           for f, o in zip(out._fields, out, strict=True)))
     if isinstance(out, (tuple, list)):
-        return type(out)(unsort_output(o, unpermute, batch) for o in out)
+        return type(out)(unsort_output(o, unpermute, batch, who, f"{name}[{i}]")
+                         for i, o in enumerate(out))
     if isinstance(out, Mapping):
-        mapped = {k: unsort_output(v, unpermute, batch) for k, v in out.items()}
+        mapped = {k: unsort_output(v, unpermute, batch, who, f"{name}.{k}")
+                  for k, v in out.items()}
         try:
             return type(out)(**mapped)
         except TypeError:  # non-string keys, or a constructor of another shape

@@ -322,12 +322,13 @@ def convert_modules(models: Sequence[nn.Module], path: str = "",
     return converted
 
 
-def _takes_keyword(forward: Callable[..., Any], name: str) -> bool:
+def _names_parameter(forward: Callable[..., Any], name: str) -> bool:
+    """Whether ``forward`` names a parameter ``name`` (a bare ``**kwargs`` does not count:
+    Hugging Face models that take loss targets name ``labels``)."""
     try:
-        params = inspect.signature(forward).parameters
+        return name in inspect.signature(forward).parameters
     except (TypeError, ValueError):
         return True
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 class DaWinModel(GroupedModel):
@@ -358,7 +359,7 @@ class DaWinModel(GroupedModel):
         """Run the model with sample b under its row (see the class docstring)."""
         who = "DaWinModel"
         positional = (x, *args) if x is not None else args
-        if "labels" in kwargs and not _takes_keyword(self.module.forward, "labels"):
+        if "labels" in kwargs and not _names_parameter(self.module.forward, "labels"):
             raise TypeError(f"{who}: labels= goes to the model, whose forward takes no labels; "
                             f"DaWin's cluster labels are cluster_labels=")
         names = argument_names(self.module.forward, len(positional))
@@ -387,7 +388,7 @@ class DaWinModel(GroupedModel):
             return self.module(*sorted_args, **sorted_kwargs)
 
         return self.run_grouped(run, coeffs, cluster_labels, layer_coeffs, batch, first.device,
-                                lambda out, unpermute: unsort_output(out, unpermute, batch))
+                                lambda out, unpermute: unsort_output(out, unpermute, batch, who))
 
     def check_per_sample(self) -> None:
         if self.sequence_first:

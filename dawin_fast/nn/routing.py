@@ -216,7 +216,10 @@ class Routing:
                 f"[B, ...] (a model that regroups samples, e.g. into windows, runs with one "
                 f"row [M] only)"
             )
-        return self.row_offsets_for(math.prod(x.shape[:-1]))
+        try:
+            return self.row_offsets_for(math.prod(x.shape[:-1]))
+        except ValueError as err:
+            raise ValueError(f"layer {layer!r}: {err}" if layer else str(err)) from None
 
     def row_offsets_for(self, num_rows: int) -> torch.Tensor:
         """Offsets over ``num_rows`` sample-major rows (a multiple of the sample count)."""

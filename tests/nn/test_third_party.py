@@ -326,3 +326,27 @@ def test_tracing_refuses_and_compiling_the_module_under_route_matches_eager():
     compiled = torch.compile(merged.module, backend="eager", fullgraph=True)
     with route(ROWS[1]):
         torch.testing.assert_close(compiled(x), merged(x, ROWS[1]), **TOL)
+
+
+class Similarity(nn.Module):
+    """A contrastive output: every sample against every other, [B, B] and [C, B]."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x, queries):
+        h = self.linear(x)
+        return {"features": h, "per_query": queries @ h.T}
+
+
+def test_outputs_sorted_along_another_dim_are_refused():
+    models = three(Similarity)
+    merged, x, queries = dawinize(models), torch.randn(4, 8), torch.randn(3, 8)
+    with pytest.raises(ValueError, match=r"DaWinModel: output\.per_query has shape \(3, 4\)"):
+        merged(x, ROWS, queries)  # [C, B]: its dim 1 is in sorted order
+    out = merged(x, ROWS[1], queries)  # one row: nothing is sorted
+    torch.testing.assert_close(out["per_query"],
+                               interpolate_model(models, ROWS[1])(x, queries)["per_query"], **TOL)
+    with pytest.raises(ValueError, match=r"DaWinModel: output\.per_query has shape \(4, 4\)"):
+        merged(x, ROWS, torch.randn(4, 8), shared=["queries"])
