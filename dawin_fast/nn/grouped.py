@@ -149,6 +149,11 @@ class GroupedModel(nn.Module):
         ``unpermute_output(out, grouping.unpermute)`` puts the outputs back in caller order.
         """
         check_not_tracing(type(self).__name__)
+        if torch.compiler.is_compiling():  # grouping reads coefficient values on the host
+            raise RuntimeError(f"{type(self).__name__}: torch.compile of the whole model cannot "
+                               f"group the batch by coefficient values; compile its module "
+                               f"(merged.module for dawinize) and call it under "
+                               f"dawin_fast.route(rows)")
         if layer_coeffs:
             check_layer_names(layer_coeffs, self.layer_names(),
                               f"{type(self).__name__} layer_coeffs")

@@ -323,6 +323,9 @@ def test_tracing_refuses_and_compiling_the_module_under_route_matches_eager():
     merged, x = dawinize(three(Scaled)), torch.randn(2, 8)
     with pytest.raises(RuntimeError, match="torch.jit.trace would bake in"):
         torch.jit.trace(lambda t: merged(t, torch.tensor([1.0, 0.0, 0.0])), (x,))
+    whole = torch.compile(merged, backend="eager", fullgraph=True)
+    with pytest.raises(Exception, match=r"compile its module \(merged\.module for dawinize\)"):
+        whole(x, ROWS[:2])  # Dynamo wraps the library's one line in its own report
     compiled = torch.compile(merged.module, backend="eager", fullgraph=True)
     with route(ROWS[1]):
         torch.testing.assert_close(compiled(x), merged(x, ROWS[1]), **TOL)
