@@ -368,7 +368,7 @@ class DaWinModel(GroupedModel):
                       if isinstance(t, torch.Tensor) and t.dim() >= 1), None)
         if first is None:
             raise ValueError(f"{who}: the call passes no input tensor [B, ...]")
-        coeffs = as_coeffs(coeffs, first.device, f"{who}(x, coeffs)")
+        coeffs = as_coeffs(coeffs, first.device, who)
         if cluster_labels is not None or (coeffs.dim() == 2 and coeffs.shape[0] > 1):
             self.check_per_sample()  # before reading the input's dims
         if cluster_labels is None and coeffs.dim() == 2 and coeffs.shape[0] > 1:

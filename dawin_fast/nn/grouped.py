@@ -89,8 +89,8 @@ def cluster_labels_of(cluster_labels: torch.Tensor | None, labels: torch.Tensor 
 def as_coeffs(coeffs: Any, device: torch.device, who: str) -> torch.Tensor:
     """``coeffs`` as a tensor on ``device``; a missing one is a clear error naming ``who``."""
     if coeffs is None:
-        raise TypeError(f"{who}: coeffs is required: one row [M], rows [B, M], or a [G, M] "
-                        f"table with cluster_labels [B] (e.g. {who.split('.')[0]}(x, rows))")
+        raise TypeError(f"{who}: coeffs is required: model(x, coeffs) with one row [M], rows "
+                        f"[B, M], or a [G, M] table and cluster_labels [B]")
     if not isinstance(coeffs, torch.Tensor):
         return torch.as_tensor(coeffs, dtype=torch.float32, device=device)
     return coeffs.to(device)
@@ -129,7 +129,7 @@ class GroupedModel(nn.Module):
         ``layer_coeffs``: per-layer coefficients by layer name, laid out like ``coeffs``,
         or gates (see the module docstring).
         """
-        who = f"{type(self).__name__}.forward"
+        who = type(self).__name__
         coeffs = as_coeffs(coeffs, x.device, who)
         labels = cluster_labels_of(cluster_labels, labels, who)
 

@@ -280,7 +280,7 @@ def test_cluster_labels_and_the_old_spelling():
 
 def test_errors_name_what_the_user_knows():
     merged = dawinize(three(Scaled))
-    with pytest.raises(TypeError, match=r"^DaWinModel\(x, coeffs\): coeffs is required"):
+    with pytest.raises(TypeError, match=r"^DaWinModel: coeffs is required"):
         merged(torch.randn(2, 8))
     with pytest.raises(RuntimeError, match=r"`with dawin_fast\.route\(coeffs, offsets\):`"):
         merged.module(torch.randn(2, 8))
