@@ -260,7 +260,7 @@ class DaWin(_Base):
         stacked = images.unsqueeze(0).expand(self.num_models, *images.shape)
         labels = torch.arange(self.num_models, device=images.device).repeat_interleave(batch)
         eye = torch.eye(self.num_models, device=images.device)
-        logits = self.model(stacked.reshape(-1, *images.shape[1:]), eye, labels=labels)
+        logits = self.model(stacked.reshape(-1, *images.shape[1:]), eye, cluster_labels=labels)
         return logits.reshape(self.num_models, batch, logits.shape[-1])  # B may be 0
 
     def weights(self, expert_logits: torch.Tensor) -> torch.Tensor:
@@ -357,7 +357,7 @@ class DaWin(_Base):
         table, labels, rows, expert = self.merge_rows(images, expert_logits)
         applied = table.expand(images.shape[0], -1) if labels is None else table[labels]
         logits = self.model(images, table.to(device),
-                            labels=None if labels is None else labels.to(device))
+                            cluster_labels=None if labels is None else labels.to(device))
         if not return_details:
             return logits
         return DaWinOutput(logits, rows, applied, labels, expert)
@@ -447,7 +447,7 @@ class DaWinMultiTask(_Base):
         rows[:, 0] = 1.0
         rows[torch.arange(tasks), torch.arange(tasks) + 1] = 1.0
         labels = torch.arange(tasks, device=images.device).repeat_interleave(batch)
-        features = _pooled(self.encoder(stacked, rows, labels=labels))
+        features = _pooled(self.encoder(stacked, rows, cluster_labels=labels))
         features = features.reshape(tasks, batch, features.shape[-1])  # B may be 0
         return [self._head(features[t], t) for t in range(tasks)]
 
@@ -494,7 +494,7 @@ class DaWinMultiTask(_Base):
         rows, labels, p, expert = self.merge_rows(images)
         applied = rows if labels is None else rows[labels]
         features = self.encoder(images, rows.to(device),
-                                labels=None if labels is None else labels.to(device))
+                                cluster_labels=None if labels is None else labels.to(device))
         logits = self._head(_pooled(features), task)
         if not return_details:
             return logits

@@ -29,16 +29,17 @@ def tiny_open_clip_visual(seed: int = 0, **overrides) -> nn.Module:
 
 
 def interpolate_model(models, row) -> nn.Module:
-    """The reference: one model whose state dict is sum_i row[i] * state_i (floats only)."""
+    """The reference: one model whose floating-point parameters are sum_i row[i] * theta_i
+    (buffers, equal in every model, are model 0's)."""
     merged = copy.deepcopy(models[0])
-    states = [m.state_dict() for m in models]
+    states = [m.state_dict(keep_vars=True) for m in models]
     new_state = {}
     for name, value in states[0].items():
-        if value.is_floating_point():
-            new_state[name] = sum(float(c) * s[name].double() for c, s in
+        if isinstance(value, nn.Parameter) and value.is_floating_point():
+            new_state[name] = sum(float(c) * s[name].detach().double() for c, s in
                                   zip(row, states, strict=True)).to(value.dtype)
         else:
-            new_state[name] = value
+            new_state[name] = value.detach()
     merged.load_state_dict(new_state)
     return merged.eval()
 

@@ -1,7 +1,7 @@
 """Interpolating versions of the layers a vision transformer is made of.
 
 Each takes M same-shape modules (``from_modules``) and, in ``forward``, runs the
-interpolation selected by the active routing (``dawin_fast.nn.route``):
+interpolation selected by the active routing (``dawin_fast.route``):
 
 * big matrices go through the fused kernel (``DaWinLinear``): attention's QKV and output
   projections (``DaWinMultiheadAttention``), the patch embedding (``DaWinPatchEmbed``);
@@ -159,8 +159,14 @@ class DaWinEmbedding(nn.Module):
             out = torch.einsum("m,m...->...", coeffs[0], looked_up)
         else:
             batch = routing.num_samples
-            if ids.dim() == 0 or ids.shape[0] not in (1, batch):
-                raise ValueError(f"DaWinEmbedding: ids of shape {tuple(ids.shape)} are neither "
+            name = f"layer {self.routing_name!r}" if self.routing_name else "DaWinEmbedding"
+            if ids.dim() < 2:  # [B] per sample and [L] shared positions look alike
+                raise ValueError(f"{name}: ids of shape {tuple(ids.shape)} have no batch dim, "
+                                 f"so per-sample rows cannot tell per-sample ids [B] from "
+                                 f"shared ids [L]; the model must look up [B, ...] or [1, ...] "
+                                 f"ids (e.g. positions[None]), or run one row [M]")
+            if ids.shape[0] not in (1, batch):
+                raise ValueError(f"{name}: ids of shape {tuple(ids.shape)} are neither "
                                  f"per-sample [B={batch}, ...] nor shared [1, ...]")
             per_sample = coeffs[routing.groups_of_rows(batch)]  # [B, M]
             out = torch.einsum("bm,mb...->b...", per_sample,
@@ -226,6 +232,12 @@ class DaWinMultiheadAttention(nn.Module):
     ``need_weights=True`` is not supported (the fused path never forms attention weights).
     """
 
+    # nn.Transformer*Layer read these to pick their fused fast path, which would run
+    # nn.MultiheadAttention's packed weights: as "no packed QKV" they keep the module path,
+    # which calls this layer.
+    _qkv_same_embed_dim = False
+    in_proj_bias = None
+
     def __init__(self, embed_dim: int, num_heads: int, batch_first: bool, dropout: float,
                  in_proj: DaWinLinear, out_proj: DaWinLinear) -> None:
         super().__init__()
@@ -263,7 +275,7 @@ class DaWinMultiheadAttention(nn.Module):
         bias = None if self.in_proj.bias is None else self.in_proj.bias[:, part]
         # A slice of the stacked QKV weight: a strided view, which the kernels accept.
         return interp_linear(x, self.in_proj.weight[:, part], routing.coeffs,
-                             routing.row_offsets(x), bias,
+                             routing.row_offsets(x, self.in_proj.routing_name), bias,
                              one_hot=routing.one_hot_for(math.prod(x.shape[:-1])))
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

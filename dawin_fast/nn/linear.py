@@ -20,7 +20,7 @@ class DaWinLinear(nn.Module):
     ``dawin_fast.interp_linear``: no interpolated weight is ever materialised.
 
     Without ``coeffs`` the layer uses the routing of the enclosing
-    ``dawin_fast.nn.route(...)`` block (set once per forward by a DaWin model); with no
+    ``dawin_fast.route(...)`` block (set once per forward by a DaWin model); with no
     routing set it raises.
 
     The stacked parameters ``weight`` [M, N, K] and ``bias`` [M, N] are frozen
@@ -100,7 +100,7 @@ class DaWinLinear(nn.Module):
                 raise ValueError("DaWinLinear: offsets given without coeffs")
             routing = require_routing("DaWinLinear (without coeffs=[G, M] and offsets)")
             routing = routing.resolve(self.routing_name, x)
-            coeffs, offsets = routing.coeffs, routing.row_offsets(x)
+            coeffs, offsets = routing.coeffs, routing.row_offsets(x, self.routing_name)
             one_hot = routing.one_hot_for(math.prod(x.shape[:-1]))
         else:
             if coeffs.dim() == 1:

@@ -205,14 +205,21 @@ class Routing:
     def num_models(self) -> int:
         return self.coeffs.shape[1]
 
-    def row_offsets(self, x: torch.Tensor) -> torch.Tensor:
-        """Offsets over the rows of ``x`` [..., K] (sample-major, batch-first)."""
+    def row_offsets(self, x: torch.Tensor, layer: str | None = None) -> torch.Tensor:
+        """Offsets over the rows of ``x`` [..., K] (sample-major, batch-first), for the
+        layer named ``layer`` (named in errors)."""
         if self.offsets is not None and x.dim() >= 3 and x.shape[0] != self.num_samples:
+            where = f"layer {layer!r}" if layer else "a layer"
             raise ValueError(
-                f"routing is for {self.num_samples} samples, but a layer's input has shape "
-                f"{tuple(x.shape)}: inputs must be batch-first [B, ...]"
+                f"routing is for {self.num_samples} samples, but the input of {where} has "
+                f"shape {tuple(x.shape)}: per-sample rows need every layer's input batch-first "
+                f"[B, ...] (a model that regroups samples, e.g. into windows, runs with one "
+                f"row [M] only)"
             )
-        return self.row_offsets_for(math.prod(x.shape[:-1]))
+        try:
+            return self.row_offsets_for(math.prod(x.shape[:-1]))
+        except ValueError as err:
+            raise ValueError(f"layer {layer!r}: {err}" if layer else str(err)) from None
 
     def row_offsets_for(self, num_rows: int) -> torch.Tensor:
         """Offsets over ``num_rows`` sample-major rows (a multiple of the sample count)."""
@@ -305,13 +312,23 @@ def current_routing() -> Routing | None:
     return stack[-1] if stack else None
 
 
+def check_not_tracing(who: str) -> None:
+    """Refuse ``torch.jit.trace``: grouping and the one-hot shortcut read coefficient values
+    on the host, which a trace would record as constants for every later call."""
+    if torch.jit.is_tracing():
+        raise RuntimeError(f"{who}: torch.jit.trace would bake in choices made from the "
+                           f"coefficient values (grouping, one-hot shortcut); run it eagerly, "
+                           f"or torch.compile the module under dawin_fast.route(...)")
+
+
 def require_routing(layer: str) -> Routing:
     """The active routing, or a clear error naming the layer that needed it."""
+    check_not_tracing(layer)
     routing = current_routing()
     if routing is None:
         raise RuntimeError(
             f"{layer} needs coefficients: call it inside "
-            "`with dawin_fast.nn.route(coeffs, offsets):` (DaWin models do this for you)"
+            "`with dawin_fast.route(coeffs, offsets):` (DaWin models do this for you)"
         )
     return routing
 

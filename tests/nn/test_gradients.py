@@ -124,7 +124,7 @@ def test_per_cluster_gradients_match_reference(backend, clip_models):
     dy = torch.randn(6, 16, generator=gen)
     device = backend_device(backend)
     t = table.to(device).requires_grad_(True)
-    (got,) = run_grad(backend, model, x, t, [t], dy, labels=labels.to(device))
+    (got,) = run_grad(backend, model, x, t, [t], dy, cluster_labels=labels.to(device))
 
     ref_table = table.double().requires_grad_(True)
     ref = reference_outputs(clip_models, x, ref_table[labels])

@@ -253,7 +253,7 @@ class DaWinCLIPVisionModel(nn.Module):
         rows, labels, _, _ = self.dawin.merge_rows(pixel_values)
         device = pixel_values.device
         _, out = self.encoder(pixel_values, rows.to(device),
-                              labels=None if labels is None else labels.to(device))
+                              cluster_labels=None if labels is None else labels.to(device))
         return out
 
 
