@@ -776,9 +776,10 @@ class HeadInfo:
     has_bias: bool
 
 
-def inspect_head(path: str) -> HeadInfo:
-    """A head's shape: a tensor [C, D] (zero-shot) or {"weight" [C, D], "bias" [C]}."""
-    obj = _head_object(path)
+def inspect_head(path: str, trust_pickles: bool = False) -> HeadInfo:
+    """A head's shape: a tensor [C, D] (zero-shot) or {"weight" [C, D], "bias" [C]} (a
+    pickled ``ClassificationHead`` too, behind ``trust_pickles``)."""
+    obj = _head_object(path, trust_pickles)
     if isinstance(obj, torch.Tensor):
         if obj.dim() != 2 or not obj.is_floating_point():
             raise CheckpointError(f"head {path}: expected a floating-point [C, D] tensor, got "
@@ -803,10 +804,10 @@ def inspect_head(path: str) -> HeadInfo:
                           f"[C, D] (and 'bias' [C])")
 
 
-def _head_object(path: str) -> object:
+def _head_object(path: str, trust_pickles: bool = False) -> object:
     """The head file's tensor or dict; a DDP-saved linear's 'module.weight' and
     'module.bias' (``WRAPPER_PREFIXES``) become 'weight' and 'bias'."""
-    obj = load_tensors(path, "head")
+    obj = load_tensors(path, "head", trust_pickles)
     return strip_wrappers(obj)[0] if isinstance(obj, Mapping) else obj
 
 
@@ -830,10 +831,10 @@ def check_heads(heads: Sequence[HeadInfo], arch: ArchInfo) -> int:
     return heads[0].shape[0]
 
 
-def load_head(path: str) -> torch.Tensor | nn.Linear:
+def load_head(path: str, trust_pickles: bool = False) -> torch.Tensor | nn.Linear:
     """A classification head: a tensor [C, D] (zero-shot) or {"weight", "bias"} (linear)."""
-    inspect_head(path)
-    obj = _head_object(path)
+    inspect_head(path, trust_pickles)
+    obj = _head_object(path, trust_pickles)
     if isinstance(obj, torch.Tensor):
         return obj.float()
     weight, bias = obj["weight"], obj.get("bias")
