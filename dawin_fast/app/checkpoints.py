@@ -493,9 +493,10 @@ def arch_quick_gelu(arch: str) -> bool:
     return bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
 
 
-def meta_model(arch: str, quick_gelu: bool | None = None) -> nn.Module:
-    """An open_clip CLIP of architecture ``arch`` on the meta device (no memory);
-    ``quick_gelu``: force the activation (None: the config's)."""
+def meta_model(arch: str, quick_gelu: bool | None = None, device: str = "meta") -> nn.Module:
+    """An open_clip CLIP of architecture ``arch`` on the meta device (no memory; ``device``
+    "cpu": randomly initialised, its non-persistent buffers, the text tower's causal mask,
+    computed); ``quick_gelu``: force the activation (None: the config's)."""
     import open_clip
 
     if arch not in open_clip.list_models():
@@ -504,8 +505,8 @@ def meta_model(arch: str, quick_gelu: bool | None = None) -> nn.Module:
     quiet = _DropRandomInitWarning()
     logging.getLogger().addFilter(quiet)
     try:
-        with torch.device("meta"):
-            model = open_clip.create_model(arch, pretrained=None, device="meta",
+        with torch.device(device):
+            model = open_clip.create_model(arch, pretrained=None, device=device,
                                            force_quick_gelu=bool(quick_gelu))
     except Exception as err:
         raise CheckpointError(f"architecture {arch!r}: open_clip cannot build it "
@@ -696,9 +697,9 @@ def load_checkpoint(spec: str, arch: ArchInfo, trust_pickles: bool = False,
             raise CheckpointError(f"checkpoint {spec}: '{shown}' contains NaN or infinity")
     model = None
     if with_clip:
-        model = meta_model(arch.name, arch.quick_gelu)
+        model = meta_model(arch.name, arch.quick_gelu, device="cpu")
         clip_state = {k: v.float() if v.is_floating_point() else v for k, v in clip_part.items()}
-        missing, unexpected = model.load_state_dict(clip_state, strict=False, assign=True)
+        missing, unexpected = model.load_state_dict(clip_state, strict=False)
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {spec}: its CLIP model does not match "
                                   f"{arch.name} ({'missing' if missing else 'unexpected'} key "

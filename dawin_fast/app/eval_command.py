@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from . import options
 from .checkpoints import (
     TRUST_FLAG,
     ArchInfo,
@@ -51,7 +52,6 @@ from .datasets import (
 )
 from .errors import UserError
 from .evaluate import EvalConfig, evaluate, format_paper_table, ood_average, paper_names
-from . import options
 from .options import DTYPES, default_device
 from .outputs import atomic_path, check_distinct, check_writable, write_text
 from .parallel import Session
