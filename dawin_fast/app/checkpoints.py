@@ -736,6 +736,25 @@ def load_visuals(arch: str, paths: Sequence[str], model_config: str | None = Non
     return [load_checkpoint(path, info, trust_pickles).visual for path in paths]
 
 
+def zero_shot_head_weights(clip: nn.Module, arch: str,
+                           class_names: Sequence[str] | None = None,
+                           templates: Sequence[str] | None = None,
+                           device: str = "cpu") -> torch.Tensor:
+    """A zero-shot head [C, D] from a CLIP model's text tower: logit scale times each
+    class's normalised mean text embedding over the templates (open_clip's
+    ``build_zero_shot_classifier``; D is the CLIP embedding size, 512 for ViT-B/32 and
+    ViT-B/16, 768 for ViT-L/14). Defaults: open_clip's ImageNet class names and OpenAI's
+    80 ImageNet templates; a template is a string with ``{}`` for the class name."""
+    import open_clip
+
+    names = list(class_names or open_clip.IMAGENET_CLASSNAMES)
+    prompts = list(templates or open_clip.OPENAI_IMAGENET_TEMPLATES)
+    model = clip.to(device).eval()
+    weights = open_clip.build_zero_shot_classifier(
+        model, open_clip.get_tokenizer(arch), names, prompts, device=device)  # [D, C]
+    return (model.logit_scale.exp() * weights.t()).float().cpu()
+
+
 # --------------------------------------------------------------- task-vectors checkpoints
 
 

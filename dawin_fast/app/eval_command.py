@@ -41,6 +41,7 @@ from .checkpoints import (
     load_tensors,
     register_model_config,
     resolve_activation,
+    zero_shot_head_weights,
 )
 from .datasets import (
     DataInfo,
@@ -362,15 +363,8 @@ def zero_shot_head(plan: EvalPlan, info: CheckpointInfo, clip: torch.nn.Module, 
             if plan.cache_dir else None)
     if path and os.path.isfile(path):
         return load_tensors(path, "cached head").float()
-    import open_clip
-
-    names = plan.class_names or _imagenet_class_names()
-    templates = plan.templates or tuple(open_clip.OPENAI_IMAGENET_TEMPLATES)
-    tokenizer = open_clip.get_tokenizer(plan.arch.name)
-    model = clip.to(device)
-    weights = open_clip.build_zero_shot_classifier(model, tokenizer, names, templates,
-                                                   device=device)  # [D, C], normalised
-    head = (model.logit_scale.exp() * weights.t()).float().cpu()
+    head = zero_shot_head_weights(clip, plan.arch.name, plan.class_names, plan.templates,
+                                  device)
     if path:
         from .. import distributed
 
