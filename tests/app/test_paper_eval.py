@@ -146,7 +146,7 @@ def reference(name, path, models) -> dict[str, list[int]]:
     wise = _project(interpolate_model(full, [0.5, 0.5])(x), groups).argmax(-1)
     return {"labels": [y for _, y in samples], "model 0": logits[0].argmax(-1).tolist(),
             "model 1": logits[1].argmax(-1).tolist(), "WiSE-FT (λ=0.5)": wise.tolist(),
-            "DaWin per-sample": per_sample}
+            "DaWin per-sample": per_sample, "lambda": lam.tolist()}
 
 
 # ------------------------------------------------------------------------------ tests
@@ -178,6 +178,9 @@ def test_six_datasets_match_the_independent_protocol(tree, first_run):
         assert per_sample["labels"] == expected["labels"], name
         for method in ("model 0", "model 1", "WiSE-FT (λ=0.5)", "DaWin per-sample"):
             assert per_sample["predictions"][method] == expected[method], (name, method)
+        # λ from the entropies of the projected logits
+        lam = [row[1] for row in per_sample["coefficients"]]
+        assert lam == pytest.approx(expected["lambda"], abs=1e-5), name
         n = len(expected["labels"])
         correct = sum(p == y for p, y in zip(expected["DaWin per-sample"], expected["labels"],
                                              strict=True))
