@@ -319,7 +319,7 @@ def _cached_expert_logits(paths: Sequence[str], info: DataInfo, batch_size: int
         raise CheckpointError(f"cached logits {paths[0]}: {logits.shape[1]} images, the "
                               f"dataset {info.size}; remove the cache directory")
     rows = distributed.shard_range(info.size, batch_size)
-    return [logits[:, b:min(b + batch_size, rows.stop)].float().contiguous()
+    return [logits[:, b:min(b + batch_size, rows.stop)].contiguous()  # dtype as computed
             for b in range(rows.start, rows.stop, batch_size)]
 
 
@@ -413,7 +413,7 @@ def _evaluate_dataset(plan: EvalPlan, info: DataInfo, classifier, run: Session,
     cached = _cached_expert_logits(paths, info, batch) if paths else None
     results = evaluate(model, _OnDevice(loader, run.device, DTYPES[plan.dtype]), plan.config,
                        progress=progress, source=f"dataset {info.path}", label=info.name,
-                       expert_logits=cached)
+                       expert_logits=cached, keep_expert_logits=bool(paths))
     if paths and cached is None:
         classes = len(info.class_groups) if info.class_groups else plan.num_classes
         _store_expert_logits(paths, results["_expert_logits"], classes)
@@ -435,7 +435,8 @@ def run_eval(plan: EvalPlan, run: Session | None = None, progress: bool = False)
     raw, details, accuracies = {}, {}, {}
     for info in plan.datasets:
         results = _evaluate_dataset(plan, info, classifier, run, progress)
-        raw[info.name] = {k: v for k, v in results.items() if k != "_expert_logits"}
+        results.pop("_expert_logits", None)
+        raw[info.name] = results
         accuracies[info.name] = {paper: results[name]["accuracy"] for name, paper in rows.items()}
         details[info.name] = {
             "path": info.path, "layout": info.layout, "n": info.size,

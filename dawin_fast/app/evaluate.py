@@ -108,13 +108,15 @@ def method_names(num_models: int, wise_lambda: float = 0.5,
 def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              config: EvalConfig = EvalConfig(), progress: bool = False,
              source: str = "the data", label: str = "",
-             expert_logits: list[torch.Tensor] | None = None) -> dict:
+             expert_logits: list[torch.Tensor] | None = None,
+             keep_expert_logits: bool = False) -> dict:
     """Accuracy and throughput of every method; see the module docstring.
 
     ``progress``: tqdm bars over both passes (on stderr), their names prefixed with
     ``label``. ``source``: how errors about the data name it (e.g. "dataset PATH").
     ``expert_logits``: per batch of ``batches``, the experts' logits [M, B, C] (on the
-    CPU) from an earlier run; the report's ``_expert_logits`` holds them either way.
+    CPU) from an earlier run. ``keep_expert_logits``: the report's ``_expert_logits``
+    holds them (to cache them).
     """
     if iter(batches) is batches:  # a one-shot iterator: keep it for the second pass
         batches = list(batches)
@@ -156,7 +158,8 @@ def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, tor
     meters["DaWin mixture"].seconds += fit_seconds
 
     report = _gathered(meters, coefficients, cluster_labels, truth, m)
-    report["_expert_logits"] = expert_all
+    if keep_expert_logits:
+        report["_expert_logits"] = expert_all
     report["_expert_pass_cached"] = expert_logits is not None
     report["_mixture_per_sample_batches"] = sum(distributed.gather_objects(fallback_batches))
     if mixture.mixture is not None:
