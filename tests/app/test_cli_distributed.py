@@ -214,7 +214,8 @@ def run_eval(plan, run, progress=False):
     with distributed.shared_errors():  # a timeout is not shared (that would wait again)
         distributed.gather_objects(run.rank)  # collective 2: rank 1 never comes
 
-eval_command.prepare_eval = lambda args, progress=iter: types.SimpleNamespace(device="cpu")
+PLAN = types.SimpleNamespace(device="cpu", notes=())
+eval_command.prepare_eval = lambda args, progress=iter: PLAN
 eval_command.run_eval = run_eval
 sys.exit(cli.main(["eval", "--arch", "a", "--checkpoints", "a", "b", "--heads", "a", "b",
                    "--data", "d", "--dist-timeout", "3"]))
