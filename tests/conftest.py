@@ -5,6 +5,7 @@ dawin_fast), so it is set here, before any test module imports the package.
 """
 
 import os
+import tempfile
 
 import torch
 
@@ -65,3 +66,13 @@ def no_work(monkeypatch):
     monkeypatch.setattr("dawin_fast.app.demo.load_digits_data", forbidden)
     monkeypatch.setattr("dawin_fast.bench.layers.run", forbidden)
     monkeypatch.setattr("dawin_fast.bench.e2e.run", forbidden)
+
+
+# Module-scoped fixtures run before the per-test cache below: never the user's cache.
+os.environ["DAWIN_FAST_CACHE"] = tempfile.mkdtemp(prefix="dawin-fast-test-cache-")
+
+
+@pytest.fixture(autouse=True)
+def _eval_cache(tmp_path_factory, monkeypatch):
+    """Each test its own ``dawin-fast eval`` cache (``DAWIN_FAST_CACHE``), never the user's."""
+    monkeypatch.setenv("DAWIN_FAST_CACHE", str(tmp_path_factory.mktemp("cache")))

@@ -105,21 +105,50 @@ def build_parser() -> argparse.ArgumentParser:
                       help="save the accuracy and coefficient plots (.png, .pdf, .svg, ...)")
     demo.add_argument("--output", metavar="JSON", help="also write the report as JSON")
 
-    ev = command("eval", "DaWin on your own open_clip checkpoints and dataset")
+    ev = command("eval", "DaWin on your own open_clip checkpoints and datasets (the paper's "
+                         "robust fine-tuning table)")
     ev.add_argument("--arch", required=True,
-                    help="open_clip architecture of the checkpoints, e.g. ViT-B-32")
+                    help="open_clip architecture of the checkpoints, e.g. ViT-B-32 (OpenAI's "
+                         "weights are QuickGELU: ViT-B-32-quickgelu; a mismatch the "
+                         "checkpoints show is corrected with a note)")
     ev.add_argument("--model-config", metavar="JSON",
                     help="an open_clip model config file for a custom architecture "
                          "(its file name, without .json, is the --arch name)")
-    ev.add_argument("--checkpoints", nargs="+", required=True, metavar="PATH",
-                    help="M >= 2 state dicts (.pt weights-only or .safetensors), model 0 "
-                         "first (e.g. zero-shot, then fine-tuned); full CLIP or visual only")
-    ev.add_argument("--heads", nargs="+", required=True, metavar="PATH",
+    ev.add_argument("--checkpoints", nargs="+", required=True, metavar="CKPT",
+                    help="M >= 2 checkpoints, model 0 first (zero-shot, then fine-tuned): "
+                         "open_clip pretrained names (openai, laion2b_s34b_b79k, ...), "
+                         "open_clip or OpenAI CLIP state dicts (full or visual only), "
+                         "model-soups, wise-ft or task-vectors checkpoints (.pt or "
+                         ".safetensors)")
+    ev.add_argument("--trust-pickles", action="store_true",
+                    help="read pickled models (torch.save(model), e.g. wise-ft's "
+                         "ImageClassifier) without their code: only for files you trust, as "
+                         "unpickling can run code")
+    ev.add_argument("--heads", nargs="+", metavar="PATH",
                     help="M heads, one per checkpoint: a [C, D] tensor (zero-shot, logit "
-                         "scale folded in) or a {'weight', 'bias'} linear head")
-    ev.add_argument("--data", required=True, metavar="PATH",
-                    help="an ImageFolder directory (C class folders), or a .pt file "
-                         "{'images': [N, 3, H, W] normalised floats, 'labels': [N]}")
+                         "scale folded in) or a {'weight', 'bias'} linear head (default: the "
+                         "checkpoint's own classification head, else a zero-shot head from "
+                         "its text tower)")
+    ev.add_argument("--class-names", metavar="TXT",
+                    help="zero-shot heads: one class name per line (default: open_clip's "
+                         "ImageNet class names)")
+    ev.add_argument("--templates", metavar="TXT",
+                    help="zero-shot heads: one prompt per line with {} for the class name "
+                         "(default: OpenAI's 80 ImageNet templates)")
+    ev.add_argument("--data", required=True, action="append", type=options.data_spec,
+                    metavar="NAME=PATH",
+                    help="a dataset, repeated; the first is the in-distribution one. NAME "
+                         "imagenet, imagenet-v2, imagenet-r, imagenet-a, imagenet-sketch or "
+                         "objectnet reads the official download's layout and classes; any "
+                         "other NAME (or a bare PATH) is an ImageFolder directory or a .pt "
+                         "file {'images': [N, 3, H, W] normalised floats, 'labels': [N]}")
+    ev.add_argument("--seed", type=options.seed, default=0, help="seed of the mixture fits")
+    ev.add_argument("--cache-dir", metavar="DIR",
+                    help=f"where zero-shot heads and each model's logits on each dataset are "
+                         f"cached, keyed by file contents (default: ${options.CACHE_ENV}, "
+                         f"else ~/.cache/dawin_fast)")
+    ev.add_argument("--no-cache", action="store_true",
+                    help="neither read nor write the cache")
     ev.add_argument("--clusters", type=options.positive_int, default=3, metavar="K",
                     help="components of the mixture (fewer than the images it is fitted on)")
     ev.add_argument("--temperatures", type=options.temperatures, metavar="T0,T1,...",
@@ -231,6 +260,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     show = _progress() and is_main()
     plan = prepare_eval(args, progress_bar("checking images") if show else iter)
+    if is_main():
+        for note in plan.notes:
+            print(note)
     # under torchrun: this rank's device, a process group
     with session(plan.device, args.dist_timeout) as run:
         report = run_eval(plan, run, progress=show)

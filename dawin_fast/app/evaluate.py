@@ -3,17 +3,20 @@
 ``evaluate(classifier, batches, config)`` makes two passes over ``batches`` (any
 re-iterable of ``(images, labels)``: a list, a DataLoader):
 
-1. the expert pass: every model's logits on every image (one fused forward per batch);
-   from them, calibrated mode fits the mixture (and the offset statistics) on the whole
-   set, as the paper does for an evaluation set;
-2. per batch: each model alone, WiSE-FT, the dynamic output ensemble and classifier
-   selection (from the expert logits), DaWin per-sample and DaWin mixture.
+1. the expert pass: every model's logits on every image (one fused forward per batch),
+   which score each model alone; from them, calibrated mode fits the mixture (and the
+   offset statistics) on the whole set, as the paper does for an evaluation set. Given
+   ``expert_logits`` (a cache of an earlier run's), this pass does not run;
+2. per batch: WiSE-FT, the dynamic output ensemble and classifier selection (from the
+   expert logits), DaWin per-sample and DaWin mixture.
 
 In per-batch mode a batch of at most K images (the last one, say) runs per-sample, which is
 exact DaWin; the report counts such batches (``_mixture_per_sample_batches``).
 
 Each method's time counts what it needs: its own forward, plus the expert pass for the
-methods built on the experts' logits, plus the mixture fit for the mixture.
+methods built on the experts' logits, plus the mixture fit for the mixture. Each model
+alone is timed as the expert pass (all M models in one fused forward); a cached expert
+pass counts 0 s.
 
 Under a process group (``torchrun``), ``batches`` are this rank's shard (whole global
 batches, ``dawin_fast.distributed.shard``): the mixture is fitted once on every rank's
@@ -104,11 +107,16 @@ def method_names(num_models: int, wise_lambda: float = 0.5,
 @torch.no_grad()
 def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              config: EvalConfig = EvalConfig(), progress: bool = False,
-             source: str = "the data") -> dict:
+             source: str = "the data", label: str = "",
+             expert_logits: list[torch.Tensor] | None = None,
+             keep_expert_logits: bool = False) -> dict:
     """Accuracy and throughput of every method; see the module docstring.
 
-    ``progress``: tqdm bars over both passes (on stderr). ``source``: how errors about
-    the data name it (e.g. "dataset PATH").
+    ``progress``: tqdm bars over both passes (on stderr), their names prefixed with
+    ``label``. ``source``: how errors about the data name it (e.g. "dataset PATH").
+    ``expert_logits``: per batch of ``batches``, the experts' logits [M, B, C] (on the
+    CPU) from an earlier run. ``keep_expert_logits``: the report's ``_expert_logits``
+    holds them (to cache them).
     """
     if iter(batches) is batches:  # a one-shot iterator: keep it for the second pass
         batches = list(batches)
@@ -123,15 +131,19 @@ def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, tor
     meters = {name: _Meter() for name in names}
 
     def bar(iterable, desc):
+        desc = f"{label}: {desc}" if label else desc
         return tqdm(iterable, desc=desc, leave=False, disable=not progress)
 
     expert_all, expert_seconds = [], []
-    with distributed.shared_errors():  # a failure on any rank stops every rank here
-        for b, (images, _) in enumerate(bar(batches, "expert pass")):
-            expert, seconds = _timed(per_sample.expert_logits, images)
-            _check_finite(expert, images, b, source)
-            expert_all.append(expert.cpu())
-            expert_seconds.append(seconds)
+    if expert_logits is not None:
+        expert_all, expert_seconds = list(expert_logits), [0.0] * len(expert_logits)
+    else:
+        with distributed.shared_errors():  # a failure on any rank stops every rank here
+            for b, (images, _) in enumerate(bar(batches, "expert pass")):
+                expert, seconds = _timed(per_sample.expert_logits, images)
+                _check_finite(expert, images, b, source)
+                expert_all.append(expert.cpu())
+                expert_seconds.append(seconds)
     if sum(distributed.gather_objects(len(expert_all))) == 0:
         raise ValueError("evaluate: the dataset is empty")
     fit_seconds = 0.0
@@ -146,6 +158,9 @@ def evaluate(classifier: GroupedModel, batches: Iterable[tuple[torch.Tensor, tor
     meters["DaWin mixture"].seconds += fit_seconds
 
     report = _gathered(meters, coefficients, cluster_labels, truth, m)
+    if keep_expert_logits:
+        report["_expert_logits"] = expert_all
+    report["_expert_pass_cached"] = expert_logits is not None
     report["_mixture_per_sample_batches"] = sum(distributed.gather_objects(fallback_batches))
     if mixture.mixture is not None:
         report["_mixture"] = {"means": mixture.mixture.means_.tolist(),
@@ -167,10 +182,11 @@ def _merged_passes(classifier, batches, expert_all, expert_seconds, config, per_
         truth.append(labels.cpu().long())
         expert = expert_all[b].to(images.device)
         t_expert = expert_seconds[b]
-        for i in range(m):
-            row = torch.eye(m)[i]
-            out, s = _timed(classifier, images, row)
-            meters[names[i]].add(out, labels, s)
+        if expert.shape[1] != images.shape[0]:
+            raise ValueError(f"evaluate: expert logits of batch {b} hold {expert.shape[1]} "
+                             f"images, the batch {images.shape[0]}")
+        for i in range(m):  # each model alone is its expert pass
+            meters[names[i]].add(expert[i], labels, t_expert)
         static = ([1 - config.wise_lambda, config.wise_lambda] if m == 2 else [1.0 / m] * m)
         out, s = _timed(classifier, images, torch.tensor(static))
         meters[names[m]].add(out, labels, s)
@@ -245,4 +261,42 @@ def format_table(sets: dict[str, dict], model_names: tuple[str, ...] | None = No
         count = sum(sets[s][method]["n"] for s in set_names)
         speed = f"{images_per_second(count, seconds):>12}"
         lines.append(f"{labels[method]:<{width}}{accs}{speed}")
+    return "\n".join(lines)
+
+
+def paper_names(num_models: int, wise_lambda: float = 0.5) -> dict[str, str]:
+    """The rows of the paper's table: internal method name -> its name there (two models:
+    model 0 is the zero-shot model, model 1 the fine-tuned one). Classifier selection is
+    left out (the paper's table does not show it; the full report keeps it)."""
+    rows = ({"model 0": "zero-shot", "model 1": "fine-tuned",
+             f"WiSE-FT (λ={wise_lambda:g})": f"WiSE-FT (λ={wise_lambda:g})",
+             "output ensemble": "output ensemble"} if num_models == 2
+            else {**{f"model {i}": f"model {i}" for i in range(num_models)},
+                  "weight average": "weight average"})
+    return {**rows, "DaWin per-sample": "DaWin (no mixture)", "DaWin mixture": "DaWin"}
+
+
+def ood_average(accuracies: dict[str, dict[str, float]]) -> dict[str, float] | None:
+    """Per method, the mean accuracy over every dataset but the first (the in-distribution
+    one); None with a single dataset."""
+    names = list(accuracies)[1:]
+    if not names:
+        return None
+    methods = accuracies[names[0]]
+    return {m: sum(accuracies[n][m] for n in names) / len(names) for m in methods}
+
+
+def format_paper_table(accuracies: dict[str, dict[str, float]],
+                       average: dict[str, float] | None) -> str:
+    """The paper's table: a row per method, a column per dataset (the first is the
+    in-distribution one), then the OOD average; accuracies in %."""
+    columns = {**accuracies, **({"OOD avg": average} if average is not None else {})}
+    methods = list(next(iter(accuracies.values())))
+    width = max(len(m) for m in methods) + 2
+    cells = {name: max(len(name), 6) + 2 for name in columns}
+    header = f"{'method':<{width}}" + "".join(f"{n:>{cells[n]}}" for n in columns)
+    lines = [header, "-" * len(header)]
+    for method in methods:
+        lines.append(f"{method:<{width}}" + "".join(
+            f"{100 * column[method]:>{cells[n]}.2f}" for n, column in columns.items()))
     return "\n".join(lines)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 
 import torch
 
@@ -122,3 +124,26 @@ def device(value: str) -> str:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+CACHE_ENV = "DAWIN_FAST_CACHE"
+
+
+def default_cache_dir() -> str:
+    """``$DAWIN_FAST_CACHE``, else ``$XDG_CACHE_HOME/dawin_fast`` (``~/.cache/dawin_fast``)."""
+    if os.environ.get(CACHE_ENV):
+        return os.environ[CACHE_ENV]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dawin_fast")
+
+
+def data_spec(value: str):
+    """"NAME=PATH" (NAME: a word, e.g. imagenet-r), or a bare PATH named by its last part."""
+    from .datasets import DataSpec
+
+    name, sep, path = value.partition("=")
+    if sep and re.fullmatch(r"[\w.+-]+", name):
+        if not path:
+            raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {value!r}")
+        return DataSpec(name, path)
+    return DataSpec(os.path.basename(os.path.normpath(value)) or value, value)

@@ -45,15 +45,16 @@ def test_eval_writes_a_report(files, data, tmp_path, capsys):
     assert main(argv) == 0
     report = json.loads(report_path.read_text())
     n = 9 if data == "images" else 10
-    assert report["n"] == n and report["classes"] == 3
-    methods = report["methods"]
+    (name, detail), = report["results"].items()
+    assert name == data and detail["n"] == n and detail["classes"] == 3
+    methods = detail["methods"]
     assert set(methods) == {"model 0", "model 1", "WiSE-FT (λ=0.5)", "output ensemble",
                             "classifier selection", "DaWin per-sample", "DaWin mixture"}
     for result in methods.values():
         assert result["n"] == n and 0 <= result["correct"] <= n
         assert result["accuracy"] == pytest.approx(result["correct"] / n)
     captured = capsys.readouterr()
-    assert "DaWin mixture" in captured.out and f"wrote {report_path}" in captured.out
+    assert "DaWin (no mixture)" in captured.out and f"wrote {report_path}" in captured.out
     assert captured.err == ""
     assert sorted(os.listdir(tmp_path)) == ["report.json"]  # no temporary file left
 
@@ -64,11 +65,11 @@ def test_eval_per_batch_and_offset_options(files, tmp_path, capsys):
              "--wise-lambda", "0.3"]
     assert main(argv) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert "WiSE-FT (λ=0.3)" in report["methods"]
+    assert "WiSE-FT (λ=0.3)" in report["results"]["data.pt"]["methods"]
     assert report["config"]["calibrated"] is False
     # 10 images in batches of 4: the last batch (2 images, K = 2) runs per-sample, said so.
-    assert report["mixture_per_sample_batches"] == 1
-    assert "1 batch(es) held no more images than --clusters 2" in capsys.readouterr().out
+    assert report["results"]["data.pt"]["mixture_per_sample_batches"] == 1
+    assert "data.pt: 1 batch(es) held no more images than --clusters 2" in capsys.readouterr().out
 
 
 def test_eval_says_when_it_replaces_the_report(files, tmp_path, capsys):
@@ -78,7 +79,7 @@ def test_eval_says_when_it_replaces_the_report(files, tmp_path, capsys):
     argv = eval_args(files, **{"--data": str(files / "data.pt"), "--output": str(report)})
     assert main(argv) == 0
     assert f"replaced {report}" in capsys.readouterr().out
-    assert json.loads(report.read_text())["n"] == 10
+    assert json.loads(report.read_text())["results"]["data.pt"]["n"] == 10
     assert "(default: dawin_report.json)" in _help("eval")
 
 

@@ -109,7 +109,27 @@ def llama_lms() -> dict:
                 tokenizer=TinyTokenizer())
 
 
+def robust_ft_checkpoints() -> dict:
+    """reproduce-the-paper: a tiny CLIP (QuickGELU) saved as an open_clip state dict
+    (zero-shot) and as a model-soups checkpoint with a 3-class head (fine-tuned), its class
+    names and one template, 4 images."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.app.paper_files import make_models
+
+    root = Path(tempfile.mkdtemp(prefix="dawin-docs-"))
+    models = make_models(root)
+    soup = torch.load(root / "ft_soup.pt", weights_only=True)
+    soup["classification_head.weight"] = models["ft_head"]["weight"][:3].clone()
+    soup["classification_head.bias"] = models["ft_head"]["bias"][:3].clone()
+    torch.save(soup, root / "ft_soup.pt")
+    return dict(arch_name="tiny-clip", zs_path=str(root / "zs.pt"),
+                ft_path=str(root / "ft_soup.pt"), class_names=["cat", "dog", "eel"],
+                templates=["a photo of a {}."], images=torch.randn(4, 3, 16, 16))
+
+
 SETUPS: dict[str, Callable[[], dict]] = {
     f.__name__: f for f in (linears, vit_inputs, experts, op_arguments, foreign_rows, shard,
-                            task_vectors_clip, llama_lms)
+                            task_vectors_clip, llama_lms, robust_ft_checkpoints)
 }
