@@ -46,7 +46,7 @@ KINDS = ["tensors", "(images, labels) DataLoader", "tuples", "dicts", "pixel_val
 def test_calibrate_accepts_common_batch_shapes(classifier, kind):
     reference = DaWin(classifier, n_clusters=2).calibrate(_batches("tensors"))
     dawin = DaWin(classifier, n_clusters=2).calibrate(_batches(kind))
-    assert dawin.mixture.means_.tolist() == reference.mixture.means_.tolist()
+    assert dawin.mixtures[None].means_.tolist() == reference.mixtures[None].means_.tolist()
     torch.testing.assert_close(dawin.predict(IMAGES[:5]), reference.predict(IMAGES[:5]))
 
 
@@ -68,7 +68,7 @@ def test_multitask_calibrate_accepts_loader_batches():
     reference = DaWinMultiTask(encoder, heads, n_clusters=2).calibrate(_batches("tensors"))
     dawin = DaWinMultiTask(encoder, heads, n_clusters=2).calibrate(
         _batches("(images, labels) DataLoader"))
-    assert dawin.mixture.means_.tolist() == reference.mixture.means_.tolist()
+    assert dawin.mixtures[None].means_.tolist() == reference.mixtures[None].means_.tolist()
 
 
 def test_predict_names_a_non_tensor_batch(classifier):
