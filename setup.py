@@ -23,7 +23,7 @@ setup(
         # editable install maps the namespace to that folder.
         "hydra_plugins", "hydra_plugins.dawin_fast",
     ],
-    # The FusionBench configs (method/dawin_fast/*.yaml, modelpool/dawin_fast/*.yaml).
+    # The FusionBench configs (method/, modelpool/ and taskpool/dawin_fast/*.yaml).
     package_data={"dawin_fast.integrations.fusion_bench": ["config/*/*/*.yaml"]},
     package_dir={"dawin_fast": "dawin_fast", "dawin_fast.kernels": "kernels",
                  "hydra_plugins": "dawin_fast/integrations/fusion_bench/hydra_plugins"},

@@ -64,10 +64,11 @@ from .ops import (
     use_backend,
     use_strategy,
 )
-from .pipeline import DaWin, DaWinMultiTask, DaWinOutput, task_vectors
+from .pipeline import MULTITASK_PROTOCOLS, DaWin, DaWinMultiTask, DaWinOutput, task_vectors
 from .pipeline_lm import DaWinLM, DaWinLMOutput
 
 __all__ = [
+    "MULTITASK_PROTOCOLS",
     "TEMPERATURES",
     "BetaMixture",
     "DaWin",

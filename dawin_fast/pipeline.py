@@ -20,7 +20,9 @@ Two weight layouts:
   rows p = softmax_i(-H_i) (for M=2, [1-λ, λ] with λ = e^{-H_1}/(e^{-H_0}+e^{-H_1})); Beta
   mixture on λ for M=2, Dirichlet mixture on p for M>2.
 * ``DaWinMultiTask``: task arithmetic, weights stacked as [θ_pre, τ_1, ..., τ_T] (see
-  ``task_vectors``); rows [1, s·p_1, ..., s·p_T]; each task keeps its own head.
+  ``task_vectors``); rows [1, s·p_1, ..., s·p_T]; heads are not interpolated. On a batch
+  or dataset of a known task d, every task model is scored through head d (the paper's
+  protocol); on inputs of unknown task, task model t through head t (``MULTITASK_PROTOCOLS``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ class DaWinOutput:
     coefficients: torch.Tensor  #: [B, M] per-sample rows from the experts
     applied: torch.Tensor  #: [B, M] rows actually used (cluster means in mixture mode)
     labels: torch.Tensor | None  #: [B] cluster of each sample (mixture mode), else None
-    expert_logits: torch.Tensor  #: [M, B, C] each expert's logits (task: [T] list)
+    #: [M, B, C] each expert's logits (DaWinMultiTask: [T, B, C] through the evaluated
+    #: task's head, or T tensors [B, C_t] through their own heads)
+    expert_logits: torch.Tensor | list[torch.Tensor]
 
 
 def uncertainty(logits: torch.Tensor, expertise: str, temperature: float) -> torch.Tensor:
@@ -154,7 +158,6 @@ class _Base:
         self.n_clusters = n_clusters
         self.expertise = expertise
         self.seed = seed
-        self.mixture = None  # fitted by calibrate()
 
     def _uncertainties(self, expert_logits: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.stack([uncertainty(z.float(), self.expertise, t)
@@ -193,9 +196,10 @@ class _Base:
         means = torch.as_tensor(mixture.means_, dtype=torch.float32)
         return two_model_rows(means) if self._mixture_on_lambda else means
 
-    def _cluster(self, weights: torch.Tensor):
-        """(labels [B], component weights [G, ·]) for the mixture mode, or None."""
-        mixture = self.mixture
+    def _cluster(self, weights: torch.Tensor, mixture):
+        """(labels [B], component weights [G, ·]) for the mixture mode, or None.
+
+        ``mixture``: the one fitted by calibrate, or None to fit one on these weights."""
         if mixture is None:
             if weights.shape[0] <= self.n_clusters:
                 return None  # no fewer clusters than samples: per-sample is exact DaWin
@@ -240,6 +244,7 @@ class DaWin(_Base):
         self.num_models = model.num_models
         self.offset_adjustment = offset_adjustment
         self.offset = None  # (b, w) fitted by calibrate()
+        self.mixture = None  # fitted by calibrate()
         self._mixture_on_lambda = self.num_models == 2
         self._static = None if isinstance(mode, str) else self._static_row(mode)
 
@@ -336,7 +341,7 @@ class DaWin(_Base):
         rows = self.weights(expert)
         if self._static is not None:
             return self._static.reshape(1, -1), None, rows, expert
-        clustered = self._cluster(rows) if self.mode == "mixture" else None
+        clustered = self._cluster(rows, self.mixture) if self.mode == "mixture" else None
         if clustered is None:
             return rows, None, rows, expert
         labels, table = clustered
@@ -391,23 +396,49 @@ def task_vectors(pretrained: nn.Module, finetuned: Sequence[nn.Module]) -> list[
     return out
 
 
+#: How ``DaWinMultiTask`` scores its T task models θ_pre + τ_t on a sample (both give
+#: p = softmax_t(-H_t)):
+#:
+#: * ``"evaluated_task_head"``: every task model through the head of the task being
+#:   evaluated, so that the T entropies are over the same classes (the paper's protocol,
+#:   for test sets of a known task);
+#: * ``"own_head"``: task model t through task t's head, for inputs of unknown task (the
+#:   entropies are then over different class sets, and log C_t alone favours tasks with
+#:   few classes).
+MULTITASK_PROTOCOLS = ("evaluated_task_head", "own_head")
+
+Head = torch.Tensor | nn.Module
+
+
 class DaWinMultiTask(_Base):
     """Multi-task DaWin by task arithmetic: θ(x) = θ_pre + s Σ_t p_t(x) τ_t.
 
     Args:
         encoder: an interpolating encoder over [θ_pre, τ_1, ..., τ_T] (build it from
             ``task_vectors(pretrained, finetuned)``), returning features.
-        heads: T task heads (``nn.Linear`` or [C_t, D] tensors), not interpolated: task t's
-            expert pass and the evaluation on task t use head t.
-        normalize: L2-normalise features before the heads (CLIP zero-shot heads).
+        heads: T task heads, not interpolated: ``nn.Linear`` or [C_t, D] tensors (applied
+            to the features, L2-normalised first when ``normalize``), or other modules
+            mapping the features to logits (applied as they are, e.g. a projection, the
+            normalisation and a zero-shot head). ``predict(images, task=d)`` returns head
+            d's logits.
+        protocol: how the task models are scored (see ``MULTITASK_PROTOCOLS``). None (default): the
+            evaluated task's head wherever the task is given (``predict``,
+            ``calibrate(batches, task=d)``), each model's own head where it is not. A
+            protocol named here applies everywhere (``"evaluated_task_head"`` then needs
+            the task).
+        normalize: L2-normalise features before tensor and ``nn.Linear`` heads (CLIP
+            zero-shot heads).
         scale: s (default 0.3·T). Other arguments as in ``DaWin``; the mixture is a
-            Dirichlet mixture on p.
+            Dirichlet mixture on p, fitted per dataset by ``calibrate(batches, task=d)``
+            (or on each batch without calibration); every sample of a cluster gets the
+            component mean.
     """
 
-    def __init__(self, encoder: GroupedModel, heads: Sequence[torch.Tensor | nn.Linear],
+    def __init__(self, encoder: GroupedModel, heads: Sequence[Head],
                  temperatures: Sequence[float] | None = None, mode: str = "mixture",
                  n_clusters: int = 3, scale: float | None = None, normalize: bool = True,
-                 expertise: str = "entropy", seed: int = 0) -> None:
+                 expertise: str = "entropy", seed: int = 0, protocol: str | None = None
+                 ) -> None:
         heads = list(heads)
         if encoder.num_models != len(heads) + 1:
             raise ValueError(f"DaWinMultiTask: an encoder of {encoder.num_models} stacked "
@@ -418,28 +449,54 @@ class DaWinMultiTask(_Base):
             raise ValueError(f"DaWinMultiTask: temperatures={temperatures!r} names the "
                              f"authors' (zero-shot, fine-tuned) pair, which is DaWin's; give "
                              f"{len(heads)} numbers, one per task")
+        if protocol is not None and protocol not in MULTITASK_PROTOCOLS:
+            raise ValueError(f"DaWinMultiTask: protocol must be one of "
+                             f"{MULTITASK_PROTOCOLS} or None (the evaluated task's head "
+                             f"where the task is given), got {protocol!r}")
         super().__init__(len(heads), temperatures, mode, n_clusters, expertise, seed)
         self.encoder = encoder
-        self.heads = [h.weight if isinstance(h, nn.Linear) else h for h in heads]
-        self.biases = [h.bias if isinstance(h, nn.Linear) else None for h in heads]
+        self.heads = [_check_head(h, f"heads[{i}]") for i, h in enumerate(heads)]
         self.normalize = normalize
         self.num_tasks = len(heads)
         self.scale = 0.3 * self.num_tasks if scale is None else float(scale)
+        self.protocol = protocol
+        #: Mixtures fitted by ``calibrate``, by the task of their dataset (None: unknown).
+        self.mixtures: dict[int | None, DirichletMixture] = {}
         self._mixture_on_lambda = False
 
-    def _head(self, features: torch.Tensor, task: int) -> torch.Tensor:
+    def _check_task(self, task) -> None:
+        if isinstance(task, bool) or not isinstance(task, (int, np.integer)) \
+                or not 0 <= task < self.num_tasks:
+            raise ValueError(f"task must be in [0, {self.num_tasks}), got {task!r}")
+
+    def protocol_for(self, task: int | None) -> str:
+        """The protocol scoring the task models on inputs of ``task`` (None: unknown)."""
+        if task is not None:
+            self._check_task(task)
+        if self.protocol is None:
+            return "own_head" if task is None else "evaluated_task_head"
+        if self.protocol == "evaluated_task_head" and task is None:
+            raise ValueError("DaWinMultiTask: protocol 'evaluated_task_head' scores every "
+                             "task model through the evaluated task's head; give the task "
+                             "(task=...)")
+        return self.protocol
+
+    def _logits(self, features: torch.Tensor, head: Head) -> torch.Tensor:
+        if isinstance(head, nn.Module) and not isinstance(head, nn.Linear):
+            return head(features)
         if self.normalize:
             features = F.normalize(features, dim=-1)
-        weight = self.heads[task]
-        return F.linear(features.to(weight.dtype), weight, self.biases[task])
+        if isinstance(head, nn.Linear):
+            return F.linear(features.to(head.weight.dtype), head.weight, head.bias)
+        return F.linear(features.to(head.dtype), head)
 
     def _rows(self, p: torch.Tensor) -> torch.Tensor:
         ones = torch.ones(p.shape[0], 1, dtype=p.dtype, device=p.device)
         return torch.cat([ones, self.scale * p], dim=1)
 
     @torch.no_grad()
-    def expert_logits(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """T tensors [B, C_t]: task model t (θ_pre + τ_t) through head t, one fused pass."""
+    def expert_features(self, images: torch.Tensor) -> torch.Tensor:
+        """[T, B, D]: the features of every task model θ_pre + τ_t, one fused pass."""
         _check_image_shape(self.encoder, images, "DaWinMultiTask")
         batch, tasks = images.shape[0], self.num_tasks
         stacked = images.unsqueeze(0).expand(tasks, *images.shape).reshape(-1, *images.shape[1:])
@@ -448,57 +505,109 @@ class DaWinMultiTask(_Base):
         rows[torch.arange(tasks), torch.arange(tasks) + 1] = 1.0
         labels = torch.arange(tasks, device=images.device).repeat_interleave(batch)
         features = _pooled(self.encoder(stacked, rows, cluster_labels=labels))
-        features = features.reshape(tasks, batch, features.shape[-1])  # B may be 0
-        return [self._head(features[t], t) for t in range(tasks)]
+        return features.reshape(tasks, batch, features.shape[-1])  # B may be 0
+
+    @torch.no_grad()
+    def expert_logits(self, images: torch.Tensor, task: int | None = None,
+                      head: Head | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """The T task models' logits under ``protocol_for(task)``.
+
+        Evaluated task's head: [T, B, C] with every model through head ``task`` (or through
+        ``head``, e.g. the zero-shot head an evaluation builds for that task). Own head: T
+        tensors [B, C_t], model t through head t.
+        """
+        protocol = self.protocol_for(task)
+        if head is not None:
+            if protocol != "evaluated_task_head":
+                raise ValueError("DaWinMultiTask: head is the evaluated task's head, but "
+                                 "protocol 'own_head' scores each task model through its "
+                                 "own head")
+            head = _check_head(head, "head")
+        features = self.expert_features(images)
+        if protocol == "own_head":
+            return [self._logits(features[t], self.heads[t]) for t in range(self.num_tasks)]
+        head = self.heads[task] if head is None else head
+        return torch.stack([self._logits(features[t], head) for t in range(self.num_tasks)])
 
     def weights(self, expert_logits: Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-sample task weights p [B, T] = softmax over tasks of the negated uncertainty."""
         return torch.softmax(-self._uncertainties(expert_logits).double(), dim=0).t().float()
 
+    def mixture_for(self, task: int | None) -> DirichletMixture | None:
+        """The mixture ``calibrate`` fitted for inputs of ``task``, or None (nothing
+        calibrated: the mixture is fitted on each batch)."""
+        if not self.mixtures or task in self.mixtures:
+            return self.mixtures.get(task)
+        if self.protocol_for(task) == "own_head" and None in self.mixtures:
+            return self.mixtures[None]  # own-head weights do not depend on the task
+        known = ", ".join("unknown task" if t is None else f"task {t}" for t in self.mixtures)
+        fix = f"calibrate(batches, task={task})" if task is not None else "calibrate(batches)"
+        raise ValueError(f"DaWinMultiTask: calibrated for {known}, not for "
+                         f"{'an unknown task' if task is None else f'task {task}'}; "
+                         f"calibrate on a dataset of it ({fix})")
+
     @torch.no_grad()
-    def merge_rows(self, images: torch.Tensor):
-        """(rows, labels, p, expert logits) for the merged pass over ``images``: rows
-        [B, T+1] per sample and labels None, or the cluster table [G, T+1] and labels [B]."""
-        expert = self.expert_logits(images)
+    def merge_rows(self, images: torch.Tensor, task: int | None = None,
+                   head: Head | None = None):
+        """(rows, labels, p, expert logits) for the merged pass over ``images`` of ``task``
+        (None: unknown; ``head`` as in ``expert_logits``): rows [B, T+1] per sample and
+        labels None, or the cluster table [G, T+1] and labels [B]."""
+        mixture = self.mixture_for(task) if self.mode == "mixture" else None
+        expert = self.expert_logits(images, task, head)
         p = self.weights(expert)
-        clustered = self._cluster(p) if self.mode == "mixture" else None
+        clustered = self._cluster(p, mixture) if self.mode == "mixture" else None
         if clustered is None:
             return self._rows(p), None, p, expert
         labels, table = clustered
         return self._rows(table), labels, p, expert
 
     @torch.no_grad()
-    def calibrate(self, batches: Iterable) -> DaWinMultiTask:
-        """Fit the Dirichlet mixture on the task weights of a whole calibration set
-        (batches as in ``DaWin.calibrate``).
+    def calibrate(self, batches: Iterable, task: int | None = None,
+                  head: Head | None = None) -> DaWinMultiTask:
+        """Fit the Dirichlet mixture on the task weights of a whole dataset of ``task``
+        (None: unknown; ``head`` as in ``expert_logits``), for the predictions on that
+        task. Batches as in ``DaWin.calibrate``.
 
         Under a process group: this rank's shard, as in ``DaWin.calibrate``.
         """
-        self.mixture = None
+        self.protocol_for(task)  # a bad task or protocol fails before any work
+        self.mixtures.pop(task, None)
         with distributed.shared_errors():
             p = [self.weights(self.expert_logits(
-                     batch_images(b, i, "DaWinMultiTask.calibrate"))).cpu()
+                     batch_images(b, i, "DaWinMultiTask.calibrate"), task, head)).cpu()
                  for i, b in enumerate(batches)]
         gathered = self._gather_for_fit(p, self.num_tasks, "DaWinMultiTask.calibrate")
-        self.mixture = distributed.run_on_main(self._fit, gathered)
+        mixture = distributed.run_on_main(self._fit, gathered)
+        if mixture is not None:
+            self.mixtures[task] = mixture
         return self
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, task: int, return_details: bool = False
                 ) -> torch.Tensor | DaWinOutput:
-        """Logits of task ``task``'s head on the per-sample merged encoder."""
-        if not 0 <= task < self.num_tasks:
-            raise ValueError(f"task must be in [0, {self.num_tasks}), got {task}")
+        """Logits of task ``task``'s head on the per-sample merged encoder, the task
+        models scored under ``protocol_for(task)`` (the evaluated task's head by default)."""
+        self._check_task(task)
         _check_image_shape(self.encoder, images, "DaWinMultiTask.predict")
         device = images.device
-        rows, labels, p, expert = self.merge_rows(images)
+        rows, labels, p, expert = self.merge_rows(images, task)
         applied = rows if labels is None else rows[labels]
         features = self.encoder(images, rows.to(device),
                                 cluster_labels=None if labels is None else labels.to(device))
-        logits = self._head(_pooled(features), task)
+        logits = self._logits(_pooled(features), self.heads[task])
         if not return_details:
             return logits
         return DaWinOutput(logits, self._rows(p), applied, labels, expert)
+
+
+def _check_head(head, what: str) -> Head:
+    if isinstance(head, torch.Tensor) and head.dim() == 2:
+        return head
+    if isinstance(head, nn.Module):
+        return head
+    shape = f" of shape {list(head.shape)}" if isinstance(head, torch.Tensor) else ""
+    raise TypeError(f"DaWinMultiTask: {what} must be a [C, D] tensor, an nn.Linear or a "
+                    f"module mapping features to logits, got a {type(head).__name__}{shape}")
 
 
 def _pooled(features):

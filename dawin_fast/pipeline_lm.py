@@ -103,6 +103,7 @@ class DaWinLM(_Base):
                              f"at least")
         super().__init__(experts, temperatures, mode, n_clusters, expertise, seed)
         self.model = model
+        self.mixture = None  # fitted by calibrate()
         self.num_models = model.num_models
         self.num_experts = experts
         self.task_arithmetic = task_arithmetic
@@ -163,7 +164,7 @@ class DaWinLM(_Base):
         u = self.uncertainties(self.expert_logits(input_ids, attention_mask),
                                attention_mask).cpu()
         p = self.weights(u)
-        clustered = self._cluster(p) if self.mode == "mixture" else None
+        clustered = self._cluster(p, self.mixture) if self.mode == "mixture" else None
         if clustered is None:
             return self._merge_rows(p), p, None, u
         labels, table = clustered

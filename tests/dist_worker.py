@@ -118,9 +118,9 @@ def scenario_multitask(n: int, batch_size: int) -> dict:
     heads = [torch.randn(c, 12, generator=gen) * 3 for c in (4, 5, 6)]
     dawin = DaWinMultiTask(encoder, heads, n_clusters=2)
     batches = shard_batches(dataset(n, seed=1), batch_size)
-    dawin.calibrate([x for x, _ in batches])
+    dawin.calibrate([x for x, _ in batches], task=2)
     out = [dawin.predict(x, task=2, return_details=True) for x, _ in batches]
-    return {**mixture_state(dawin.mixture),
+    return {**mixture_state(dawin.mixtures[2]),
             "logits": rows([o.logits for o in out], torch.empty(0, 6)),
             "labels": rows([o.labels for o in out], torch.empty(0, dtype=torch.int64))}
 

@@ -138,7 +138,8 @@ def test_multitask_task_arithmetic():
     gen = torch.Generator().manual_seed(0)
     heads = [torch.randn(c, 12, generator=gen) * 3 for c in (4, 5, 6)]  # classes differ
     x = images(5)
-    dawin = DaWinMultiTask(encoder, heads, mode="per_sample")
+    # Own heads (tests/test_multitask_protocols.py covers the evaluated task's head).
+    dawin = DaWinMultiTask(encoder, heads, mode="per_sample", protocol="own_head")
     expert = dawin.expert_logits(x)
     for t in range(3):  # θ_pre + τ_t is task model t
         features = F.normalize(tasks[t](x), dim=-1)

@@ -68,7 +68,7 @@ def test_multitask_calibrate_accepts_loader_batches():
     reference = DaWinMultiTask(encoder, heads, n_clusters=2).calibrate(_batches("tensors"))
     dawin = DaWinMultiTask(encoder, heads, n_clusters=2).calibrate(
         _batches("(images, labels) DataLoader"))
-    assert dawin.mixture.means_.tolist() == reference.mixture.means_.tolist()
+    assert dawin.mixtures[None].means_.tolist() == reference.mixtures[None].means_.tolist()
 
 
 def test_predict_names_a_non_tensor_batch(classifier):

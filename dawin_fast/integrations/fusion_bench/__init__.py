@@ -6,7 +6,13 @@
   (``task_arithmetic``, ``vision_transformer``, ``set_batch_reduce``).
 * ``algorithms``: ``BaseAlgorithm`` subclasses for the ``fusion_bench`` CLI
   (``method=dawin_fast/clip_we_moe``, ``clip_dawe``, ``clip_dawin``).
-* ``tiny``: a tiny random CLIP vision model pool for offline smoke runs.
+* ``dawin_model``: ``DaWinCLIPVisionModel``, the model ``clip_dawin`` returns, and
+  ``ZeroShotHead``.
+* ``taskpool``: ``DaWinCLIPVisionModelTaskPool``, FusionBench's CLIP classification task
+  pool telling a ``clip_dawin`` model the evaluated task (the paper's protocol).
+* ``compat``: the alias that lets FusionBench's CLIP task pools import under transformers 5.
+* ``tiny``: a tiny random CLIP vision model pool and classification task pool for offline
+  runs.
 
 The configs live in ``config/`` and reach Hydra through ``hydra_plugins.dawin_fast``.
 Importing this package does not import FusionBench; its modules do.

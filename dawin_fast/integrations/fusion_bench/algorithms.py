@@ -8,7 +8,9 @@ Selected from the ``fusion_bench`` CLI as ``method=dawin_fast/<name>`` (configs 
   ``tv_prune_ratio > 0``), fused MoE layers, test-time adaptation of the gates.
 * ``clip_dawe``: DAWE task-wise, the whole model merged per sample, fused.
 * ``clip_dawin``: multi-task DaWin (entropy-based per-sample task arithmetic), which
-  FusionBench does not have.
+  FusionBench does not have. With ``DaWinCLIPVisionModelTaskPool`` (``taskpool.py``) every
+  task model is scored through the evaluated task's zero-shot head (the paper's protocol);
+  with FusionBench's own task pools, through its own task's head (see ``dawin_model``).
 
 Test-time adaptation minimises the prediction entropy on shuffled test batches of every
 task with Adam, as FusionBench's WEMoE loop does; it needs the model pool's test datasets,
@@ -34,6 +36,7 @@ from torch import nn
 from ...nn.classifier import DaWinClassifier
 from ...nn.convert import dawinize
 from ...pipeline import DaWin, DaWinMultiTask, task_vectors
+from .dawin_model import DaWinCLIPVisionModel, PooledVision, ZeroShotHead
 from .models import (
     FusedDAWEModel,
     FusedWeightEnsemblingMoE,
@@ -216,55 +219,20 @@ class FusedCLIPDataAdaptiveWeightEnsembling(_TestTimeAdaptation):
         return model
 
 
-class _ProjectedVision(nn.Module):
-    """A CLIP vision model returning (projected pooled features, its own output)."""
-
-    def __init__(self, vision: nn.Module, projection: nn.Module | None) -> None:
-        super().__init__()
-        self.vision = vision
-        self.projection = projection
-
-    def forward(self, pixel_values: torch.Tensor):
-        out = self.vision(pixel_values)
-        pooled = out[1]
-        return (pooled if self.projection is None else self.projection(pooled)), out
-
-
-class DaWinCLIPVisionModel(nn.Module):
-    """Multi-task DaWin as a drop-in CLIP vision model for FusionBench's task pools.
-
-    ``forward(pixel_values)``: T expert passes (one fused forward: θ_pre + τ_t through
-    task t's head), per-sample task weights p = softmax_t(-H_t), then one fused pass of
-    every image through θ_pre + s·Σ_t p_t τ_t; returns that pass's
-    ``BaseModelOutputWithPooling`` in the caller's order.
-
-    With one task (a ``DaWin`` over [θ_pre, θ_1], both through the task's head): the
-    two-model DaWin, λ = e^{-H_1} / (e^{-H_0} + e^{-H_1}) per sample (Beta mixture on λ
-    in mixture mode), and the pass through (1 - λ) θ_pre + λ θ_1.
-    """
-
-    def __init__(self, dawin: DaWinMultiTask | DaWin) -> None:
-        super().__init__()
-        self.encoder = dawin.model.encoder if isinstance(dawin, DaWin) else dawin.encoder
-        self.dawin = dawin
-
-    @torch.no_grad()
-    def forward(self, pixel_values: torch.Tensor):
-        rows, labels, _, _ = self.dawin.merge_rows(pixel_values)
-        device = pixel_values.device
-        _, out = self.encoder(pixel_values, rows.to(device),
-                              cluster_labels=None if labels is None else labels.to(device))
-        return out
-
-
 class DaWinForCLIP(_ZeroShotHeads, BaseAlgorithm):
     """Multi-task DaWin (Oh et al., 2025) for CLIP vision models, fused.
 
+    Evaluated by ``DaWinCLIPVisionModelTaskPool``, every task model is scored through the
+    evaluated task's zero-shot head, the one the task pool classifies with (the paper's
+    protocol). Evaluated by another task pool, which does not say the task, task model t
+    is scored through ``heads``' head of task t (protocol ``"own_head"``, logged).
+
     ``heads``: None builds FusionBench's zero-shot heads (CLIP text model and processor
     of the pool; features go through ``visual_projection``, scaled by the logit scale), or
-    a config instantiating ``{task: [C, D] tensor}`` applied to the pooled output.
-    ``mode``: ``per_sample`` (exact DaWin) or ``mixture`` (Dirichlet mixture per batch,
-    ``n_clusters``). ``scale``: s (default 0.3·T).
+    a config instantiating ``{task: [C, D] tensor}`` applied to the L2-normalised pooled
+    output. ``mode``: ``per_sample`` (exact DaWin) or ``mixture`` (a Dirichlet mixture with
+    ``n_clusters`` components, fitted per task on its test set by
+    ``DaWinCLIPVisionModelTaskPool``, else on each batch). ``scale``: s (default 0.3·T).
 
     A pool of one task model is the two-model DaWin (robust fine-tuning): λ per sample
     between the pretrained and the fine-tuned model, both scored through the task's head,
@@ -313,15 +281,20 @@ class DaWinForCLIP(_ZeroShotHeads, BaseAlgorithm):
         heads, projection = self._heads()  # first: a pool without them fails before work
         base, experts = load_pool(modelpool, self.method)
         self._check_heads(heads, projection, base)
+        names = list(modelpool.model_names)
         if len(experts) == 1:
             return DaWinCLIPVisionModel(self._two_model(base, experts[0], heads[0],
-                                                        projection)).eval()
+                                                        projection), names).eval()
         stack = task_vectors(base, experts)
-        encoder = dawinize([_ProjectedVision(m, projection) for m in stack])
-        dawin = DaWinMultiTask(encoder, heads, temperatures=self.temperatures, mode=self.mode,
-                               n_clusters=self.n_clusters, scale=self.scale,
+        encoder = dawinize([PooledVision(m) for m in stack])
+        zero_shot = [ZeroShotHead(projection, head) for head in heads]
+        dawin = DaWinMultiTask(encoder, zero_shot, temperatures=self.temperatures,
+                               mode=self.mode, n_clusters=self.n_clusters, scale=self.scale,
                                expertise=self.expertise, seed=self.seed)
-        return DaWinCLIPVisionModel(dawin).eval()
+        log.info("clip_dawin: %d task models, scored through the evaluated task's head "
+                 "under DaWinCLIPVisionModelTaskPool (the paper's protocol), through their "
+                 "own heads under other task pools", len(experts))
+        return DaWinCLIPVisionModel(dawin, names).eval()
 
     def _check_heads(self, heads: list[torch.Tensor], projection: nn.Module | None,
                      base: nn.Module) -> None:
@@ -337,11 +310,11 @@ class DaWinForCLIP(_ZeroShotHeads, BaseAlgorithm):
     def _two_model(self, base: nn.Module, finetuned: nn.Module, head: torch.Tensor,
                    projection: nn.Module | None) -> DaWin:
         """Two-model DaWin over [θ_pre, θ_1] (the same head for both: the task's)."""
-        encoder = dawinize([_ProjectedVision(m, projection) for m in (base, finetuned)])
+        encoder = dawinize([PooledVision(m, projection) for m in (base, finetuned)])
         return DaWin(DaWinClassifier(encoder, [head, head]), temperatures=self.temperatures,
                      mode=self.mode, n_clusters=self.n_clusters, expertise=self.expertise,
                      seed=self.seed)
 
 
-__all__ = ["DaWinCLIPVisionModel", "DaWinForCLIP", "FusedCLIPDataAdaptiveWeightEnsembling",
+__all__ = ["DaWinForCLIP", "FusedCLIPDataAdaptiveWeightEnsembling",
            "FusedCLIPWeightEnsemblingMoE", "entropy_loss"]
