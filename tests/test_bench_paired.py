@@ -28,13 +28,16 @@ class FakeClock:
 def test_alternating_rounds_cancel_a_load_that_changes_between_rounds():
     clock = FakeClock()
     a, b = clock.work(1e-3), clock.work(2e-3)
-    slowdowns = iter([1.0, 1.0, 8.0, 8.0, 3.0, 3.0])  # one value per sample: A, B, A, B, ...
+    slowdowns = iter([1.0, 1.0, 8.0, 8.0, 3.0, 3.0])  # one value per sample: A B, B A, A B
+    order = []
 
     def sample(fn):
         clock.slowdown = next(slowdowns)
+        order.append("a" if fn is a else "b")
         return paired.wall_sampler(clock=clock)(fn)
 
     samples = paired.interleave({"a": a, "b": b}, rounds=3, sample=sample)
+    assert order == ["a", "b", "b", "a", "a", "b"]
     assert samples == {"a": pytest.approx([1.0, 8.0, 3.0]), "b": pytest.approx([2.0, 16.0, 6.0])}
     ratio = paired.ratio(samples, "b", "a")
     assert ratio.median == pytest.approx(2.0)

@@ -224,11 +224,11 @@ def repeats_for(method: str, device: str) -> int:
 
 def rounds_for(method: str, device: str) -> int:
     """Rounds of a method side by side with plain_forward: 3 for the rebuild loops on a GPU
-    (seconds per call) and for the per-sample one anywhere, 10 for the rest on a GPU, 5 on
-    a CPU."""
+    (seconds per call) and for the per-sample one anywhere, 9 for the rest (on a CPU
+    shared with other processes, fewer rounds leave the median at the mercy of a few)."""
     if method == "rebuild_per_sample" or (method == "rebuild_per_cluster" and device == "cuda"):
         return 3
-    return 10 if device == "cuda" else 5
+    return 9
 
 
 def _warm_up(fn: Callable[[], torch.Tensor], device: str) -> int | None:

@@ -1,4 +1,4 @@
-"""Side-by-side timing: the methods of a comparison run in alternating rounds (A B A B ...),
+"""Side-by-side timing: the methods of a comparison run in alternating rounds (A B, B A, ...),
 so that a load shared by the machine slows every side alike and cancels in their ratio.
 
 A ratio X / Y is the median over rounds of (X's time in round r) / (Y's time in round r),
@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 SPREAD_LIMIT = 0.2
 #: Wall milliseconds a sample lasts at least (unless one call takes longer): many time
 #: slices of a scheduler that shares the cores with other processes.
-SAMPLE_MS = 50.0
+SAMPLE_MS = 100.0
 MAX_CALLS = 10_000
 
 
@@ -118,13 +118,16 @@ def time_side_by_side(fns: Mapping[str, Callable[[], object]], rounds: int,
 
 def interleave(fns: Mapping[str, Callable[[], object]], rounds: int,
                sample: Callable[[Callable[[], object]], float]) -> dict[str, list[float]]:
-    """Per round, every function sampled once in turn; their milliseconds, per name and
-    round. Warm-up calls (compiling, caches) are the caller's, before this."""
+    """Per round, every function sampled once in turn, in reverse order every other round
+    (A B, B A, A B, ...: a load that grows or shrinks steadily favours neither side);
+    their milliseconds, per name and round. Warm-up calls (compiling, caches) are the
+    caller's, before this."""
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    order = list(fns.items())
+    for index in range(rounds):
+        for name, fn in (order if index % 2 == 0 else order[::-1]):
             samples[name].append(sample(fn))
     return samples
 
