@@ -54,7 +54,8 @@ def test_dry_run_writes_every_stage(tmp_path, capsys):
     by_method = {r["method"]: r for r in layers["records"]}
     assert by_method["fused"]["median_ms"] > 0
     assert by_method["fused"]["kernel"].startswith("torch:")
-    assert by_method["fused"]["rel_err"] < 1e-4 and by_method["fused"]["repeats"] >= 10
+    # repeats: the rounds in which the methods of a case were timed side by side
+    assert by_method["fused"]["rel_err"] < 1e-4 and by_method["fused"]["repeats"] >= 5
     assert "GPU" in by_method["fused_swapab"]["skipped"]
     e2e = json.loads((tmp_path / "e2e.json").read_text())
     assert {r.get("method") for r in e2e["records"]} >= set(gpu_session_e2e_methods())
