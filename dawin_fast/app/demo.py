@@ -111,11 +111,11 @@ def train(model: TinyCLIPClassifier, data: DemoData, epochs: int, augment: float
     steps = epochs * math.ceil(len(data.train_y) / 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     model.train()
-    start = time.perf_counter()
+    began = time.perf_counter()
     for epoch in tqdm(range(epochs), desc=progress, unit="epoch", leave=False,
                       file=sys.stderr, disable=progress is None or lines):
         if progress is not None and lines:
-            progress_line(progress, epoch, epochs, time.perf_counter() - start)
+            progress_line(progress, epoch, epochs, time.perf_counter() - began)
         perm = torch.randperm(len(data.train_y), generator=gen)
         for start in range(0, len(perm), 64):
             idx = perm[start : start + 64]
