@@ -7,6 +7,10 @@ and a record of every benchmark as soon as it finishes.
 * ``DAWIN_BENCH_RECORDS`` (a path): one JSON line per benchmark test as it finishes (its
   ``extra_info``, the outcome, and the error or skip reason), so a run cut short still
   leaves every finished record, failures included.
+
+A benchmark whose ``extra_info`` holds a ``noise`` note (``dawin_fast.bench.paired``: a
+wide spread between rounds, or a load average above the core count) is listed with it at
+the end of the run.
 """
 
 from __future__ import annotations
@@ -53,14 +57,26 @@ def _params(item) -> dict:
     return out
 
 
+_NOISY: list[tuple[str, str]] = []  # (test id, note) of the benchmarks run so far
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _NOISY:
+        terminalreporter.section("noisy benchmarks")
+        for test, note in _NOISY:
+            terminalreporter.write_line(f"{test}: {note}")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
+    benchmark = item.funcargs.get("benchmark") if hasattr(item, "funcargs") else None
+    if report.when == "call" and benchmark is not None and benchmark.extra_info.get("noise"):
+        _NOISY.append((item.nodeid, benchmark.extra_info["noise"]))
     path = os.environ.get(RECORDS_ENV)
     if not path or not (report.when == "call" or report.outcome != "passed"):
         return  # one line per test: its call, or the phase that failed or skipped it
-    benchmark = item.funcargs.get("benchmark") if hasattr(item, "funcargs") else None
     record = {**_params(item), **(dict(benchmark.extra_info) if benchmark else {}),
               "test": item.nodeid, "outcome": report.outcome, "phase": report.when}
     if report.skipped:

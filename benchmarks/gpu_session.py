@@ -198,6 +198,12 @@ def junit_summary(path: Path) -> dict:
     return counts
 
 
+def _default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, which an ignored SIGINT (a
+    shell's background job) would otherwise pass on, so that the limit's SIGINT stops it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Stage:
     """One stage's files, runs and records; its JSON is rewritten after every run."""
 
@@ -239,7 +245,7 @@ class Stage:
         try:
             proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_default_sigint)
         except OSError as error:
             record.update(returncode=None, error=repr(error), seconds=0.0)
             self.data["runs"].append(record)

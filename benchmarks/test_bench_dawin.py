@@ -4,6 +4,11 @@
         --benchmark-json benchmarks/e2e.json
     dawin-fast bench --e2e        # the same, printed as a table
 
+With ``--benchmark-enable`` each method is timed in alternating rounds with a plain forward
+(``dawin_fast.bench.e2e.measure_side_by_side``): the median ratio over rounds and its spread
+(``vs_plain_forward``) and a ``noise`` note when the numbers are noisy go into
+``extra_info``.
+
 Before timing, the fused results are checked against the rebuild loops (the exact
 per-sample and per-cluster references), so the comparison is between equal computations.
 """
@@ -38,10 +43,8 @@ def test_e2e(benchmark, setup, method):
     fn, count = bench_e2e.build(method, setup)
     benchmark.group = setup.case.id
     benchmark.extra_info.update(case=setup.case.id, method=method, images=count)
-    if not benchmark.disabled:
-        result = bench_e2e.measure(fn, setup.case.device,
-                                   repeats=bench_e2e.repeats_for(method, setup.case.device))
-        benchmark.extra_info.update(bench_e2e.record(setup, method, count, result))
+    if not benchmark.disabled:  # the ratio to a plain forward timed beside it, in rounds
+        benchmark.extra_info.update(bench_e2e.measure_side_by_side(setup, method))
 
     def run():
         with torch.no_grad():

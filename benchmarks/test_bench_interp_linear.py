@@ -5,9 +5,13 @@
     python -m benchmarks.render benchmarks/results.json --command "<that command>" \\
         --output benchmarks/RESULTS.md
 
-On a GPU each timing is the median of at least 20 CUDA-event-timed calls after a warm-up,
-L2 flushed before each (``dawin_fast.bench.layers.time_cuda``), stored with the case's
-parameters in ``extra_info``; pytest-benchmark also times a synchronised call. Before
+With ``--benchmark-enable`` each test times its method side by side with the baselines it
+is compared with, premerged and fused, in alternating rounds (``dawin_fast.bench.layers
+.run_case``): the median ratios over rounds and their spread (``vs_premerged``,
+``vs_fused``), the times, the load average and a ``noise`` note when the numbers are noisy
+go into ``extra_info`` with the case's parameters; pytest-benchmark also times a
+synchronised call. On a GPU each round's sample is the median of CUDA-event-timed calls,
+the L2 flushed before each. Before
 timing, every method's output is checked against a float32 reference (its relative error
 is recorded), so a method that computes something else cannot win. With benchmarks
 disabled (the default in pytest.ini) each case runs once: the harness is tested.
@@ -41,7 +45,11 @@ def test_interp_linear(benchmark, case, method):
                                 kernel=bench.kernel_of(method, prepared.inputs))
     benchmark.extra_info["rel_err"] = bench.check_output(method, prepared, fn())
     if not benchmark.disabled:
-        benchmark.extra_info.update(bench.measure(fn, case.device))
+        records = bench.run_case(prepared, (method, "premerged", "fused"))
+        timed = next(r for r in records if r["method"] == method)
+        if timed.get("error"):
+            pytest.fail(timed["error"])
+        benchmark.extra_info.update(timed)
     if case.device == "cuda":
         def run():
             fn()

@@ -400,16 +400,24 @@ def check_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> 
     decreasing, finite, one_hot = values[:3]
     num_groups = coeffs.shape[0]
     models, bounds = values[3:3 + num_groups], values[3 + num_groups:]
-    first, last = bounds[0], bounds[-1]
-    if first != 0:
-        raise ValueError(f"interp_linear: offsets must start at 0, got {first}")
-    if decreasing:
-        raise ValueError("interp_linear: offsets must be non-decreasing")
-    if last != num_rows:
-        raise ValueError(f"interp_linear: offsets must end at the row count {num_rows}, got {last}")
+    check_bounds(bounds, num_rows, decreasing=bool(decreasing))
     if not finite:
         raise ValueError("interp_linear: coeffs contain NaN or infinity")
     return OneHot(tuple(models), tuple(bounds)) if one_hot else None
+
+
+def check_bounds(bounds: list[int], num_rows: int, decreasing: bool | None = None) -> None:
+    """The offsets rules on offsets already read to the host (``decreasing``: whether the
+    caller found them decreasing, None: compute it here)."""
+    if bounds[0] != 0:
+        raise ValueError(f"interp_linear: offsets must start at 0, got {bounds[0]}")
+    if decreasing is None:
+        decreasing = any(b < a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+    if decreasing:
+        raise ValueError("interp_linear: offsets must be non-decreasing")
+    if bounds[-1] != num_rows:
+        raise ValueError(f"interp_linear: offsets must end at the row count {num_rows}, "
+                         f"got {bounds[-1]}")
 
 
 def _assert_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> None:
@@ -553,6 +561,8 @@ def interp_linear_torch(
     coeffs = coeffs.float()
     x32 = x.float()
     bounds = offsets.tolist()
+    # Read anyway to loop over the groups: checked here even under skip_value_checks.
+    check_bounds(bounds, num_rows)
     groups = [g for g in range(coeffs.shape[0]) if bounds[g + 1] > bounds[g]]
     if strategy is None:
         strategy = _measured_cpu_strategy(x, weight, coeffs, offsets, bias, len(groups))

@@ -14,6 +14,7 @@ prints it once.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -245,7 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report = run_demo(temperatures=args.temperatures, offset_adjustment=args.offset_adjustment,
                       n_clusters=args.clusters, device=args.device or options.default_device(),
                       seed=args.seed, plot=args.plot, epochs=args.epochs,
-                      progress=_progress())
+                      progress=_progress(), progress_lines=not _progress())
     if args.output:
         _write_json(report, args.output)
     return EXIT_OK
@@ -279,6 +280,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from ..bench import layers as bench
 
+    _drop_cuda_home_warning()
     command = " ".join(["dawin-fast", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] \
         else "dawin-fast bench"
     if args.output:
@@ -329,6 +331,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         shapes = [c for c in bench.lm_cases() if not args.filter or args.filter in c.id]
         table += "\n" + bench.render_lm_predictions(bench.lm_predictions(shapes)) + "\n"
     return _print_table(table, args.output)
+
+
+class _NoCudaHomeWarning(logging.Filter):
+    """Drops torch's ``No CUDA runtime is found, using CUDA_HOME=...`` (logged when
+    ``torch.compile`` looks for a compiler on a machine with a CUDA toolkit and no GPU):
+    the table's header already says that the run is on a CPU."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+
+def _drop_cuda_home_warning() -> None:
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaHomeWarning) for f in logger.filters):
+        logger.addFilter(_NoCudaHomeWarning())
 
 
 def _print_table(table: str, output: str | None) -> int:

@@ -99,18 +99,23 @@ class TinyCLIPClassifier(nn.Module):
 
 
 def train(model: TinyCLIPClassifier, data: DemoData, epochs: int, augment: float,
-          seed: int, lr: float = 3e-3, progress: str | None = None) -> TinyCLIPClassifier:
+          seed: int, lr: float = 3e-3, progress: str | None = None,
+          lines: bool = False) -> TinyCLIPClassifier:
     """AdamW with cosine decay; ``augment`` = strength of the random shift per batch.
 
-    ``progress``: a bar of that name over the epochs, on stderr (the table goes to stdout).
+    ``progress``: a bar of that name over the epochs, on stderr (the table goes to stdout);
+    with ``lines``, plain lines instead (``progress_line``), for a log.
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     steps = epochs * math.ceil(len(data.train_y) / 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     model.train()
-    for _ in tqdm(range(epochs), desc=progress, unit="epoch", leave=False, file=sys.stderr,
-                  disable=progress is None):
+    began = time.perf_counter()
+    for epoch in tqdm(range(epochs), desc=progress, unit="epoch", leave=False,
+                      file=sys.stderr, disable=progress is None or lines):
+        if progress is not None and lines:
+            progress_line(progress, epoch, epochs, time.perf_counter() - began)
         perm = torch.randperm(len(data.train_y), generator=gen)
         for start in range(0, len(perm), 64):
             idx = perm[start : start + 64]
@@ -125,31 +130,56 @@ def train(model: TinyCLIPClassifier, data: DemoData, epochs: int, augment: float
     return model.eval()
 
 
+def progress_line(name: str, epoch: int, epochs: int, elapsed_s: float) -> None:
+    """At the start of the first epoch and of every fifth of them, one plain line on
+    stderr (a log has no bar to redraw)."""
+    step = max(1, math.ceil(epochs / 5))
+    if epoch % step == 0:
+        print(f"{name}: epoch {epoch + 1}/{epochs}, {elapsed_s:.0f} s", file=sys.stderr,
+              flush=True)
+
+
 def build_models(data: DemoData, seed: int = 0, epochs: tuple[int, int] = EPOCHS,
-                 progress: bool = False):
-    """(general, fine-tuned) TinyCLIPClassifiers (``progress``: bars on stderr)."""
-    torch.manual_seed(seed)
-    general = train(TinyCLIPClassifier(), data, epochs[0], augment=1.0, seed=seed,
-                    progress="training the general model" if progress else None)
-    fine_tuned = TinyCLIPClassifier()
-    fine_tuned.load_state_dict(general.state_dict())
-    fine_tuned = train(fine_tuned, data, epochs[1], augment=0.0, seed=seed + 1, lr=2e-3,
-                       progress="fine-tuning it on clean digits" if progress else None)
+                 progress: bool = False, lines: bool = False):
+    """(general, fine-tuned) TinyCLIPClassifiers (``progress``: bars on stderr, or plain
+    lines with ``lines``).
+
+    Trained on one CPU thread: a float sum split over another number of threads rounds
+    differently, and over hundreds of steps that changes the accuracies a seed gives, so
+    the same seed gives the same models on any core count (the models are tiny: more
+    threads barely speed them up)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        general = train(TinyCLIPClassifier(), data, epochs[0], augment=1.0, seed=seed,
+                        progress="training the general model" if progress else None,
+                        lines=lines)
+        fine_tuned = TinyCLIPClassifier()
+        fine_tuned.load_state_dict(general.state_dict())
+        fine_tuned = train(fine_tuned, data, epochs[1], augment=0.0, seed=seed + 1, lr=2e-3,
+                           progress="fine-tuning it on clean digits" if progress else None,
+                           lines=lines)
+    finally:
+        torch.set_num_threads(threads)
     return general, fine_tuned
 
 
 def run_demo(temperatures=(1.0, 1.0), offset_adjustment: bool = False, n_clusters: int = 3,
              device: str | None = None, seed: int = 0, plot: str | None = None,
-             epochs: tuple[int, int] = EPOCHS, progress: bool = False) -> dict:
+             epochs: tuple[int, int] = EPOCHS, progress: bool = False,
+             progress_lines: bool = False) -> dict:
     """Train, evaluate and print the demo table; returns the report.
 
     ``plot``: also save the figure there (written atomically). ``progress``: bars over the
-    training epochs and the evaluation passes, on stderr.
+    training epochs and the evaluation passes, on stderr; ``progress_lines``: instead, a
+    plain line on stderr now and then during training (for a log, not a terminal).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     data = load_digits_data(seed)
-    general, fine_tuned = build_models(data, seed, epochs, progress)
+    general, fine_tuned = build_models(data, seed, epochs, progress or progress_lines,
+                                       lines=progress_lines and not progress)
     trained_s = time.perf_counter() - start
     print(f"trained two ViTs on {len(data.train_y)} digits in {trained_s:.1f} s "
           f"(general: augmented; fine-tuned: clean only)")

@@ -37,6 +37,7 @@ from ..nn.classifier import DaWinClassifier
 from ..nn.vit import DaWinViT
 from ..ops import use_backend
 from ..pipeline import DaWin
+from . import paired
 
 METHODS = ("plain_forward", "wise_ft", "dawin_mixture", "dawin_per_sample",
            "merged_forward_k3", "merged_forward_per_sample", "rebuild_per_cluster",
@@ -221,6 +222,60 @@ def repeats_for(method: str, device: str) -> int:
     return 10
 
 
+def rounds_for(method: str, device: str) -> int:
+    """Rounds of a method side by side with plain_forward: 3 for the rebuild loops on a GPU
+    (seconds per call) and for the per-sample one anywhere, 9 for the rest (on a CPU
+    shared with other processes, fewer rounds leave the median at the mercy of a few)."""
+    if method == "rebuild_per_sample" or (method == "rebuild_per_cluster" and device == "cuda"):
+        return 3
+    return 9
+
+
+def _warm_up(fn: Callable[[], torch.Tensor], device: str) -> int | None:
+    """One call (compiles, caches); on CUDA the peak GPU memory it allocated beyond what
+    was live before it (P6)."""
+    if device != "cuda":
+        fn()
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+@torch.no_grad()
+def measure_side_by_side(setup: E2ESetup, method: str, rounds: int | None = None,
+                         load: Callable[[], float | None] = paired.load_average) -> dict:
+    """``method``'s record, timed in alternating rounds with one plain forward (for
+    plain_forward itself: with a second, identical plain forward, the noise floor). On a
+    CPU on one thread (``paired.one_cpu_thread``).
+
+    ``vs_plain_forward`` is the spread over rounds of the per-image time ratio;
+    ``noise`` the one-line note of ``paired.noise_note`` (None when quiet)."""
+    case = setup.case
+    watch = paired.LoadWatch(load)
+    unit, _ = build("plain_forward", setup)
+    fn, count = build(method, setup)
+    sync = torch.cuda.synchronize if case.device == "cuda" else None
+    with paired.one_cpu_thread(case.device):
+        extra = _warm_up(fn, case.device)
+        samples = paired.time_side_by_side({"unit": unit, "method": fn},
+                                           rounds or rounds_for(method, case.device), sync=sync)
+    per_image = {"unit": [t / case.images for t in samples["unit"]],
+                 "method": [t / count for t in samples["method"]]}
+    vs_unit = paired.ratio(per_image, "method", "unit")
+    times = paired.spread(samples["method"])
+    result = {"median_ms": times.median, "min_ms": times.low,
+              "repeats": times.rounds, "peak_extra_bytes": extra}
+    rec = record(setup, method, count, result)
+    rec.update(vs_plain_forward=vs_unit.as_dict(), load_average=watch.check(),
+               cores=paired.core_count())
+    rec["noise"] = paired.noise_note([vs_unit], rec["load_average"], rec["cores"])
+    return rec
+
+
 def layer_weight_bytes(setup: E2ESetup) -> int:
     """Bytes of the largest single layer's merged weight (one model's share of a stacked
     [M, ...] tensor): P6's bound on the extra memory of a DaWin forward."""
@@ -239,33 +294,49 @@ def record(setup: E2ESetup, method: str, count: int, result: dict) -> dict:
                 layer_weight_bytes=layer_weight_bytes(setup), **result)
 
 
-def run(methods: tuple[str, ...] = METHODS, case: E2ECase | None = None) -> list[dict]:
-    """One record per method: time for the whole batch and per image (and memory)."""
-    case = case or default_case()
-    setup = make_setup(case)
-    records = []
-    for method in methods:
-        fn, count = build(method, setup)
-        result = measure(fn, case.device, repeats=repeats_for(method, case.device))
-        records.append(record(setup, method, count, result))
-    return records
+def run(methods: tuple[str, ...] = METHODS, case: E2ECase | None = None,
+        rounds: int | None = None,
+        load: Callable[[], float | None] = paired.load_average) -> list[dict]:
+    """One record per method (``measure_side_by_side``): time for the whole batch and per
+    image, its ratio to a plain forward timed beside it, memory."""
+    setup = make_setup(case or default_case())
+    return [measure_side_by_side(setup, method, rounds, load) for method in methods]
 
 
 def render_markdown(records: list[dict], header: list[str]) -> str:
-    """ms per image, × plain_forward, and peak extra memory, per method (methods without a
-    time are listed below the table with their reason)."""
+    """ms per image, × plain_forward (median over rounds, interquartile range), and peak
+    extra memory, per method; below: methods without a time, with their reason, and the
+    note of ``paired.noise_note`` when the numbers are noisy."""
     timed = [r for r in records if r.get("ms_per_image") is not None]
     unit = next((r["ms_per_image"] for r in timed if r["method"] == "plain_forward"), None)
-    lines = list(header) + ["", "| method | images timed | ms / image | × plain forward | "
+    lines = list(header) + ["", "| method | images timed | ms / image | "
+                            "× plain forward (median, IQR over rounds) | "
                             "peak extra GPU memory |", "|---|---|---|---|---|"]
+    apart = []
     for r in timed:
-        ratio = f"{r['ms_per_image'] / unit:.2f}" if unit else "–"
+        if r.get("vs_plain_forward"):
+            ratio = paired.spread_from_dict(r["vs_plain_forward"]).format()
+        elif unit:
+            ratio = f"{r['ms_per_image'] / unit:.2f} (timed apart)"
+            apart.append(r["method"])
+        else:
+            ratio = "–"
         memory = (f"{r['peak_extra_bytes'] / 2**20:.0f} MiB"
                   if r.get("peak_extra_bytes") is not None else "–")
         lines.append(f"| {r['method']} | {r['images']} | {r['ms_per_image']:.4f} | {ratio} | "
                      f"{memory} |")
+    if any(r.get("vs_plain_forward") for r in timed):
+        lines += ["", "Each ratio: the median over rounds that alternate the method and a plain "
+                  "forward (plain_forward's own: against a second, identical plain forward, "
+                  "the noise floor)."]
+    if apart:
+        lines += ["", f"Timed apart from plain_forward, so a change of load in between skews "
+                  f"the ratio: {', '.join(apart)}."]
     missing = [f"{r['method']} ({r.get('error') or r.get('skipped') or 'no time'})"
                for r in records if r.get("ms_per_image") is None]
     if missing:
         lines += ["", f"Not timed: {'; '.join(missing)}."]
+    note = paired.records_note(timed, ("vs_plain_forward",))
+    if note:
+        lines += ["", f"**{note}**"]
     return "\n".join(lines)

@@ -57,6 +57,7 @@ from ..ops import (
     use_backend,
     use_strategy,
 )
+from . import paired
 
 # width, tokens per image, images per batch for one big group (>= 8k rows, DESIGN P1).
 VIT_SHAPES = {
@@ -533,43 +534,136 @@ def check_output(method: str, prepared: Prepared, got: torch.Tensor) -> float:
     return rel
 
 
+#: Rounds of a case's methods side by side.
+ROUNDS = {"cuda": 10, "cpu": 5}
+#: On a CPU, the wall milliseconds of each sample (``paired.time_side_by_side``).
+CPU_SAMPLE_MS = 20.0
+
+
 def run(cases: list[Case] | None = None, methods: tuple[str, ...] = METHODS,
-        progress: Callable[[list[Case]], Iterable[Case]] | None = None) -> list[dict]:
-    """Time every method on every case: one record per (case, method) with the case's
-    parameters (``Case.info``); a method that does not apply to a case gets ``median_ms``
-    None and the reason in ``skipped``; one that fails (wrong output, an exception) gets
-    None and the error in ``error``, and the run goes on.
+        progress: Callable[[list[Case]], Iterable[Case]] | None = None,
+        rounds: int | None = None,
+        load: Callable[[], float | None] = paired.load_average) -> list[dict]:
+    """Time every method on every case (``run_case``): one record per (case, method)
+    with the case's parameters (``Case.info``).
 
     ``progress`` wraps the case list for display (the CLI passes a tqdm bar).
     """
     cases = default_cases() if cases is None else cases
     records = []
     for case in (progress(cases) if progress else cases):
-        prepared = prepare(case)
-        for method in methods:
-            records.append(run_one(method, prepared))
+        records += run_case(prepare(case), methods, rounds, load)
     return records
 
 
+def run_case(prepared: Prepared, methods: Iterable[str], rounds: int | None = None,
+             load: Callable[[], float | None] = paired.load_average) -> list[dict]:
+    """One record per method of a case: each built and checked against the reference,
+    then all of them timed in alternating rounds (``paired.interleave``).
+
+    A method that does not apply gets ``median_ms`` None and the reason in ``skipped``; one
+    that fails (wrong output, an exception) gets None and the error in ``error``, and the
+    others go on. ``vs_premerged`` and ``vs_fused``: the spread over rounds of the time
+    ratio to premerged and to fused, where those were timed too; ``noise``: the note of
+    ``paired.noise_note`` (None when quiet)."""
+    watch = paired.LoadWatch(load)
+    records, timed = {}, {}
+    for method in dict.fromkeys(methods):
+        records[method] = dict(prepared.case.info(), method=method, median_ms=None)
+        try:
+            fn = build(method, prepared.case, prepared.inputs)
+        except Unavailable as reason:
+            records[method]["skipped"] = str(reason)
+            continue
+        try:
+            records[method]["kernel"] = kernel_of(method, prepared.inputs)
+            records[method]["rel_err"] = check_output(method, prepared, fn())
+            timed[method] = fn
+        except Exception as error:  # noqa: BLE001 (recorded, the run goes on)
+            records[method]["error"] = _error_line(error)
+    if timed:
+        try:
+            samples = _time_side_by_side(timed, prepared.case.device, rounds)
+        except Exception as error:  # noqa: BLE001
+            for method in timed:
+                records[method]["error"] = _error_line(error)
+            samples = {}
+        for method, times in samples.items():
+            rec = records[method]
+            rec.update(_summary(times))
+            for base in ("premerged", "fused"):
+                if base in samples and base != method:
+                    rec[f"vs_{base}"] = paired.ratio(samples, method, base).as_dict()
+    highest = watch.check()
+    for rec in records.values():
+        if rec.get("median_ms") is not None:
+            rec.update(load_average=highest, cores=paired.core_count())
+            rec["noise"] = paired.records_note([rec], ("vs_premerged", "vs_fused"))
+    return list(records.values())
+
+
+def _error_line(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}".splitlines()[0][:300]
+
+
+def _time_side_by_side(fns: dict[str, Callable[[], torch.Tensor]], device: str,
+                       rounds: int | None) -> dict[str, list[float]]:
+    """Milliseconds per method and round. On a GPU each sample is the median of CUDA-event
+    timed calls, each after an L2 flush, enough of them over the rounds for about 100 ms
+    (and ``MIN_REPEATS`` calls) per method; on a CPU the wall time per call of about
+    ``CPU_SAMPLE_MS`` of calls, on one thread (``paired.one_cpu_thread``)."""
+    rounds = rounds or ROUNDS["cuda" if device == "cuda" else "cpu"]
+    if device != "cuda":
+        with paired.one_cpu_thread(device):
+            return paired.time_side_by_side(fns, rounds, CPU_SAMPLE_MS)
+    calls = {}
+    for fn in fns.values():
+        estimate = _warm_cuda(fn)
+        calls[fn] = math.ceil(max(MIN_REPEATS, min(100.0 / estimate, 2000)) / rounds)
+    return paired.interleave(fns, rounds, lambda fn: _cuda_sample(fn, calls[fn]))
+
+
+def _warm_cuda(fn: Callable[[], torch.Tensor], warmup_ms: float = 25.0) -> float:
+    """One call (compiles, autotunes), then about ``warmup_ms`` of calls; the estimated
+    milliseconds per call."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    estimate = max(start.elapsed_time(end) / 5, 1e-3)
+    for _ in range(max(1, int(warmup_ms / estimate))):
+        fn()
+    return estimate
+
+
+def _cuda_sample(fn: Callable[[], torch.Tensor], calls: int) -> float:
+    """The median of ``calls`` CUDA-event timed calls, each after an L2 flush."""
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(calls)]
+    for i in range(calls):
+        _flush_l2()
+        starts[i].record()
+        fn()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends, strict=True))
+
+
 def run_one(method: str, prepared: Prepared) -> dict:
-    """One (case, method) record: build, check against the reference, time."""
-    record = dict(prepared.case.info(), method=method, median_ms=None)
-    try:
-        fn = build(method, prepared.case, prepared.inputs)
-    except Unavailable as reason:
-        return dict(record, skipped=str(reason))
-    try:
-        record["kernel"] = kernel_of(method, prepared.inputs)
-        record["rel_err"] = check_output(method, prepared, fn())
-        record.update(measure(fn, prepared.case.device))
-    except Exception as error:  # noqa: BLE001 (recorded, the run goes on)
-        record["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:300]
-    return record
+    """One (case, method) record, timed alone (``run_case`` times the methods of a case
+    side by side, which their ratios need)."""
+    return run_case(prepared, (method,))[0]
 
 
 def render_markdown(records: list[dict], header: list[str]) -> str:
-    """One table per case: each method's median time, × premerged and × fused, what the
-    fused methods launched, and the relative error against the float32 reference."""
+    """One table per case: each method's median time, × premerged and × fused (medians over
+    alternating rounds, with the interquartile range), what the fused methods launched,
+    and the relative error against the float32 reference; the note of
+    ``paired.noise_note`` below when the numbers are noisy."""
     by_case: dict[str, dict[str, dict]] = {}
     notes: dict[str, dict[str, list[str]]] = {}  # case -> reason -> methods
     for r in records:
@@ -581,22 +675,43 @@ def render_markdown(records: list[dict], header: list[str]) -> str:
         else:
             by_case[r["case"]][r["method"]] = r
     lines = list(header) + [""]
+    apart = False
     for case, rows in by_case.items():
-        floor = rows.get("premerged", {}).get("median_ms")
-        fused = rows.get("fused", {}).get("median_ms")
-        lines += [f"### {case}", "", "| method | median ms | × premerged | × fused | kernel | "
-                  "rel. error |", "|---|---|---|---|---|---|"]
+        lines += [f"### {case}", "", "| method | median ms | × premerged (IQR) | × fused (IQR) "
+                  "| kernel | rel. error |", "|---|---|---|---|---|---|"]
         for method, r in sorted(rows.items(), key=lambda kv: kv[1]["median_ms"]):
-            ms = r["median_ms"]
-            vs_floor = f"{ms / floor:.2f}" if floor else "–"
-            vs_fused = f"{ms / fused:.2f}" if fused else "–"
+            cells = []
+            for base in ("premerged", "fused"):
+                cell, timed_apart = _ratio_cell(r, rows.get(base), base)
+                cells.append(cell)
+                apart = apart or timed_apart
             err = f"{r['rel_err']:.1e}" if r.get("rel_err") is not None else "–"
-            lines.append(f"| {method} | {ms:.4f} | {vs_floor} | {vs_fused} | "
+            lines.append(f"| {method} | {r['median_ms']:.4f} | {cells[0]} | {cells[1]} | "
                          f"{r.get('kernel') or '–'} | {err} |")
         for why, methods in notes.get(case, {}).items():
             lines += ["", f"Not timed: {', '.join(methods)}: {why}"]
         lines.append("")
+    lines.append("Ratios: medians over rounds that alternate a case's methods, with the "
+                 "interquartile range" + ("; † timed apart (separate runs), so a change of "
+                                          "load in between skews them." if apart else "."))
+    note = paired.records_note([r for rows in by_case.values() for r in rows.values()],
+                               ("vs_premerged", "vs_fused"))
+    if note:
+        lines += ["", f"**{note}**"]
     return "\n".join(lines)
+
+
+def _ratio_cell(record: dict, base: dict | None, name: str) -> tuple[str, bool]:
+    """(cell, timed apart): the side-by-side ratio to ``name`` when the record has it,
+    else the quotient of the two medians (marked †), else a dash."""
+    if record.get(f"vs_{name}"):
+        s = paired.spread_from_dict(record[f"vs_{name}"])
+        return (f"{s.median:.2f} ({s.q25:.2f}–{s.q75:.2f})", False)
+    if base is None:
+        return "–", False
+    if base is record:
+        return "1.00", False
+    return f"{record['median_ms'] / base['median_ms']:.2f} †", True
 
 
 def environment_header(command: str) -> list[str]:
@@ -605,7 +720,7 @@ def environment_header(command: str) -> list[str]:
     from importlib.metadata import version
 
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
-              else "cpu (no GPU: toy sizes, PyTorch path; times mean nothing)")
+              else "cpu (no GPU: toy sizes, PyTorch path, one thread; times mean nothing)")
     gluon = os.environ.get("DAWIN_FAST_GLUON", "0")
     return [f"Device: {device}; torch {torch.__version__}, triton {version('triton')}; "
             f"{datetime.date.today().isoformat()}; DAWIN_FAST_GLUON={gluon}",
