@@ -825,7 +825,7 @@ def _fake_work(item: Item, device: FakeDevice) -> Iterator[dict]:
         yield dict(info, kind="ceiling", median_ms=1.0, gb_per_s=1.0, note="fake device")
     elif item.kind == "e2e":
         yield dict(info, target=E2E_TARGETS.get(item.method, "P5"), ms_per_image=1.0,
-                   median_ms=1.0)
+                   median_ms=1.0, images=1, batch_images=1)
     else:
         yield dict(info, median_ms=1.0 if right else None,
                    **({} if right else {"error": "wrong values (fake device)"}))

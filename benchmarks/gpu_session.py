@@ -1,20 +1,20 @@
-"""One driver for the first GPU session (issue 12): every stage writes all it has to $OUT.
+"""One driver for the GPU sessions: every stage writes all it has to $OUT.
 
     bash benchmarks/gpu_session.sh STAGE [STAGE ...] [options]   # on the device machine
     python -m benchmarks.gpu_session STAGE [STAGE ...] [--out DIR] [--budget S] [options]
 
-The runbook (exact device calls, order, expected minutes) is in kernels/NOTES.md,
-"Runbook for the first GPU session". Stages, each fitting one device call (<= 10 min):
+The runbook of the first call (the exact device call, its carry and timeout, what to
+fetch) is kernels/RUNBOOK.md. Stages, each fitting one device call (<= 10 min):
 
 * ``correctness``: pytest on CUDA in four runs, most important first, each with its own
-  JUnit XML and a share of the stage's budget: ``gluon`` (the issue-11 kernels, the Gluon
+  JUnit XML and a share of the stage's budget: ``gluon`` (the fused kernels, the Gluon
   kernel included, against the float64 reference; dispatch on a real Hopper), ``core``
   (the op with bf16 and int64 addressing, one-hot, the ViT and dawinize equivalences, the
   CUDA-graph replay of a whole DaWinViT forward, torch.compile, pipeline, bad inputs),
   ``core_gluon`` (the op and module tests again with DAWIN_FAST_GLUON=1: what flipping
   its default would ship), ``rest`` (the other tests, without the compile gate, which
   needs no GPU, the benchmarks, which have their own stages, and the CPU-only gloo tests).
-* ``layers``: every DESIGN §5 layer case, every method side by side: the fused op's
+* ``layers``: every P1-P4 layer case, every method side by side: the fused op's
   default, each kernel strategy forced (fused_combine, fused_rowscaled, fused_swapab with
   Gluon under --gluon on, fused_epilogue), cuBLAS on the pre-merged weight, eager
   materialize, einsum + torch._grouped_mm; CUDA events, warm-up, median of >= 20 calls,
@@ -25,10 +25,13 @@ The runbook (exact device calls, order, expected minutes) is in kernels/NOTES.md
 * ``backend``: ``benchmarks/backend.py --device cuda`` (optional; WEMoE only where
   fusion_bench is installed, which the GPU machine is not).
 * ``render``: ``benchmarks/render.py`` over the stage files under ``--from`` folders.
-* ``first-contact`` (issue 19): the first GPU call, alone: ceilings, production-shape
-  numerics and 10-launch repeatability, P1-P4 at ViT-B/32 shapes with every strategy and
-  the baselines, P5/P6, RESULTS.md, in 450 s of work (``benchmarks/first_contact.py``;
-  ``--triton-cache-from`` re-keys a cache built by ``benchmarks/triton_cache.py``).
+* ``first-contact``: the first GPU call, alone: the self-check, ceilings measured in the
+  call, production-shape numerics and 10-launch repeatability (the Gluon cases in their
+  own child after a smoke launch of each Gluon kernel), P1-P4 at ViT-B/32 shapes with
+  every strategy and the baselines, P5/P6, RESULTS.md naming the card, in 450 s of work
+  (``benchmarks/first_contact.py``: a child that dies on a CUDA error or a hang is
+  restarted without that kernel; ``--triton-cache-from`` re-keys a cache built by
+  ``benchmarks/triton_cache.py``).
   ``plan first-contact`` prints its counted work, ending ``first-contact: estimated N s``;
   ``dry-run first-contact`` runs it at toy sizes on a CPU.
 * ``dry-run``: correctness, layers, compiled, e2e and render on this machine at toy sizes
@@ -67,7 +70,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("correctness", "layers", "compiled", "e2e", "backend", "render", "first-contact")
 DEFAULT_BUDGET_S = 530.0  # of a device call's 600 s: start-up, wheel install, margin
-FIRST_CONTACT_BUDGET_S = 450.0  # issue 19: one call's work, most important first
+FIRST_CONTACT_BUDGET_S = 450.0  # one call's work, most important first
 GRACE_S = 45.0  # after SIGINT, for pytest to write its JUnit XML and summary
 TEST_TIMEOUT_S = 300  # one correctness test (compiles every config of a new shape: minutes)
 
