@@ -40,7 +40,16 @@ def test_the_e2e_plan_holds_every_fused_call_of_the_e2e_methods(monkeypatch):
 
 
 def test_the_plan_compiles_the_head_apart():
-    """N = 1000 is not a multiple of 16: Triton specializes it apart from the others."""
+    """N = 1000 (the head) is not a multiple of 16: Triton specializes it apart from N =
+    1008, which shares its config."""
+    import torch
+
+    for strategy in ("epilogue", "swapab"):
+        work = first_contact.Work()
+        for n in (1000, 1008):
+            first_contact.call_work(work, "e2e", strategy, 1024, 1, 2, n, 512, torch.bfloat16,
+                                    gluon=False)
+        assert len(work.compiles) == 2, (strategy, work.compiles)
     work = first_contact.Work()
     first_contact.plan_e2e(work, gluon=True)
     shapes = {(call[4], call[5]) for call in work.calls.values()}  # (N, K) of each variant
