@@ -237,9 +237,11 @@ class Stage:
         tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n", encoding="utf-8")
         tmp.replace(path)
 
-    def run(self, label: str, argv: list[str], env: dict[str, str], timeout: float) -> dict:
+    def run(self, label: str, argv: list[str], env: dict[str, str], timeout: float,
+            grace: float | None = None) -> dict:
         """Run a command with its output streamed to the log and to stdout; past
-        ``timeout`` it gets SIGINT (pytest then writes its XML and summary), then SIGKILL."""
+        ``timeout`` it gets SIGINT (pytest then writes its XML and summary), then SIGKILL
+        after ``grace`` seconds (default ``GRACE_S``)."""
         shown = shown_command(argv, env, self.out)
         self.data["commands"].append(shown)
         self.say(f"\n=== {self.name}/{label}: {shown}  (limit {timeout:.0f} s)")
@@ -264,7 +266,7 @@ class Stage:
             self.say(f"=== {self.name}/{label}: past its {timeout:.0f} s limit: SIGINT")
             self._signal(proc, signal.SIGINT)
             try:
-                proc.wait(timeout=GRACE_S)
+                proc.wait(timeout=GRACE_S if grace is None else grace)
             except subprocess.TimeoutExpired:
                 self.say(f"=== {self.name}/{label}: still running: SIGKILL")
                 self._signal(proc, signal.SIGKILL)
@@ -584,6 +586,7 @@ def print_plan(args: argparse.Namespace) -> None:
 SELFCHECK = ["-m", "dawin_fast.app.cli", "selfcheck", "--device", "cuda", "--json"]
 SELFCHECK_LIMIT_S = 60.0
 RESTARTS = 6  # children per part at most (each restart follows a lost context)
+CHILD_GRACE_S = 5.0
 
 
 def stage_first_contact(stage: Stage) -> None:
@@ -619,7 +622,9 @@ def stage_first_contact(stage: Stage) -> None:
         stage.data["transplant"] = _transplant(stage, Path(args.triton_cache_from), cache)
     stage.data["triton_cache"] = _cache_report(cache)
     stage.data["excluded_kernels"] = {}
-    _selfcheck(stage, env)
+    # The library's default (Gluon opt-in): what a user's first call gets; a Gluon kernel
+    # that hangs costs the Gluon child's deadline, not the self-check's minute.
+    _selfcheck(stage, dict(env, DAWIN_FAST_GLUON="0"))
     selections = {"ceilings": None, "numerics": core, "gluon": gluon_idx, "layers": None,
                   "e2e": None, "numerics_more": more}
     gluon_flag = "0"
@@ -729,7 +734,9 @@ def run_part(stage: Stage, part: str, todo: list, smoke: list[int], env: dict[st
             argv.append("--toy")
         run_env = dict(env, DAWIN_BENCH_DEADLINE=str(deadline - 10))
         label = part if attempt == 0 else f"{part}-{attempt + 1}"
-        run = stage.run(label, argv, run_env, left)
+        # A child's records are on disk as they come: a child blocked in a hung kernel
+        # (which SIGINT cannot wake) is killed after a few seconds, not GRACE_S.
+        run = stage.run(label, argv, run_env, left, grace=CHILD_GRACE_S)
         runs.append(run)
         mine = [r for r in _read_records(records) if r.get("part") == part]
         started = {r["item"] for r in mine if r.get("kind") == "start"}
