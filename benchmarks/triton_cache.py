@@ -80,13 +80,22 @@ def _b32(hex_key: str) -> str:
 
 def calls() -> list[tuple]:
     """(strategy, rows, groups, M, N, K, dtype, gluon) of one call per compile variant of
-    the whole first-contact stage (every numerics case, layers, e2e)."""
+    the whole first-contact stage (every numerics case, layers, e2e, the smoke launches
+    being numerics cases)."""
     from benchmarks import first_contact as fc
 
     work = fc.Work()
-    fc.plan_numerics(work, fc.numerics_cases(toy=False), "numerics")
-    fc.plan_layers(work, fc.layer_cases(toy=False), gluon=True)
-    fc.plan_e2e(work, gluon=True)
+    cases = fc.numerics_cases(toy=False)
+    described = fc.items("numerics", toy=False, gluon=True)
+    # As the stage runs them: the Gluon cases under DAWIN_FAST_GLUON=1, every case under 0
+    # (numerics_more runs what is left with it off); the benchmarks with Gluon on, and off
+    # (what they run when the Gluon child fails).
+    fc.plan_numerics(work, [c for c, i in zip(cases, described, strict=True) if i.gluon],
+                     "gluon", gluon=True)
+    fc.plan_numerics(work, cases, "numerics", gluon=False)
+    for gluon in (True, False):
+        fc.plan_layers(work, fc.layer_cases(toy=False), gluon=gluon)
+        fc.plan_e2e(work, gluon=gluon)
     # An autotuned kernel's keys differ by config index only: one call covers them all.
     specs = {(key[:-1] if key[0] in ("combine", "rowscaled") else key): call
              for key, call in work.calls.items()}
