@@ -644,6 +644,9 @@ def stage_first_contact(stage: Stage) -> None:
         if limit < 20:
             stage.data["errors"].append(f"{part}: not run, the stage budget ran out")
             stage.say(f"=== {stage.name}/{part}: not run (budget)")
+            if part == "gluon":  # planned, never run: off
+                _gluon_decision(stage, records, args.gluon, [gluon_items[i] for i in chosen],
+                                [])
             continue
         part_env = dict(env)
         if toy and part in ("numerics", "numerics_more", "gluon"):
