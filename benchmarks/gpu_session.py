@@ -1,20 +1,20 @@
-"""One driver for the first GPU session (issue 12): every stage writes all it has to $OUT.
+"""One driver for the GPU sessions: every stage writes all it has to $OUT.
 
     bash benchmarks/gpu_session.sh STAGE [STAGE ...] [options]   # on the device machine
     python -m benchmarks.gpu_session STAGE [STAGE ...] [--out DIR] [--budget S] [options]
 
-The runbook (exact device calls, order, expected minutes) is in kernels/NOTES.md,
-"Runbook for the first GPU session". Stages, each fitting one device call (<= 10 min):
+The runbook of the first call (the exact device call, its carry and timeout, what to
+fetch) is kernels/RUNBOOK.md. Stages, each fitting one device call (<= 10 min):
 
 * ``correctness``: pytest on CUDA in four runs, most important first, each with its own
-  JUnit XML and a share of the stage's budget: ``gluon`` (the issue-11 kernels, the Gluon
+  JUnit XML and a share of the stage's budget: ``gluon`` (the fused kernels, the Gluon
   kernel included, against the float64 reference; dispatch on a real Hopper), ``core``
   (the op with bf16 and int64 addressing, one-hot, the ViT and dawinize equivalences, the
   CUDA-graph replay of a whole DaWinViT forward, torch.compile, pipeline, bad inputs),
   ``core_gluon`` (the op and module tests again with DAWIN_FAST_GLUON=1: what flipping
   its default would ship), ``rest`` (the other tests, without the compile gate, which
   needs no GPU, the benchmarks, which have their own stages, and the CPU-only gloo tests).
-* ``layers``: every DESIGN §5 layer case, every method side by side: the fused op's
+* ``layers``: every P1-P4 layer case, every method side by side: the fused op's
   default, each kernel strategy forced (fused_combine, fused_rowscaled, fused_swapab with
   Gluon under --gluon on, fused_epilogue), cuBLAS on the pre-merged weight, eager
   materialize, einsum + torch._grouped_mm; CUDA events, warm-up, median of >= 20 calls,
@@ -25,10 +25,13 @@ The runbook (exact device calls, order, expected minutes) is in kernels/NOTES.md
 * ``backend``: ``benchmarks/backend.py --device cuda`` (optional; WEMoE only where
   fusion_bench is installed, which the GPU machine is not).
 * ``render``: ``benchmarks/render.py`` over the stage files under ``--from`` folders.
-* ``first-contact`` (issue 19): the first GPU call, alone: ceilings, production-shape
-  numerics and 10-launch repeatability, P1-P4 at ViT-B/32 shapes with every strategy and
-  the baselines, P5/P6, RESULTS.md, in 450 s of work (``benchmarks/first_contact.py``;
-  ``--triton-cache-from`` re-keys a cache built by ``benchmarks/triton_cache.py``).
+* ``first-contact``: the first GPU call, alone: the self-check, ceilings measured in the
+  call, production-shape numerics and 10-launch repeatability (the Gluon cases in their
+  own child after a smoke launch of each Gluon kernel), P1-P4 at ViT-B/32 shapes with
+  every strategy and the baselines, P5/P6, RESULTS.md naming the card, in 450 s of work
+  (``benchmarks/first_contact.py``: a child that dies on a CUDA error or a hang is
+  restarted without that kernel; ``--triton-cache-from`` re-keys a cache built by
+  ``benchmarks/triton_cache.py``).
   ``plan first-contact`` prints its counted work, ending ``first-contact: estimated N s``;
   ``dry-run first-contact`` runs it at toy sizes on a CPU.
 * ``dry-run``: correctness, layers, compiled, e2e and render on this machine at toy sizes
@@ -49,6 +52,7 @@ is recorded with its traceback, and the exit code is 1 when anything failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -66,7 +70,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("correctness", "layers", "compiled", "e2e", "backend", "render", "first-contact")
 DEFAULT_BUDGET_S = 530.0  # of a device call's 600 s: start-up, wheel install, margin
-FIRST_CONTACT_BUDGET_S = 450.0  # issue 19: one call's work, most important first
+FIRST_CONTACT_BUDGET_S = 450.0  # one call's work, most important first
 GRACE_S = 45.0  # after SIGINT, for pytest to write its JUnit XML and summary
 TEST_TIMEOUT_S = 300  # one correctness test (compiles every config of a new shape: minutes)
 
@@ -233,9 +237,11 @@ class Stage:
         tmp.write_text(json.dumps(self.data, indent=1, default=str) + "\n", encoding="utf-8")
         tmp.replace(path)
 
-    def run(self, label: str, argv: list[str], env: dict[str, str], timeout: float) -> dict:
+    def run(self, label: str, argv: list[str], env: dict[str, str], timeout: float,
+            grace: float | None = None) -> dict:
         """Run a command with its output streamed to the log and to stdout; past
-        ``timeout`` it gets SIGINT (pytest then writes its XML and summary), then SIGKILL."""
+        ``timeout`` it gets SIGINT (pytest then writes its XML and summary), then SIGKILL
+        after ``grace`` seconds (default ``GRACE_S``)."""
         shown = shown_command(argv, env, self.out)
         self.data["commands"].append(shown)
         self.say(f"\n=== {self.name}/{label}: {shown}  (limit {timeout:.0f} s)")
@@ -260,7 +266,7 @@ class Stage:
             self.say(f"=== {self.name}/{label}: past its {timeout:.0f} s limit: SIGINT")
             self._signal(proc, signal.SIGINT)
             try:
-                proc.wait(timeout=GRACE_S)
+                proc.wait(timeout=GRACE_S if grace is None else grace)
             except subprocess.TimeoutExpired:
                 self.say(f"=== {self.name}/{label}: still running: SIGKILL")
                 self._signal(proc, signal.SIGKILL)
@@ -330,8 +336,10 @@ def shown_command(argv: list[str], env: dict[str, str], out: Path) -> str:
 
 def child_env(gluon: bool | None) -> dict[str, str]:
     """The children's environment: unbuffered, no Triton interpreter (on a CPU the
-    benchmark stages time the PyTorch path; the tests set the interpreter themselves)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    benchmark stages time the PyTorch path; the tests set the interpreter themselves), and
+    the model's dispatch (``DAWIN_FAST_MEASURE=0``): measuring would time every candidate
+    of every new call shape, work no plan counts and no carried cache holds."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DAWIN_FAST_MEASURE="0")
     env.pop("TRITON_INTERPRET", None)
     env.pop("PYTEST_ADDOPTS", None)
     if gluon is not None:
@@ -573,10 +581,18 @@ def print_plan(args: argparse.Namespace) -> None:
         print(f"  {label}: " + ", ".join(f"{k} {v}" for k, v in plan.items()))
 
 
+#: The self-check the first-contact stage runs first (its exit code and output are
+#: recorded; a CLI without it fails there, recorded, and the stage goes on).
+SELFCHECK = ["-m", "dawin_fast.app.cli", "selfcheck", "--device", "cuda", "--json"]
+SELFCHECK_LIMIT_S = 60.0
+RESTARTS = 6  # children per part at most (each restart follows a lost context)
+CHILD_GRACE_S = 5.0
+
+
 def stage_first_contact(stage: Stage) -> None:
-    """Issue 19: ceilings, numerics, P1-P4, P5/P6 and RESULTS.md in one device call, each
-    part a child process of ``benchmarks.first_contact`` (see its docstring), its records
-    appended to ``first-contact-records.jsonl`` as they come."""
+    """Self-check, ceilings, numerics, Gluon, P1-P4, P5/P6 and RESULTS.md in one device
+    call, each part children of ``benchmarks.first_contact`` (see its docstring), their
+    records appended to ``first-contact-records.jsonl`` as they come."""
     from benchmarks import first_contact as fc
 
     args = stage.args
@@ -585,20 +601,38 @@ def stage_first_contact(stage: Stage) -> None:
     env = child_env(args.gluon)
     cache = Path(args.triton_cache or "/tmp/dawin-first-contact-triton-cache")
     env["TRITON_CACHE_DIR"] = str(cache)
-    if args.dry_run:
-        planned = {part: 30.0 for part in fc.PARTS}
-        core, more = None, []
+    toy = args.dry_run
+    numerics_items = fc.items("numerics", toy, gluon=False)
+    gluon_items = fc.items("numerics", toy, gluon=True)
+    fake = fc._fake_spec() is not None
+    if toy or fake:  # every case, the Gluon ones apart (none at toy sizes)
+        gluon_idx = [i.index for i in gluon_items if i.gluon] if args.gluon else []
+        core = [i.index for i in numerics_items if i.index not in gluon_idx]
+        more, smoke = [], fc.smoke_indices(gluon_items) if gluon_idx else []
+        planned = {part: 5.0 if fake else 30.0 for part in fc.PARTS}
     else:
         plan = fc.plan(stage.remaining(), args.gluon)
-        stage.data["plan"] = plan
+        stage.data["plan"] = {k: v for k, v in plan.items() if k != "calls"}
         core, more = plan["core_indices"], plan["left_indices"]
+        gluon_idx, smoke = plan["gluon_indices"], plan["smoke_indices"]
         planned = {name: part["seconds_alone"] for name, part in plan["parts"].items()}
         planned["ceilings"] = fc.ceilings_seconds() + fc.COSTS["CHILD_S"]
+        stage.data["predictions"] = fc.predictions()
     if args.triton_cache_from:
         stage.data["transplant"] = _transplant(stage, Path(args.triton_cache_from), cache)
     stage.data["triton_cache"] = _cache_report(cache)
+    stage.data["excluded_kernels"] = {}
+    # The library's default (Gluon opt-in): what a user's first call gets; a Gluon kernel
+    # that hangs costs the Gluon child's deadline, not the self-check's minute.
+    _selfcheck(stage, dict(env, DAWIN_FAST_GLUON="0"))
+    selections = {"ceilings": None, "numerics": core, "gluon": gluon_idx, "layers": None,
+                  "e2e": None, "numerics_more": more}
+    gluon_flag = "0"
     for part in fc.PARTS:
-        if part == "numerics_more" and not more:
+        chosen = selections[part]
+        if part in ("numerics_more", "gluon") and not chosen:
+            if part == "gluon":
+                _gluon_decision(stage, records, args.gluon, [], [])
             continue
         # Each part may use what the planned parts after it do not need (numerics_more
         # needs nothing: it only uses what is left); the ceilings get a minute at most.
@@ -610,30 +644,146 @@ def stage_first_contact(stage: Stage) -> None:
         if limit < 20:
             stage.data["errors"].append(f"{part}: not run, the stage budget ran out")
             stage.say(f"=== {stage.name}/{part}: not run (budget)")
+            if part == "gluon":  # planned, never run: off
+                _gluon_decision(stage, records, args.gluon, [gluon_items[i] for i in chosen],
+                                [])
             continue
-        part_env = dict(env, DAWIN_BENCH_DEADLINE=str(time.time() + limit - 10))
-        argv = [sys.executable, "-m", "benchmarks.first_contact", part,
-                "--records", str(records)]
-        if args.dry_run:
-            argv.append("--toy")
-            if part.startswith("numerics"):
-                part_env["TRITON_INTERPRET"] = "1"  # fp16 toy cases through the kernels
-        chosen = core if part == "numerics" else more if part == "numerics_more" else None
-        if chosen is not None:
-            argv += ["--cases", ",".join(map(str, chosen))]
-        if part in ("layers", "e2e") and not args.dry_run:
-            part_env["DAWIN_FAST_GLUON"] = _gluon_decision(stage, records, args.gluon)
-        stage.run(part, argv, part_env, limit)
+        part_env = dict(env)
+        if toy and part in ("numerics", "numerics_more", "gluon"):
+            part_env["TRITON_INTERPRET"] = "1"  # fp16 toy cases through the kernels
+        if part in ("numerics", "numerics_more"):
+            part_env["DAWIN_FAST_GLUON"] = "0"
+        elif part == "gluon":
+            part_env["DAWIN_FAST_GLUON"] = "1"
+        elif part in ("layers", "e2e") and not toy:
+            part_env["DAWIN_FAST_GLUON"] = gluon_flag
+        gluon = part_env.get("DAWIN_FAST_GLUON") == "1"
+        listed = fc.items(fc.PART_KIND[part], toy, gluon)
+        todo = [listed[i] for i in chosen] if chosen is not None else listed
+        runs = run_part(stage, part, todo, smoke if part == "gluon" else [], part_env,
+                        limit, records, listed)
+        if part == "gluon":
+            gluon_flag = _gluon_decision(stage, records, args.gluon,
+                                         todo + [dataclasses.replace(listed[i], kind="smoke")
+                                                 for i in smoke], runs)
         stage.data["records"] = _read_records(records)
         stage.save()
         if part == "e2e":  # RESULTS.md before the optional part, in case the call is cut
             _render_first_contact(stage)
     _render_first_contact(stage)
     failing = sorted({r["case"] for r in stage.data["records"]
-                      if r.get("kind") in ("numerics", "repeat") and r.get("passed") is False})
+                      if r.get("kind") in ("numerics", "repeat", "smoke")
+                      and r.get("passed") is False})
     if failing:
         stage.data["errors"].append(f"numerics: {len(failing)} cases failed: "
                                     f"{', '.join(failing[:20])}")
+
+
+def _selfcheck(stage: Stage, env: dict[str, str]) -> None:
+    """The library's self-check, first: its exit code, output tail and JSON report."""
+    report = stage.out / "selfcheck.json"
+    argv = [sys.executable, *SELFCHECK, str(report)]
+    run = stage.run("selfcheck", argv, env, min(SELFCHECK_LIMIT_S, stage.remaining() / 4))
+    lines = stage.log_path.read_text(encoding="utf-8").splitlines()
+    marks = [i for i, line in enumerate(lines)
+             if line.startswith(f"=== {stage.name}/selfcheck:")]
+    output = lines[marks[0] + 1:marks[-1]] if len(marks) > 1 else []
+    result = dict(returncode=run.get("returncode"), timed_out=run["timed_out"],
+                  passed=run.get("returncode") == 0 and not run["timed_out"],
+                  output_tail="\n".join(output[-20:]))
+    if report.exists():
+        try:
+            result["report"] = json.loads(report.read_text(encoding="utf-8"))
+        except ValueError as error:
+            result["report_error"] = repr(error)
+    stage.data["selfcheck"] = result
+    if not result["passed"]:
+        stage.data["errors"].append(f"selfcheck: exit {run.get('returncode')}"
+                                    f"{' (timed out)' if run['timed_out'] else ''}: "
+                                    f"{(output or [''])[-1][:200]}")
+    stage.save()
+
+
+def run_part(stage: Stage, part: str, todo: list, smoke: list[int], env: dict[str, str],
+             limit: float, records: Path, listed: list) -> list[dict]:
+    """One part's children: a child runs the items left; when one dies (a CUDA error, a
+    hang, a kill past its limit) the item it had started gets its failure record, the
+    items of that kernel are skipped (recorded) and a new child runs the rest. Returns
+    the runs of its children."""
+    from benchmarks import first_contact as fc
+
+    deadline = time.time() + limit
+    writer = fc.Records(records, part)
+    excluded: dict[str, str] = stage.data.setdefault("excluded_kernels", {})
+    smoke_items = [dataclasses.replace(listed[i], kind="smoke") for i in smoke]
+    pending = [*smoke_items, *todo]
+    runs: list[dict] = []
+    for attempt in range(RESTARTS):
+        pending = _drop_excluded(pending, excluded, writer)
+        if not pending:
+            break
+        left = deadline - time.time()
+        if left < 10:
+            for item in pending:
+                for rec in fc.failure_records(item, ""):
+                    rec.pop("error")
+                    writer.write(dict(rec, skipped="the part's time ran out before this case"))
+            break
+        argv = [sys.executable, "-m", "benchmarks.first_contact", part, "--records",
+                str(records), "--items", ",".join(str(i.index) for i in pending
+                                                  if i.kind != "smoke"),
+                "--smoke", ",".join(str(i.index) for i in pending if i.kind == "smoke")]
+        if stage.args.dry_run:
+            argv.append("--toy")
+        run_env = dict(env, DAWIN_BENCH_DEADLINE=str(deadline - 10))
+        label = part if attempt == 0 else f"{part}-{attempt + 1}"
+        # A child's records are on disk as they come: a child blocked in a hung kernel
+        # (which SIGINT cannot wake) is killed after a few seconds, not GRACE_S.
+        run = stage.run(label, argv, run_env, left, grace=CHILD_GRACE_S)
+        runs.append(run)
+        mine = [r for r in _read_records(records) if r.get("part") == part]
+        started = {r["item"] for r in mine if r.get("kind") == "start"}
+        finished = {r["item"] for r in mine if r.get("kind") == "done"}
+        skipped = {r.get("item") for r in mine if r.get("skipped")}
+        lost = [i for i in pending if i.key in started and i.key not in finished]
+        pending = [i for i in pending if i.key not in started and i.key not in skipped]
+        if run.get("returncode") == 0 and not run["timed_out"]:
+            break
+        why = {fc.CUDA_ERROR_EXIT: "CUDA error", fc.HANG_EXIT: "hang"}.get(
+            run.get("returncode"), "timed out" if run["timed_out"]
+            else f"exit {run.get('returncode')}")
+        faults = {r["item"]: r.get("error", "") for r in mine if r.get("kind") == "fault"}
+        if not lost:  # died outside any item (import, set-up): nothing to exclude
+            stage.data["errors"].append(f"{part}: child died outside its items ({why})")
+            if not started:
+                break
+            continue
+        for item in lost:
+            message = f"child died: {why}" + (f": {faults[item.key]}" if item.key in faults
+                                              else "")
+            for rec in fc.failure_records(item, message[:300]):
+                writer.write(dict(rec, driver=True))
+            excluded[item.kernel] = f"{why} in {item.case}"
+            stage.say(f"=== {stage.name}/{part}: {item.case} ({item.kernel}): {why}; "
+                      f"its kernel is excluded, {len(pending)} items left")
+        stage.save()
+    return runs
+
+
+def _drop_excluded(pending: list, excluded: dict[str, str], writer) -> list:
+    """The items whose kernel no failure excluded; the others get a record saying why."""
+    from benchmarks import first_contact as fc
+
+    keep = []
+    for item in pending:
+        if item.kernel in excluded:
+            for rec in fc.failure_records(item, ""):
+                rec.pop("error")
+                writer.write(dict(rec, skipped=f"not run: kernel {item.kernel} excluded "
+                                               f"after a {excluded[item.kernel]}"))
+        else:
+            keep.append(item)
+    return keep
 
 
 def _read_records(path: Path) -> list[dict]:
@@ -642,17 +792,38 @@ def _read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def _gluon_decision(stage: Stage, records: Path, wanted: bool) -> str:
-    """DAWIN_FAST_GLUON for the benchmark parts: on only if asked for and no Gluon
-    numerics case failed (the runbook's rule, applied in the run)."""
-    failed = [r["case"] for r in _read_records(records)
-              if r.get("kind") in ("numerics", "repeat") and "Gluon" in str(r.get("kernel"))
-              and not r.get("passed")]
-    flag = "1" if wanted and not failed else "0"
-    stage.data["gluon_decision"] = dict(flag=flag, asked=wanted, failed_gluon_cases=failed)
-    if wanted and failed:
-        stage.say(f"=== {stage.name}: Gluon numerics failed in {len(failed)} cases: "
-                  f"benchmarks run with DAWIN_FAST_GLUON=0")
+def _gluon_decision(stage: Stage, records: Path, wanted: bool, planned: list,
+                    runs: list[dict]) -> str:
+    """DAWIN_FAST_GLUON for the benchmark parts: on only if asked for, the Gluon child
+    ran every smoke launch and Gluon case and each passed (a case that raised or died
+    counts as failed, whatever its record holds), and its children exited cleanly in
+    time (one child: no restart)."""
+    mine = [r for r in _read_records(records) if r.get("part") == "gluon"
+            and r.get("kind") in ("numerics", "repeat", "smoke")]
+    passed: dict[str, bool] = {}
+    for r in mine:
+        key = f"{r.get('kind')}:{r.get('item')}"
+        passed[key] = passed.get(key, True) and r.get("passed") is True
+    failed = sorted({r["case"] for r in mine if r.get("passed") is not True})
+    missing = []
+    for item in planned:
+        kinds = ("smoke",) if item.kind == "smoke" else ("numerics", "repeat")
+        if not all(passed.get(f"{k}:{item.key}") for k in kinds):
+            missing.append(item.case)
+    clean = bool(runs) and len(runs) == 1 and runs[0].get("returncode") == 0 \
+        and not runs[0]["timed_out"]
+    ok = bool(planned) and clean and not failed and not missing
+    flag = "1" if wanted and ok else "0"
+    why = ("not asked for" if not wanted else "no Gluon case was run" if not planned
+           else None if ok else "the Gluon child did not exit cleanly in time" if not clean
+           else "Gluon cases failed or did not run")
+    stage.data["gluon_decision"] = dict(flag=flag, asked=wanted, reason=why,
+                                        failed_gluon_cases=failed,
+                                        not_passed=sorted(set(missing)),
+                                        children=len(runs))
+    if wanted and flag == "0":
+        stage.say(f"=== {stage.name}: Gluon off for the benchmarks ({why}; "
+                  f"{len(set(missing))} of {len(planned)} items not passed)")
     return flag
 
 
@@ -683,12 +854,51 @@ def _render_first_contact(stage: Stage) -> None:
     stage.save()
     try:
         text = render.render([str(stage.out / f"{stage.name}.json")])
+        text += "\n" + "\n".join(first_contact_lines(stage.data)) + "\n"
     except Exception as error:  # noqa: BLE001 (recorded)
         stage.data["errors"].append(f"render: {error!r}")
         return
     (stage.out / "RESULTS.md").write_text(text, encoding="utf-8")
     (stage.out / f"{stage.name}.md").write_text(text, encoding="utf-8")
     stage.data["rendered"] = str(stage.out / "RESULTS.md")
+
+
+def first_contact_lines(data: dict) -> list[str]:
+    """The call's own facts under the rendered tables: the card it ran on, the self-check,
+    the smoke launches and the Gluon decision, the kernels excluded after a failure, and
+    the traffic model's predictions for both lent cards (the one it ran on marked)."""
+    card = str(data.get("env", {}).get("device", "?"))
+    lines = ["## This call", "", f"Card: **{card}**.", ""]
+    check = data.get("selfcheck")
+    if check:
+        lines.append(f"Self-check (`python {' '.join(SELFCHECK)} $OUT/selfcheck.json`): "
+                     f"{'passed' if check['passed'] else 'FAILED'}, exit "
+                     f"{check['returncode']}{' (timed out)' if check['timed_out'] else ''}.")
+    for r in data.get("records", []):
+        if r.get("kind") == "smoke":
+            lines.append(f"Smoke launch {r['case']} ({r.get('kernel', '?')}): "
+                         f"{'pass' if r.get('passed') else 'FAIL'}"
+                         f"{': ' + r['error'] if r.get('error') else ''}.")
+    decision = data.get("gluon_decision")
+    if decision:
+        lines.append(f"DAWIN_FAST_GLUON for the benchmarks: {decision['flag']}"
+                     f"{' (' + decision['reason'] + ')' if decision.get('reason') else ''}.")
+    for kernel, why in data.get("excluded_kernels", {}).items():
+        lines.append(f"Excluded after a failure: {kernel} ({why}).")
+    predictions = data.get("predictions")
+    if predictions:
+        lines += ["", "Predictions (traffic model, written before the run): best fused "
+                  "design / cuBLAS per P1-P4 case.", "",
+                  "| card | copy TB/s | GEMM TFLOP/s | case | target | cuBLAS ms | swap-AB / "
+                  "cuBLAS | epilogue / cuBLAS |", "|---|---|---|---|---|---|---|---|"]
+        for name, p in predictions.items():
+            here = " (this card)" if name.split()[0] in card else ""
+            for row in p["layers"]:
+                lines.append(f"| {name}{here} | {p['copy_tb_per_s']:.2f} | "
+                             f"{p['gemm_tflop_per_s']:.0f} | {row['case']} | {row['target']} "
+                             f"| {row['cublas_ms']:.3f} | {row.get('swapab_vs_cublas')} | "
+                             f"{row.get('epilogue_vs_cublas')} |")
+    return lines
 
 
 RUNNERS = {"correctness": stage_correctness, "layers": stage_layers,

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Device-call wrapper for benchmarks/gpu_session.py (issue 12): install what the GPU
+# Device-call wrapper for benchmarks/gpu_session.py: install what the GPU
 # machine lacks, then run the stages. Everything lands in $OUT (else ./gpu_out).
 #
 #   bash benchmarks/gpu_session.sh STAGE [STAGE ...] [gpu_session.py options]
 #
-# Wheels carried in .whl/ (open_clip_torch, ftfy, wcwidth: DESIGN §3) go to /tmp/site;
+# Wheels carried in .whl/ (open_clip_torch, ftfy, wcwidth: the GPU image lacks them) go to /tmp/site;
 # dawin_fast itself is installed editable (kernels/ is the package dawin_fast.kernels
 # only through the install), without dependencies and without the network.
 set -uo pipefail

@@ -1,9 +1,14 @@
 """A warm Triton cache for the first-contact call, built here, carried, re-keyed there.
 
-    # here, with the GPU machine's Triton (3.6.0) in front of the path:
-    PYTHONPATH=/work/main/.venv/triton36 python -m benchmarks.triton_cache build .tcache
+    # here: the GPU machine's Triton, 3.6.0, in a git-ignored folder in front of the path
+    python -m pip install --no-deps --target .triton36 triton==3.6.0
+    PYTHONPATH=.triton36 python -m benchmarks.triton_cache build .tcache --jobs 2
     # there (gpu_session's first-contact stage does it with --triton-cache-from .tcache):
     python -m benchmarks.triton_cache transplant .tcache /tmp/dawin-first-contact-triton-cache
+
+The build refuses to run under any other Triton (``REQUIRED_TRITON``: a cache of another
+version transplants nothing) and says which one it found; its last line names the Triton
+it built with ("... with Triton 3.6.0 ...").
 
 **build** compiles, for sm_90a under the compile gate's compile-only driver
 (``kernel_tools/compile_gate.py``), every kernel variant the first-contact stage launches: each
@@ -43,6 +48,27 @@ import time
 from pathlib import Path
 
 KEEP_SUFFIXES = (".cubin", ".json")  # what CompiledKernel reads on a hit (+ __grp__ files)
+#: The GPU machine's Triton: the only version whose entries the transplant can re-key.
+REQUIRED_TRITON = "3.6.0"
+
+
+class WrongTriton(RuntimeError):
+    """The build runs under another Triton than the GPU machine's."""
+
+
+def check_triton(version: str | None = None) -> str:
+    """The Triton this process imports, if it is ``REQUIRED_TRITON``; else WrongTriton."""
+    if version is None:
+        import triton
+
+        version = triton.__version__
+    if version != REQUIRED_TRITON:
+        raise WrongTriton(
+            f"the cache build needs Triton {REQUIRED_TRITON} (the GPU machine's), found "
+            f"Triton {version}: `python -m pip install --no-deps --target .triton36 "
+            f"triton=={REQUIRED_TRITON}`, then `PYTHONPATH=.triton36 python -m "
+            f"benchmarks.triton_cache build .tcache`")
+    return version
 
 
 def _b32(hex_key: str) -> str:
@@ -54,13 +80,22 @@ def _b32(hex_key: str) -> str:
 
 def calls() -> list[tuple]:
     """(strategy, rows, groups, M, N, K, dtype, gluon) of one call per compile variant of
-    the whole first-contact stage (every numerics case, layers, e2e)."""
+    the whole first-contact stage (every numerics case, layers, e2e, the smoke launches
+    being numerics cases)."""
     from benchmarks import first_contact as fc
 
     work = fc.Work()
-    fc.plan_numerics(work, fc.numerics_cases(toy=False), "numerics")
-    fc.plan_layers(work, fc.layer_cases(toy=False), gluon=True)
-    fc.plan_e2e(work, gluon=True)
+    cases = fc.numerics_cases(toy=False)
+    described = fc.items("numerics", toy=False, gluon=True)
+    # As the stage runs them: the Gluon cases under DAWIN_FAST_GLUON=1, every case under 0
+    # (numerics_more runs what is left with it off); the benchmarks with Gluon on, and off
+    # (what they run when the Gluon child fails).
+    fc.plan_numerics(work, [c for c, i in zip(cases, described, strict=True) if i.gluon],
+                     "gluon", gluon=True)
+    fc.plan_numerics(work, cases, "numerics", gluon=False)
+    for gluon in (True, False):
+        fc.plan_layers(work, fc.layer_cases(toy=False), gluon=gluon)
+        fc.plan_e2e(work, gluon=gluon)
     # An autotuned kernel's keys differ by config index only: one call covers them all.
     specs = {(key[:-1] if key[0] in ("combine", "rowscaled") else key): call
              for key, call in work.calls.items()}
@@ -126,6 +161,7 @@ def _record_keys(manifest: dict) -> None:
 def build_worker(shard: int, shards: int, out: Path) -> None:
     """Compile this shard's units into $TRITON_CACHE_DIR; write its manifest part."""
     os.environ.pop("TRITON_INTERPRET", None)
+    check_triton()
     from dawin_fast.kernel_tools import compile_gate
 
     compile_gate._install_compile_only_driver()
@@ -156,6 +192,7 @@ def build_worker(shard: int, shards: int, out: Path) -> None:
 
 def build(dest: Path, jobs: int) -> dict:
     """Compile in ``jobs`` worker processes, keep what a hit reads, write the manifest."""
+    check_triton()  # before anything is removed or compiled
     start = time.perf_counter()
     cache = dest / "cache"
     shutil.rmtree(dest, ignore_errors=True)
@@ -269,7 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         build_worker(shard, shards, Path(args.paths[0]))
         return 0
     if args.command == "build":
-        report = build(Path(args.paths[0]), args.jobs)
+        try:
+            report = build(Path(args.paths[0]), args.jobs)
+        except WrongTriton as error:
+            print(f"triton_cache build: {error}", file=sys.stderr)
+            return 2
         print(f"built {len(report['entries'])} entries ({report['units']} units, "
               f"{report['bytes'] / 2**20:.1f} MiB) with Triton {report['triton']} "
               f"(Python {report['python']}) in {report['seconds']} s; "
