@@ -2,7 +2,7 @@
 
 Reading offsets and coefficients on the host would be a data-dependent branch (a graph
 break, an error with ``fullgraph=True``); while compiling, the value checks become asserts
-inside the graph, with the eager messages (issue 15.8).
+inside the graph, with the eager messages.
 """
 
 from __future__ import annotations
