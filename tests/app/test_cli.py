@@ -306,8 +306,8 @@ def test_demo_arguments_fail_before_training(tmp_path, capsys, no_work, argv, fr
 @pytest.mark.parametrize("per_batch", [True, False])
 def test_too_many_clusters_is_an_error_in_both_modes(files, tmp_path, capsys, no_work,
                                                      per_batch):
-    """--clusters 100 --per-batch used to fall back to per-sample silently, while the
-    calibrated mode raised after loading everything: now both stop first, and say why."""
+    """More clusters than images is an error before any work in both modes (per batch it
+    would otherwise fall back to per-sample silently), and the line says why."""
     argv = eval_args(files, **{"--clusters": "100", "--per-batch": per_batch,
                                "--output": out(tmp_path)})
     run_error(argv, capsys, "--clusters 100", "needs more images than clusters",
