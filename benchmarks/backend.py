@@ -1,4 +1,4 @@
-"""Backend benchmarks (issue 13): the CPU dispatch and FusionBench's WEMoE, fused vs loops.
+"""Backend benchmarks: the CPU dispatch and FusionBench's WEMoE, fused vs loops.
 
     python -m benchmarks.backend [--device cpu|cuda] [--repeats 5] [--only layer|wemoe]
 

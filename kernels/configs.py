@@ -16,7 +16,8 @@ variant it builds: never below it, and equal to it unless the variant says why n
 
 The pruner also sorts calls into families: 16-bit, fp32, and unaligned (K or a K-stride
 not a multiple of 16, where Triton cannot pipeline the loads and bigger tiles spill);
-``ROWSCALED_NOT_AT_M1`` drops three tiles that ptxas serializes when M = 1.
+``ROWSCALED_NOT_AT_M1`` drops three tiles that ptxas serializes when M = 1, and
+``TILE_EXCEPTIONS`` the tiles that spill off Hopper, per target, each row with its reason.
 
 Config lists (tile sizes, warps, stages), one per element-size family:
 
@@ -29,6 +30,7 @@ Config lists (tile sizes, warps, stages), one per element-size family:
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -75,32 +77,85 @@ ROWSCALED_16BIT = (
 ROWSCALED_FP32 = ((64, 64, 32, 4, 2), (64, 64, 32, 4, 3), (64, 64, 16, 4, 4))
 ROWSCALED_UNALIGNED = ((128, 128, 32, 8, 5), (64, 64, 32, 4, 3), (128, 64, 32, 8, 3),
                        (64, 32, 32, 4, 3))
-# With M = 1 the model loop folds away and ptxas serializes wgmma in these (C7515).
-ROWSCALED_NOT_AT_M1 = ((64, 64, 64, 4, 4), (128, 64, 64, 4, 4), (128, 256, 32, 8, 3))
-# Configs that spill off Hopper, where the dot is mma.sync (its operands and accumulators
-# sit in registers differently from wgmma's): (kind, "16bit" or "fp32", capability) ->
-# config keys. Read off the compile gate (Triton 3.8, 2026-12-03; kernels/NOTES.md):
-# rowscaled 16-bit 8-36 B of spill stores, worst at M >= 8 with per-sample groups (sm_80
-# keeps 128x128x64 s3, 64x128x32 s5, 128x128x32 s5; sm_89 the last two), fp32 4-16 B
-# (sm_80, TF32 and IEEE, 32-deep K), combine 16-bit 176-192 B (sm_80, at M = 1).
-# Combine's two also on sm_89, where the sampled calls' shared memory pruned them: a
-# prediction, for per-sample M = 1 calls. The first full (unsampled) table found two more
-# (2026-12-03, after the merge of issues 18, 20 and 24): combine 128x32 w8 s3 on sm_80 (bf16
-# M = 2, unaligned K = 200: 52 B), dropped there; and 32x32 w4 s2 on sm_89 (fp16 M = 16 per
-# sample: 4 B), kept: it is the only combine tile within Ada's limit at M = 32 (the gate
-# allows that spill: interp_matmul._GATE_ADA_SPILL).
-SPILLS_OFF_HOPPER = {
-    ("rowscaled", "16bit", (8, 0)): {(128, 128, 64, 8, 4), (64, 128, 64, 4, 4),
-                                     (64, 64, 64, 4, 4), (128, 64, 64, 4, 4),
-                                     (128, 256, 32, 8, 3), (128, 128, 32, 8, 5)},
-    ("rowscaled", "16bit", (8, 9)): {(128, 128, 64, 8, 3), (64, 128, 64, 4, 4),
-                                     (64, 64, 64, 4, 4), (128, 64, 64, 4, 4),
-                                     (128, 256, 32, 8, 3)},
-    ("rowscaled", "fp32", (8, 0)): {(64, 64, 32, 4, 2), (64, 64, 32, 4, 3)},
-    ("combine", "16bit", (8, 0)): {(None, 128, 64, 4, 4), (None, 64, 128, 4, 3),
-                                   (None, 128, 32, 8, 3)},
-    ("combine", "16bit", (8, 9)): {(None, 128, 64, 4, 4), (None, 64, 128, 4, 3)},
+#: Rowscaled tiles dropped at M = 1 on every target, each with why: (config key, reason).
+ROWSCALED_M1_EXCEPTIONS = tuple(
+    (config, "with M = 1 the model loop folds away and ptxas serializes wgmma (C7515)")
+    for config in ((64, 64, 64, 4, 4), (128, 64, 64, 4, 4), (128, 256, 32, 8, 3)))
+ROWSCALED_NOT_AT_M1 = tuple(config for config, _ in ROWSCALED_M1_EXCEPTIONS)
+@dataclass(frozen=True)
+class TileException:
+    """One config autotune never tries on one target, and why.
+
+    ``kind``: "combine" or "rowscaled"; ``family``: "16bit" (bf16, fp16; aligned and
+    unaligned lists alike) or "fp32" (IEEE and TF32 alike); ``config``: the key
+    (BLOCK_M or None for combine, BLOCK_N, BLOCK_K, num_warps, num_stages).
+    """
+
+    kind: str
+    family: str
+    config: tuple
+    reason: str
+
+
+# Off Hopper the dot is mma.sync, whose operands and accumulators sit in registers
+# differently from wgmma's, so ptxas spills some tiles that are clean on sm_90a. Each row
+# was read off the compile gate (Triton 3.8, kernels/compiled.md) unless its reason says
+# it is a prediction. One spill is kept rather than excluded: combine's 32x32 w4 s2 on
+# sm_89 (4 B at fp16 M = 16 per sample), the only combine tile within Ada's 101 376 B at
+# M = 32; the gate allows it with that reason.
+_MMA_SYNC = "with mma.sync: "
+TILE_EXCEPTIONS: dict[tuple[int, int], tuple[TileException, ...]] = {
+    arch.AMPERE.capability: (
+        TileException("rowscaled", "16bit", (128, 128, 64, 8, 4),
+                      _MMA_SYNC + "spills 8 B at M >= 8 with per-sample groups"),
+        TileException("rowscaled", "16bit", (64, 128, 64, 4, 4), _MMA_SYNC + "spills 28 B"),
+        TileException("rowscaled", "16bit", (64, 64, 64, 4, 4),
+                      _MMA_SYNC + "spills 12-20 B at M >= 8 with per-sample groups"),
+        TileException("rowscaled", "16bit", (128, 64, 64, 4, 4), _MMA_SYNC + "spills 32 B"),
+        TileException("rowscaled", "16bit", (128, 256, 32, 8, 3), _MMA_SYNC + "spills 24 B"),
+        TileException("rowscaled", "16bit", (128, 128, 32, 8, 5),
+                      _MMA_SYNC + "spills 48 B on unaligned calls with per-sample groups"),
+        TileException("rowscaled", "fp32", (64, 64, 32, 4, 2),
+                      _MMA_SYNC + "the 32-deep K tile spills 4-16 B, TF32 and IEEE"),
+        TileException("rowscaled", "fp32", (64, 64, 32, 4, 3),
+                      _MMA_SYNC + "the 32-deep K tile spills 4-16 B, TF32 and IEEE"),
+        TileException("combine", "16bit", (None, 128, 64, 4, 4),
+                      _MMA_SYNC + "spills 176-192 B at M = 1"),
+        TileException("combine", "16bit", (None, 64, 128, 4, 3),
+                      _MMA_SYNC + "spills 176-192 B at M = 1"),
+        TileException("combine", "16bit", (None, 128, 32, 8, 3),
+                      _MMA_SYNC + "spills 52 B at bf16 M = 2 on unaligned calls (K = 200)"),
+    ),
+    arch.ADA.capability: (
+        TileException("rowscaled", "16bit", (128, 128, 64, 8, 3),
+                      _MMA_SYNC + "spills 16 B at M >= 8 with per-sample groups"),
+        TileException("rowscaled", "16bit", (64, 128, 64, 4, 4), _MMA_SYNC + "spills 36 B"),
+        TileException("rowscaled", "16bit", (64, 64, 64, 4, 4),
+                      _MMA_SYNC + "spills 20 B at M >= 8 with per-sample groups"),
+        TileException("rowscaled", "16bit", (128, 64, 64, 4, 4), _MMA_SYNC + "spills 12 B"),
+        TileException("rowscaled", "16bit", (128, 256, 32, 8, 3), _MMA_SYNC + "spills 16 B"),
+        TileException("combine", "16bit", (None, 128, 64, 4, 4),
+                      "a prediction from sm_80, where it spills 176-192 B at M = 1 with "
+                      "mma.sync; the gate's sampled calls pruned it by shared memory here"),
+        TileException("combine", "16bit", (None, 64, 128, 4, 3),
+                      "a prediction from sm_80, where it spills 176-192 B at M = 1 with "
+                      "mma.sync; the gate's sampled calls pruned it by shared memory here"),
+    ),
 }
+
+
+def _by_family(rows: dict[tuple[int, int], tuple[TileException, ...]]
+               ) -> dict[tuple[str, str, tuple[int, int]], set[tuple]]:
+    out: dict[tuple[str, str, tuple[int, int]], set[tuple]] = {}
+    for capability, exceptions in rows.items():
+        for row in exceptions:
+            out.setdefault((row.kind, row.family, capability), set()).add(row.config)
+    return out
+
+
+#: ``TILE_EXCEPTIONS`` as the pruner reads it: (kind, "16bit" or "fp32", capability) ->
+#: config keys excluded there.
+SPILLS_OFF_HOPPER = _by_family(TILE_EXCEPTIONS)
 
 
 def tensor_cores(dtype: torch.dtype, ieee: bool) -> bool:

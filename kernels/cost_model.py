@@ -1,10 +1,11 @@
 """The traffic model of the fused kernels on a Hopper GPU (16-bit inputs): what the
 dispatch ranks configs with (``dispatch._costed``). Predictions only.
 
-Ceilings (``Ceilings``): ``H200``, the GPU now lent (issue 19: device copy 4.3 TB/s and
-bf16 8192^3 GEMM ~790 TFLOP/s measured there, DESIGN §3; 132 SMs; 60 MB L2), is the
-default; ``H100`` holds the figures of the earlier loan (2.97 TB/s, 690 TFLOP/s, 50 MB L2),
-on which the calibration points (DESIGN §4) were measured. Every prediction takes ``hw=``;
+Ceilings (``Ceilings``): ``H200`` (device copy 4.3 TB/s and bf16 8192^3 GEMM ~790 TFLOP/s
+measured on such machines; 132 SMs; 60 MB L2) is the default, the Hopper the first GPU
+session is expected on; ``H100`` holds the figures measured on an H100 SXM (2.97 TB/s,
+690 TFLOP/s, 50 MB L2), where the calibration points were measured (docs/design.md,
+"Baselines measured on the H100"). Every prediction takes ``hw=``;
 without it, ``DEVICE``, which ``using(ceilings)`` switches. The per-kernel formulas do not
 depend on the device.
 
@@ -25,9 +26,10 @@ also cannot beat one pass over HBM (weights, x, y) at the measured copy rate, an
 launch overhead. The L2 -> SM rate is an assumption calibrated on the H100; the H200 has
 the same die and clocks, so it is kept (its 60 MB L2 holds the same tiles: every weight
 of these layers fits either L2). Nothing here has been checked on a GPU except the cuBLAS
-calibration points, which are DESIGN §4 measurements.
+calibration points, which are the H100 baselines of docs/design.md.
 
-The reports built on it (the prediction tables of ``kernels/NOTES.md``, the calibration,
+The reports built on it (the prediction tables of ``kernels/README.md`` and the tuning log,
+the calibration,
 the sensitivity study) are a developer tool: ``dawin_fast.kernel_tools.traffic_model``.
 """
 
@@ -52,11 +54,11 @@ class Ceilings:
     clock_hz: float = 1.755e9  # assumption: sustained SM clock under tensor-core load
 
 
-# H100 SXM, the earlier loan (DESIGN §3, measured there). L2 -> SM: cuBLAS needs >= 7.2
+# H100 SXM (measured there: docs/design.md). L2 -> SM: cuBLAS needs >= 7.2
 # TB/s to run B/32 fc1 in the measured 98 us; 7.5 matches the row-scaled probes.
 H100 = Ceilings("H100 SXM", 690e12, 2.97e12, 7.5e12, 132, 50 * 10**6)
-# H200 (DESIGN §3, KINDS.md: 4.3 TB/s copy, 769-798 TFLOP/s measured on such machines in
-# this workplace; 790 taken). Same die as the H100: L2 -> SM kept at 7.5 TB/s (assumption,
+# H200 (docs/design.md: 4.3 TB/s copy, 769-798 TFLOP/s measured on such machines; 790
+# taken). Same die as the H100: L2 -> SM kept at 7.5 TB/s (assumption,
 # not measured on the H200; the first-contact run's cuBLAS times check it).
 H200 = Ceilings("H200", 790e12, 4.3e12, 7.5e12, 132, 60 * 10**6)
 #: The ceilings a prediction uses when it is given none (``using`` switches it).
@@ -117,7 +119,7 @@ class Prediction:
     smem_bytes: float = 0.0  # shared-memory bytes written and read
     serial_s: float = 0.0  # per-program phase that overlaps nothing (wstat's combine)
     #: seconds per program of each SM resource (tensor, l2, smem, issue), the serial phase
-    #: and fill, then the call's HBM floor and launch: the breakdown of ``NOTES``
+    #: and fill, then the call's HBM floor and launch (``traffic_model.design_breakdown``)
     parts: tuple = ()
     waves: int = 0
 

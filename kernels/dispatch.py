@@ -178,7 +178,7 @@ def candidates(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_di
     ranking (a Hopper model: a prior and a pruner, not a prediction elsewhere), cut at
     ``factor`` times its best, without configs that do not fit the device's shared
     memory. Off Hopper without the epilogue kernel: with pointer loads and mma.sync every
-    16-bit and TF32 config the gate built there spills 8-36 B (``kernels/NOTES.md``); an
+    16-bit and TF32 config the gate built there spills 8-36 B (``kernels/compiled.md``); an
     explicit strategy="epilogue" still runs there. Empty off CUDA, for fp32 (only an
     explicit strategy sends fp32 there) and for empty calls."""
     if not (target.cuda and target.half) or num_rows == 0:

@@ -251,8 +251,9 @@ def compile_variants():
     yield variant("e128x128", torch.float32, 2, 256, ieee=True, core=False,
                   allow={"wgmma": _GATE_FMA, "wait": _GATE_FMA})
     yield variant("e128x128", torch.float32, 2, 256, core=False)
-    # Off Hopper dispatch.launch never uses TMA descriptors: every config with pointer loads
-    # there (issue 20), where only an explicit strategy="epilogue" sends calls.
+    # Off Hopper dispatch.launch never uses TMA descriptors (Gluon and TMA are sm_90 only):
+    # every config with pointer loads there, where only an explicit strategy="epilogue"
+    # sends calls.
     off_hopper = dict(use_tma=False, core=False, targets=("sm_80", "sm_89"),
                       allow_off_hopper={"spill": _GATE_SPILLS_OFF_HOPPER})
     for cfg in EPILOGUE_CONFIGS:  # each where it fits (e128x128: not on Ada)

@@ -1,4 +1,5 @@
-"""Launch configurations of the issue-11 kernels (swap-AB Gluon/twin, epilogue-scaled).
+"""Launch configurations of the kernels chosen by rule, not autotuned: swap-AB (Gluon and
+twin), epilogue-scaled and weight-stationary (Gluon and twin).
 
 Plain data, chosen by a rule instead of run-time autotuning (which stalls the first call
 and cannot run inside CUDA-graph capture). Every GPU config here is compiled for sm_90a
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import arch
 from .schedule import SMEM_LIMIT
 
 
@@ -114,7 +116,7 @@ INTERPRETER_EPILOGUE = EpilogueConfig("interp", block_m=16, block_n=32, block_k=
 # at 128 x 256 and 128 x 128 tiles (IEEE and TF32); the epilogue kernel's 16-bit configs
 # spilled 17-28 KB with the FMA dot (IEEE) and needed 196-262 KB of shared memory with
 # TF32 (e128x128: over the limit, the launch would fail). The ones below compile clean
-# (the compile gate's fp32 rows; kernels/NOTES.md).
+# (the compile gate's fp32 rows, kernels/compiled.md).
 TWIN_FP32 = "pack4x32"
 EPILOGUE_FP32_IEEE = EpilogueConfig("f64x64", block_m=64, block_n=64, block_k=16, num_stages=4,
                                     num_warps=4)
@@ -188,9 +190,18 @@ def epilogue_smem_bytes(cfg: EpilogueConfig, elem_bytes: int) -> int:
     return cfg.num_stages * (cfg.block_m + cfg.block_n) * cfg.block_k * elem_bytes
 
 
-#: Twin configs that spill off Hopper (8 B at M = 32, sm_80 and sm_89, Triton 3.8): the
-#: measured dispatch does not time them there; an explicit strategy="swapab" may run them.
-TWIN_SPILLS_OFF_HOPPER = ("pack2x64",)
+#: Twin configs that spill off Hopper, per target: (config name, reason) rows. The measured
+#: dispatch does not time them there; an explicit strategy="swapab" may still run them, and
+#: the compile gate allows their spill with a reason.
+TWIN_TILE_EXCEPTIONS: dict[tuple[int, int], tuple[tuple[str, str], ...]] = {
+    arch.AMPERE.capability: (("pack2x64", "spills 8 B at M = 32 with mma.sync (Triton 3.8)"),),
+    arch.ADA.capability: (("pack2x64", "spills 8 B at M = 32 with mma.sync (Triton 3.8)"),),
+}
+
+#: The twin configs that spill on some target off Hopper (names, from
+#: ``TWIN_TILE_EXCEPTIONS``).
+TWIN_SPILLS_OFF_HOPPER: tuple[str, ...] = tuple(dict.fromkeys(
+    name for rows in TWIN_TILE_EXCEPTIONS.values() for name, _ in rows))
 
 
 def epilogue_fits(name: str, dtype: torch.dtype, limit: int) -> bool:
@@ -210,7 +221,7 @@ def fits(smem_bytes: int) -> bool:
     return smem_bytes + GLUON_SMEM_SLACK <= SMEM_LIMIT
 
 
-# ------------------------------------------------------------- weight-stationary (issue 24)
+# ------------------------------------------------------------------------ weight-stationary
 
 
 @dataclass(frozen=True)

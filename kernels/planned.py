@@ -1,6 +1,7 @@
 """A kernel launch as data: what ``kernel[grid](*args, **kwargs)`` will run.
 
-The issue-11 launchers (``swapab_gluon``, ``swapab_twin``, ``epilogue_scaled``) first plan
+The launchers of the kernels configured by rule (``swapab_gluon``, ``swapab_twin``,
+``epilogue_scaled``, ``wstat_gluon``, ``wstat_twin``) first plan
 their launch (every argument, constexpr and launch option) and then run the plan. The
 compile gate (``kernel_tools.compile_gate``) compiles the same plans for sm_90a on a CPU, so what it
 checks cannot drift from what is launched.

@@ -20,7 +20,7 @@ Computes y^T = W_c x^T per slot of rows (``schedule``), W_c = sum_i c_g,i W_i:
 Gluon kernels do not run under the Triton interpreter: ``swapab_twin`` is the
 interpreter-tested twin with the same tiling and schedule. Written to compile for sm_90a
 on Triton 3.6 and 3.8 (their Gluon APIs agree on everything used here; see
-``kernels/NOTES.md`` for the compiled properties on each).
+``kernels/compiled.md`` for the compiled properties on each).
 """
 
 from __future__ import annotations
@@ -236,10 +236,10 @@ if GLUON_AVAILABLE:
         # asynchronously, and ptxas reuses them as soon as the wgmma has issued (the wait's
         # ``deps`` only order LLVM values: in the PTX they sit in a comment, so ptxas sees
         # no use of the packed A registers after the issue). Keeping one k-step in flight
-        # (depth 1, as before) let the next k-step's ldmatrix and FMAs overwrite the A of a
+        # (depth 1) would let the next k-step's ldmatrix and FMAs overwrite the A of a
         # pending wgmma: undefined results (triton-lang/triton#9433; the compile gate's
         # ``a_hazard`` check, SASS, 3.6 and 3.8). The TMA loader still runs ahead; the
-        # combine no longer overlaps the MMAs (cost: kernels/NOTES.md, "register-A hazard").
+        # combine does not overlap the MMAs (predicted cost: kernels/README.md, "swapab").
         accs = _swapab_kstep(
             0, (), w_bufs, x_bufs, w_ready, w_empty, x_ready, groups, c_rows, stride_cm,
             M, SLOTS, NCOMB, BLOCK_N, BLOCK_K, a_layout, False)

@@ -1,4 +1,4 @@
-"""Weight-stationary kernel for large groups on Hopper, in Gluon (issue 24).
+"""Weight-stationary kernel for large groups on Hopper, in Gluon.
 
 Computes y^T = W_c x^T, W_c = sum_i c_g,i W_i, for a program's N tile and its run of rows
 (``schedule``: runs of one group, ``fused_configs.wstat_run_rows`` rows long):
@@ -13,7 +13,8 @@ Computes y^T = W_c x^T, W_c = sum_i c_g,i W_i, for a program's N tile and its ru
   (the first ones are issued before the combine phase, so they land during it); each is
   the B operand (x^T, permuted view) of an asynchronous wgmma whose A operand is the
   resident slice: **both operands in shared memory**, no register A operand, so the
-  register-A hazard of issue 18 cannot arise. One wgmma group stays in flight
+  register-A hazard (a wgmma whose A registers are rewritten while it is in flight)
+  cannot arise. One wgmma group stays in flight
   (``warpgroup_mma_wait(1)``); a ring stage is refilled only after the wgmma that read it
   has retired.
 * epilogue per row block: + sum_i c_i b_i, cast, masked store of y straight from the

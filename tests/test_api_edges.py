@@ -1,4 +1,4 @@
-"""Issue 21, "Python API": empty batches, the caller's image shape in errors, meta tensors.
+"""The Python API's edges: empty batches, the caller's image shape in errors, meta tensors.
 
 On the PyTorch path (the pipeline's logic; the kernels have their own tests).
 """

@@ -1,4 +1,4 @@
-"""Every documented user mistake, and the one line it must produce (issue 15).
+"""Every documented user mistake, and the one line it must produce.
 
 Two tables: every argument of the ``dawin-fast`` command (exit code 2, one line on stderr
 naming the argument or file), and the documented errors of the public functions (the

@@ -19,7 +19,7 @@ def test_llama_shapes_and_layout():
     assert groups[0] == [2048] and groups[1] == [512] * 8  # prefill
     assert [len(g) for g in groups[2:]] == list(bench.DECODE_GROUPS)  # decode
     assert all(g == [1] * len(g) for g in groups[2:])
-    assert all(c.target is None for c in cases)  # no DESIGN §5 target is about LMs
+    assert all(c.target is None for c in cases)  # no performance target (P1-P6) is about LMs
     assert len({c.id for c in cases}) == len(cases)
 
 

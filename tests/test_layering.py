@@ -135,7 +135,7 @@ def test_sources_found():
 
 
 def test_kernels_hold_no_tools():
-    """kernels/ holds kernels, their configs and launchers (issue 23): the compile gate,
+    """kernels/ holds kernels, their configs and launchers: the compile gate,
     the SASS check and the traffic model's reports live in dawin_fast/kernel_tools/."""
     present = {p.name for p in (ROOT / "kernels").glob("*.py")}
     assert not present & {"compile_gate.py", "sass_hazard.py", "traffic_model.py"}

@@ -2,7 +2,7 @@
 
 Reading offsets and coefficients on the host would be a data-dependent branch (a graph
 break, an error with ``fullgraph=True``); while compiling, the value checks become asserts
-inside the graph, with the eager messages (issue 15.8).
+inside the graph, with the eager messages.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def test_compiles_fullgraph_with_default_settings():
 ])
 def test_compiled_value_checks_keep_the_messages(offsets, coeffs, message):
     args = inputs(offsets, coeffs)
-    with pytest.raises(ValueError, match=message):  # eager: as before
+    with pytest.raises(ValueError, match=message):  # eager: the same message
         layer(*args)
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     compiled(*inputs())  # a valid call first: the same graph then sees the bad values

@@ -1,4 +1,4 @@
-"""``DaWin.calibrate`` takes the batches a DataLoader gives (issue 15.8)."""
+"""``DaWin.calibrate`` takes the batches a DataLoader gives: tensors, (images, labels), dicts."""
 
 from __future__ import annotations
 

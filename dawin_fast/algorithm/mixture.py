@@ -35,7 +35,7 @@ from scipy.special import betaln, digamma, gammaln, polygamma
 
 __all__ = ["BetaMixture", "DirichletMixture", "kmeans"]
 
-_TINY_VAR = 1e-12  # the "+ tiny" of the method-of-moments variance (DESIGN §1)
+_TINY_VAR = 1e-12  # keeps the method-of-moments variance positive (docs/design.md)
 _EMPTY_MASS = 1e-6  # responsibility mass (in samples) below which a component is dropped
 # Dirichlet precision cap: gammaln(1e8) ~ 1.7e9 keeps the log-pdf's rounding (~1e-6)
 # below tol; only reached by degenerate components (all their samples equal).

@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the end-to-end DaWin benchmark (whole ViT, rebuild loops) "
                             "instead of the layer benchmarks")
     bench.add_argument("--suite", choices=bench_layers.SUITES, default="vit",
-                       help="layer cases: vit (DESIGN §5, default) or lm (Llama-3-8B prefill "
-                            "and decode shapes, followed by the traffic model's predictions)")
+                       help="layer cases: vit (the P1-P4 target shapes, default) or lm "
+                            "(Llama-3-8B prefill and decode shapes, followed by the traffic "
+                            "model's predictions)")
     bench.add_argument("--output", metavar="MD", help="also write the markdown tables here")
 
     command("selfcheck", "the fused op against a float64 reference")

@@ -1,4 +1,4 @@
-"""End-to-end DaWin benchmark (DESIGN target P5/P6): a whole open_clip ViT, M = 2.
+"""End-to-end DaWin benchmark (targets P5/P6, docs/design.md): a whole open_clip ViT, M = 2.
 
 Methods, all on the same images and models:
     plain_forward        one ordinary open_clip forward of model 0 + its head (the unit)

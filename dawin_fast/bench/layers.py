@@ -59,7 +59,7 @@ from ..ops import (
 )
 from . import paired
 
-# width, tokens per image, images per batch for one big group (>= 8k rows, DESIGN P1).
+# width, tokens per image, images per batch for one big group (>= 8k rows, target P1).
 VIT_SHAPES = {
     "ViT-B-32": (768, 50, 256),
     "ViT-B-16": (768, 197, 64),
@@ -109,7 +109,7 @@ class Case:
 
     @property
     def target(self) -> str | None:
-        """The DESIGN §5 layer target (H100, bf16) this case measures: P1-P4, or None
+        """The layer target (Hopper, bf16; docs/design.md) this case measures: P1-P4, or None
         (always None for the toy cases of a CPU)."""
         if self.device != "cuda" or self.model not in VIT_SHAPES:
             return None
@@ -142,7 +142,7 @@ def layer_features(layer: str, width: int) -> tuple[int, int]:
 
 
 def gpu_cases() -> list[Case]:
-    """Every DESIGN §5 layer case, the target cases first (P1, P2, P3, P4), then the
+    """Every ViT layer case of the targets, the target cases first (P1, P2, P3, P4), then the
     three-cluster cases that no target covers: a run cut short by its time budget loses
     the least important ones."""
     cases = []
@@ -150,7 +150,7 @@ def gpu_cases() -> list[Case]:
         for layer in LAYERS:
             k_dim, n_dim = layer_features(layer, width)
             for pattern in PATTERNS:
-                # Per-sample: 256 images, each its own coefficients (DESIGN P2).
+                # Per-sample: 256 images, each its own coefficients (target P2).
                 n_images = 256 if pattern == "per_sample" else images
                 cases.append(Case(model, layer, pattern, n_images, tokens, k_dim, n_dim))
     b32 = VIT_SHAPES["ViT-B-32"]
@@ -201,7 +201,7 @@ def cpu_lm_cases() -> list[Case]:
 
 
 def default_cases(suite: str = "vit") -> list[Case]:
-    """The cases of a suite on this machine: ``"vit"`` (DESIGN §5) or ``"lm"``."""
+    """The cases of a suite on this machine: ``"vit"`` (the targets' ViT layers) or ``"lm"``."""
     if suite not in SUITES:
         raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
     if suite == "lm":

@@ -1,8 +1,8 @@
 """Production-shape numerics of every kernel strategy, and 10-launch repeatability.
 
-Issue 18's GPU check: a wgmma whose register A operand is rewritten while it is still in
-flight multiplies one k16 slice of one tile by the wrong values. The kernel tests (K, N <=
-70, a norm-wise tolerance) would absorb that; this check would not:
+The register-A hazard check on a GPU: a wgmma whose register A operand is rewritten while
+it is still in flight multiplies one k16 slice of one tile by the wrong values. The kernel
+tests (K, N <= 70, a norm-wise tolerance) would absorb that; this check would not:
 
 * shapes of the ViT layers (K=768/N=3072 and K=3072/N=768: 24 to 96 k-steps), T = 3200 and
   12 800 rows, M = 2 and 8, bf16 and fp16; one group, and per-sample groups of 50 rows;
@@ -57,7 +57,8 @@ MODELS = (2, 8)
 DTYPES = (torch.bfloat16, torch.float16)
 GROUPINGS = ("one_group", "per_sample")
 TOKENS = 50  # rows per sample (ViT-B/32 at 224 px)
-#: Strategies whose sampled SASS showed no register-A hazard (issue 18): checked after the
+#: Strategies whose sampled SASS showed no register-A hazard (the compile gate's
+#: ``a_hazard`` check): checked after the
 #: others. Every other strategy, a new one included, counts as suspect until checked.
 QUIET_STRATEGIES = ("combine", "epilogue")
 

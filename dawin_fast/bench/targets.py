@@ -1,4 +1,4 @@
-"""The DESIGN §5 performance targets P1-P6, judged from benchmark records.
+"""The performance targets P1-P6 (docs/design.md), judged from benchmark records.
 
 ``evaluate(layer_records, e2e_records)`` returns one ``Verdict`` per target: the measured
 ratio (the worst case for the layer targets), the target's bound, and whether it is met.
@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 MET, NOT_MET, INCOMPLETE = "met", "not met", "incomplete"
 
-#: Target id -> (what it covers, its bound), as DESIGN §5 states them.
+#: Target id -> (what it covers, its bound), as docs/design.md states them.
 TARGETS = {
     "P1": ("one group, >= 8k rows, ViT-B/32, B/16, L/14 layers, M=2",
            "fused <= 1.15 x premerged (cuBLAS), and faster than torch.compile max-autotune "

@@ -5,7 +5,7 @@
   code; writes ``kernels/compiled.{json,md}``.
 - ``sass_hazard``: the SASS check for a write to a pending wgmma's register-A operand.
 - ``traffic_model``: reports of the traffic model (``kernels/cost_model.py``): the
-  prediction tables of ``kernels/NOTES.md``, calibration, sensitivity.
+  prediction tables of ``kernels/README.md``, calibration, sensitivity.
 
 May import ``dawin_fast.kernels`` (and Triton), nothing else of dawin_fast, and may do I/O
 (subprocesses, files, reports). Nothing in dawin_fast or kernels/ imports it: tests,

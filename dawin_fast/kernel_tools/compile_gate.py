@@ -60,7 +60,7 @@ twin, which ``dispatch`` runs on a GPU wherever Gluon cannot), ``epilogue_scaled
             core=True,                            # also on the secondary Tritons
         )
 
-Always let the launcher build the arguments (``interp_matmul.plan_launch``, the issue-11
+Always let the launcher build the arguments (``interp_matmul.plan_launch``, the other
 kernels' ``plan_*`` returning a ``planned.PlannedLaunch``), so the gate cannot drift from
 what is launched. ``fn`` may be an autotuner (every kept config is compiled), a
 ``triton.jit`` or a Gluon ``jit`` function (compiled once with ``kwargs``, which hold
@@ -74,7 +74,7 @@ installs to gate (the H100 runs 3.6.0): ``--triton DIR`` or ``DAWIN_GATE_TRITONS
 (``os.pathsep``-separated PYTHONPATH dirs); on those only ``core`` variants compile.
 ``tests/kernels/test_kernel_compile.py`` runs it in CI.
 
-**Per architecture** (``arch.ARCHES``, issue 20): every variant is compiled for sm_90a
+**Per architecture** (``arch.ARCHES``): every variant is compiled for sm_90a
 (H100/H200, 232 448 B of shared memory per block) on every gated Triton; every variant
 that is not Hopper-only (``variant_archs``: Gluon kernels and TMA descriptors are, the
 variants with a ``tma`` check or ``hopper_only``) also for sm_80 (A100, 166 912 B) and
@@ -633,7 +633,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     out += ["", "sm_80 (A100) and sm_89 (Ada) are built on the installed Triton only, without the "
             "Hopper-only (Gluon, TMA) variants: two more targets on every Triton would add their "
             "whole cost again in CI, and the GPU machines that run Triton 3.6 are Hopper "
-            "(`EXTRA_TARGET_TRITONS`, kernels/NOTES.md)."]
+            "(`EXTRA_TARGET_TRITONS`)."]
     out += ["", f"Gate wall time for this table: {report['wall_s']} s (the generating machine, "
             f"all Tritons, parallel workers).", "",
             "Checks (`CHECKS`): " + "; ".join(f"`{k}`: {v}" for k, v in CHECKS.items()) + ".",

@@ -1,7 +1,7 @@
 """Reports of the traffic model (``dawin_fast.kernels.cost_model``, the formulas the
-dispatch ranks with): the prediction tables of ``kernels/NOTES.md``, the calibration
-against DESIGN §4's H100 measurements, per-resource breakdowns and the weight-stationary
-sensitivity study. Predictions only. The model's names are re-exported here.
+dispatch ranks with): the prediction tables of ``kernels/README.md`` and its tuning log,
+the calibration against the H100 baselines (docs/design.md), per-resource breakdowns and
+the weight-stationary sensitivity study. Predictions only. The model's names are re-exported here.
 
 ``table()`` renders the main prediction table::
 
@@ -39,7 +39,7 @@ from ..kernels.cost_model import (  # noqa: F401  (re-exported: the model's name
 # --------------------------------------------------------------------- the cases
 
 def vit_cases() -> list[Case]:
-    """DESIGN §5 P1-P4 shapes (ViT fc1 unless named)."""
+    """The P1-P4 target shapes (ViT fc1 unless named; docs/design.md)."""
     b32 = dict(n_dim=3072, k_dim=768)
     return [
         Case("P1 B/32 fc1, 1 group 12800 rows", (12800,), 2, **b32),
@@ -56,8 +56,8 @@ def vit_cases() -> list[Case]:
 
 def calibration() -> list[tuple[str, float, float]]:
     """(case, model seconds, measured seconds): cuBLAS on the pre-merged weight, and the
-    row-scaled kernel (whose L2 traffic tests the L2 assumption), DESIGN §4: measured on
-    the H100, so modelled with ``H100``'s ceilings."""
+    row-scaled kernel (whose L2 traffic tests the L2 assumption), the baselines measured on
+    the H100 (docs/design.md), so modelled with ``H100``'s ceilings."""
     with using(H100):
         return _calibration()
 
@@ -97,7 +97,7 @@ def breakdown() -> str:
 def hazard_fix_cost() -> str:
     """Per case: the best swap-AB config with the combine overlapping the MMAs (depth 1, the
     hazardous pipeline) and without (depth 0, the kernel now), as x cuBLAS; and the best
-    epilogue config (kernels/NOTES.md, "wgmma register-A hazard")."""
+    epilogue config (kernels/README.md, "swapab")."""
     from ..kernels.fused_configs import EPILOGUE_CONFIGS, SWAPAB_CONFIGS
 
     lines = [f"{'case':36s} {'depth 1 (hazard)':>26s} {'depth 0 (now)':>26s} "
@@ -117,7 +117,7 @@ def hazard_fix_cost() -> str:
 
 
 def table() -> str:
-    lines = ["Calibration (model with H100 ceilings vs measured on the H100, DESIGN §4):"]
+    lines = ["Calibration (model with H100 ceilings vs measured on the H100, docs/design.md):"]
     for name, model, measured in calibration():
         lines.append(f"  {name:28s} model {model * 1e3:.3f} ms  measured {measured * 1e3:.3f} ms")
     lines.append("")
@@ -138,7 +138,7 @@ def table() -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------- issue 24: P1 / P4 on paper
+# ---------------------------------------- large groups: P1 / P4 with the weight-stationary kernel
 
 VIT_ROWS = {"B/32": 12800, "B/16": 12608, "L/14": 16448}  # 256 x 50, 64 x 197, 64 x 257
 VIT_WIDTH = {"B/32": 768, "B/16": 768, "L/14": 1024}
@@ -158,7 +158,7 @@ def large_group_cases() -> list[Case]:
 
 def large_group_table(hw: Ceilings | None = None) -> str:
     """Predicted ratio to cuBLAS on the pre-merged weight for P1 and P4, every design,
-    with the time breakdown of the weight-stationary kernel (``NOTES``)::
+    with the time breakdown of the weight-stationary kernel::
 
         python -c "import dawin_fast.kernel_tools.traffic_model as t; print(t.large_group_table())"
     """

@@ -17,8 +17,8 @@ class DaWinClassifier(GroupedModel):
 
     Each of the M models has its own head: a zero-shot head from text embeddings (a tensor
     [C, D], e.g. ``logit_scale * normalize(text_features)``) or a fine-tuned ``nn.Linear``.
-    The heads are interpolated with the same coefficients as the encoder (DESIGN §1: every
-    parameter, classification head too), through the fused kernel.
+    The heads are interpolated with the same coefficients as the encoder (DaWin merges every
+    parameter, the classification head too), through the fused kernel.
 
     ``forward(images, coeffs, labels=None)`` returns logits [B, C] in the caller's order.
     """

@@ -1,8 +1,9 @@
 """MkDocs hook: pages generated at build time from files kept elsewhere in the repository.
 
-performance.md renders benchmarks/RESULTS.md (itself written by benchmarks/render.py) and
-kernel-notes.md renders kernels/NOTES.md, so neither page is ever written by hand nor
-stale. tests/docs/test_site.py checks the generated text against its source.
+performance.md renders benchmarks/RESULTS.md (itself written by benchmarks/render.py),
+kernel-strategies.md renders kernels/README.md and tuning-log.md kernels/TUNING_LOG.md, so
+none of these pages is ever written by hand nor stale. tests/docs/test_site.py checks the
+generated text against its source.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ GENERATED = {
     "performance.md": ("benchmarks/RESULTS.md",
                        "How to run the benchmarks: [Kernels and strategies]"
                        "(kernels.md#benchmarks)."),
-    "kernel-notes.md": ("kernels/NOTES.md",
-                        "The design and tuning log of the kernels; the overview is in "
-                        "[Kernels and strategies](kernels.md)."),
+    "kernel-strategies.md": ("kernels/README.md",
+                             "Each strategy now: what it is, when it wins, what is predicted "
+                             "or measured, its compile-gate status; the overview is in "
+                             "[Kernels and strategies](kernels.md), the design facts in "
+                             "[Design](design.md)."),
+    "tuning-log.md": ("kernels/TUNING_LOG.md",
+                      "The dated record behind [Kernel strategies](kernel-strategies.md): "
+                      "each prediction, change and outcome as written at the time."),
 }
 
 

@@ -1,8 +1,8 @@
 """The dawin-fast command end to end, on tiny inputs this test makes itself.
 
-Besides the happy paths, one test per user mistake of issue 15: each checks the exit code,
-that stderr is one line naming the culprit, that nothing was written, and (``no_work``)
-that the mistake was caught before any model was built or trained.
+Besides the happy paths, one test per user mistake the command must catch: each checks the
+exit code, that stderr is one line naming the culprit, that nothing was written, and
+(``no_work``) that the mistake was caught before any model was built or trained.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_eval_per_batch_and_offset_options(files, tmp_path, capsys):
 
 
 def test_eval_says_when_it_replaces_the_report(files, tmp_path, capsys):
-    """Issue 15.1: the default --output was overwritten silently."""
+    """An existing report at --output is replaced, and the command says so."""
     report = tmp_path / "report.json"
     report.write_text("an earlier report")
     argv = eval_args(files, **{"--data": str(files / "data.pt"), "--output": str(report)})
@@ -84,7 +84,7 @@ def test_eval_says_when_it_replaces_the_report(files, tmp_path, capsys):
 
 
 def test_eval_plot(files, tmp_path):
-    """Issue 15.9: eval had no --plot."""
+    """eval writes the results figure to --plot."""
     plot = tmp_path / "eval.png"
     argv = eval_args(files, **{"--data": str(files / "data.pt"), "--output": out(tmp_path),
                                "--plot": str(plot)})
@@ -306,8 +306,8 @@ def test_demo_arguments_fail_before_training(tmp_path, capsys, no_work, argv, fr
 @pytest.mark.parametrize("per_batch", [True, False])
 def test_too_many_clusters_is_an_error_in_both_modes(files, tmp_path, capsys, no_work,
                                                      per_batch):
-    """--clusters 100 --per-batch used to fall back to per-sample silently, while the
-    calibrated mode raised after loading everything: now both stop first, and say why."""
+    """More clusters than images is an error before any work in both modes (per batch it
+    would otherwise fall back to per-sample silently), and the line says why."""
     argv = eval_args(files, **{"--clusters": "100", "--per-batch": per_batch,
                                "--output": out(tmp_path)})
     run_error(argv, capsys, "--clusters 100", "needs more images than clusters",

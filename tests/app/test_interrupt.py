@@ -1,4 +1,4 @@
-"""Issue 21: Ctrl-C while the command is still importing prints one line and exits 130.
+"""Ctrl-C while the command is still importing prints one line and exits 130.
 
 The interrupt is made deterministic: a stand-in ``torch`` package, first on the path,
 sends SIGINT to its own process when imported, i.e. in the middle of dawin_fast's

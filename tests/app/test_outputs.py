@@ -1,4 +1,4 @@
-"""Issue 21, "CLI outputs": what --output / --plot may name, and how a report is replaced.
+"""What --output / --plot may name, and how a report is replaced.
 
 Each case fails first (``no_work``: before any model is built) with exit 2 and one line,
 or checks that a replaced report keeps what the user set (mode, symlink).

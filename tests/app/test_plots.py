@@ -1,4 +1,4 @@
-"""The results figure (issue 15.10: the legend covered the tops of the DaWin bars)."""
+"""The results figure: the legend never covers the tops of the DaWin bars."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The site's structure: the nav names every page, and the generated pages render their
-sources (benchmarks/RESULTS.md, kernels/NOTES.md) whole. CI builds the site itself
-(`mkdocs build --strict` in .ci/run)."""
+sources (benchmarks/RESULTS.md, kernels/README.md, kernels/TUNING_LOG.md) whole. CI builds
+the site itself (`mkdocs build --strict` in .ci/run)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def nav_pages() -> list[str]:
     return re.findall(r"^\s*- [^:]+: (\S+\.md)\s*$", nav, re.M)
 
 
-@pytest.mark.parametrize("page", ["performance.md", "kernel-notes.md"])
+@pytest.mark.parametrize("page", ["performance.md", "kernel-strategies.md", "tuning-log.md"])
 def test_generated_page_is_its_source(page):
     generated = hook()
     source = (ROOT / generated.GENERATED[page][0]).read_text(encoding="utf-8")

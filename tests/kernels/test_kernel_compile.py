@@ -2,12 +2,13 @@
 
 The interpreter never compiles a kernel, so what the H100 runs is checked here, on a CPU:
 ``dawin_fast.kernel_tools.compile_gate`` compiles every variant the kernel modules register
-(combine and rowscaled; the Gluon swap-AB kernel, its twin and the epilogue-scaled kernel
-of issue 11), through Triton's own launch path and specialization, every config autotune
-or dispatch may pick, and fails on shared memory over the H100 limit, spills or local
-memory, mma.sync/FMA instead of wgmma, ptxas serialization or warnings, a shared-memory
-model that disagrees with the compiled size, and where a kernel asks for them: wgmma's A
-operand not in registers, a main-loop wait depth of 0, loads without TMA. It also runs
+(combine and rowscaled; the Gluon swap-AB kernel, its twin and the epilogue-scaled kernel;
+the weight-stationary kernel and its twin), through Triton's own launch path and
+specialization, every config autotune or dispatch may pick, and fails on shared memory
+over the H100 limit, spills or local memory, mma.sync/FMA instead of wgmma, ptxas
+serialization or warnings, a shared-memory model that disagrees with the compiled size,
+and where a kernel asks for them: wgmma's A operand not in registers, a main-loop wait
+depth of 0, loads without TMA. It also runs
 under every Triton named in ``DAWIN_GATE_TRITONS`` (CI: the H100's 3.6.0).
 
 The committed table (``kernels/compiled.json`` / ``compiled.md``) must match what the
@@ -48,15 +49,15 @@ def test_every_variant_passes_the_gate(report):
     assert not bad, "compile gate failures:\n" + "\n".join(bad)
 
 
-def test_the_gate_covers_what_the_issues_ask(report):
-    """Issue 10: combine and rowscaled, bf16 and fp16, M in {2, 8, 16, 32}, one group and
-    many, on the installed Triton. Issue 11: every config of the Gluon kernel, its twin and
+def test_the_gate_covers_every_kernel_config_dtype_and_m(report):
+    """Combine and rowscaled, bf16 and fp16, M in {2, 8, 16, 32}, one group and
+    many, on the installed Triton. Every config of the Gluon swap-AB kernel, its twin and
     the epilogue kernel, bf16 and fp16, up to M = 32, on every Triton gated (3.6 too);
     the Gluon kernel held to register-A wgmma, all three to a main-loop wait >= 1 (the
     twin's allowed with a reason)."""
     rows = next(iter(report["tritons"].values()))
     cases = {(r["kernel"], r["case"]) for r in rows}
-    for kernel in im.OLD_STRATEGIES:
+    for kernel in ("combine", "rowscaled"):  # the autotuned kernels
         for dtype in ("bfloat16", "float16"):
             for num_models in (2, 8, 16, 32):
                 for grouping in im._GATE_GROUPINGS:
@@ -76,7 +77,7 @@ def test_the_gate_covers_what_the_issues_ask(report):
                 assert all("wait" in r["checks"] for r in mine)
                 if kernel == "swapab (Gluon)":
                     assert all({"a_regs", "tma", "model"} <= set(r["checks"]) for r in mine)
-    # Issue 24: the weight-stationary Gluon kernel, every config, bf16 and fp16 up to M = 32
+    # The weight-stationary Gluon kernel, every config, bf16 and fp16 up to M = 32
     # on every Triton gated, with both wgmma operands in shared memory (no register A
     # operand, so no register-A hazard), TMA loads and its shared-memory model; its twin.
     for version, rows in report["tritons"].items():
@@ -108,7 +109,7 @@ def test_the_committed_table_is_current(report):
 
 
 def test_every_target_is_gated_with_its_own_limit_and_mma(report):
-    """Issue 20: sm_80 (A100) and sm_89 (Ada) beside sm_90a, each against its own limit,
+    """sm_80 (A100) and sm_89 (Ada) beside sm_90a, each against its own limit,
     mma.sync there instead of wgmma, every non-Hopper-only kernel and config on each, and
     the Gluon/TMA variants on sm_90a only."""
     labels = {gate.row_arch(rows[0]).name: label
@@ -255,7 +256,7 @@ def test_ptx_analysis_reads_the_main_loop():
 
 
 # Loops as LLVM lays them out: a plain one, a rotated one (latch block first), and the
-# plain one serialized. (From the issue-11 check this gate absorbed.)
+# plain one serialized.
 _PIPELINED = """
 .target sm_90a
 $L__BB0_1:

@@ -1,4 +1,4 @@
-"""The weight-stationary kernels (issue 24) against the float64 reference.
+"""The weight-stationary kernels against the float64 reference.
 
 On the CPU the plain-Triton twin runs through the interpreter (fp32, fp16; its bf16 dot is
 broken): the same runs, program order, tiles, masks and arithmetic as the Gluon kernel,
@@ -228,7 +228,7 @@ def test_gluon_refuses_what_it_cannot_run():
 
 
 def test_model_puts_k768_layers_within_p1_and_p4_on_the_h200():
-    """The prediction written in kernels/NOTES.md (model, not measured): ViT-B fc1 and QKV
+    """The prediction of kernels/README.md (model, not measured): ViT-B fc1 and QKV
     at <= 1.15x cuBLAS for M = 2 and <= 1.5x for M = 8."""
     for case in traffic_model.large_group_cases():
         if case.k_dim != 768:

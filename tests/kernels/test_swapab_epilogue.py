@@ -1,5 +1,5 @@
-"""The issue-11 kernels against the float64 reference: the swap-AB twin (the Gluon
-kernel's tiling, slots and schedule) and the epilogue-scaled multi-GEMM.
+"""The swap-AB kernels (the Gluon kernel and its twin: tiling, slots and schedule) and the
+epilogue-scaled multi-GEMM against the float64 reference.
 
 Outputs are NaN-poisoned, so an element a kernel forgets to write fails. On the CPU the
 kernels run through the Triton interpreter (fp32, fp16; its bf16 dot is broken); on a GPU
