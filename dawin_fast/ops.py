@@ -32,12 +32,14 @@ import contextlib
 import dataclasses
 import math
 import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from . import kernels, measured
+from .kernels import planning
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKENDS = ("auto", "triton", "torch")
@@ -113,9 +115,6 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     (``use_strategy``). Ignores the one-hot shortcut (one-hot rows run cuBLAS); on the
     PyTorch path every group counts as non-empty.
     """
-    from .kernels import dispatch
-    from .kernels.common import use_ieee
-
     rows = x.reshape(-1, x.shape[-1])
     num_rows = rows.shape[0]
     num_models = weight.shape[0]
@@ -126,28 +125,7 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
         if measured.enabled() and cached is not None:
             return f"torch:{cached} [measured]"
         return f"torch:{prior} [model]"
-    target = dispatch.target_for(rows, weight)
-    strategy, config, how = _strategy(), None, "forced"
-    if strategy is None:
-        strategy, config, was_measured = _gpu_choice(rows, weight, num_groups, lookup_only=True)
-        how = "measured" if was_measured else "model"
-    served = dispatch.served_by(strategy, target, rows.dtype, use_ieee(rows.dtype))
-    note = f" ({strategy} rerouted: register-A hazard on sm_90)" if served != strategy else ""
-    strategy = served
-    if strategy not in dispatch.NEW_STRATEGIES:
-        return f"{strategy} [{how}]"
-    if kernels.interpreting():  # one pinned small config per kernel
-        return f"{strategy} (interpreter){note} [{how}]"
-    if config is None:
-        config = dispatch.best_config(strategy, num_rows, num_groups, num_models,
-                                      weight.shape[1], rows.shape[1], rows.dtype,
-                                      target.smem_limit)
-    if strategy == "swapab":
-        return f"swapab:{config} ({'Gluon' if target.gluon else 'twin'}) [{how}]"
-    if strategy == "wstat":
-        gluon = dispatch.wstat_on_gluon(target.gluon, rows, weight, config)
-        return f"wstat:{config} ({'Gluon' if gluon else 'twin'}) [{how}]"
-    return f"epilogue:{config}{note} [{how}]"
+    return _plan(rows, weight, num_groups, lookup_only=True).describe()
 
 
 def predicted_times(group_rows: int, num_groups: int, num_models: int, n_dim: int,
@@ -185,16 +163,12 @@ def set_measured_dispatch(enabled: bool | None) -> None:
     measured.set_enabled(enabled)
 
 
-def _gpu_key(x: torch.Tensor, weight: torch.Tensor, num_groups: int) -> str:
-    from .kernels import dispatch
-    from .kernels.common import use_ieee
-    from .kernels.interp_matmul import call_aligned
-
-    num_models, n_dim, k_dim = weight.shape
-    target = dispatch.target_for(x, weight)
-    return (f"{str(x.dtype).removeprefix('torch.')} M={num_models} N={n_dim} K={k_dim} "
-            f"rows~{measured.bucket(x.shape[0])} groups~{measured.bucket(num_groups)} "
-            f"aligned={call_aligned(x, weight)} ieee={use_ieee(x.dtype)} gluon={target.gluon}")
+def _gpu_key(call: planning.Call) -> str:
+    """The measured dispatch's key of a call (its facts, rows and groups bucketed)."""
+    return (f"{str(call.dtype).removeprefix('torch.')} M={call.num_models} N={call.n_dim} "
+            f"K={call.k_dim} rows~{measured.bucket(call.num_rows)} "
+            f"groups~{measured.bucket(call.num_groups)} aligned={call.aligned} "
+            f"ieee={call.ieee} gluon={call.target.gluon}")
 
 
 def _gpu_device(x: torch.Tensor) -> str:
@@ -213,20 +187,42 @@ def _choice_name(strategy: str, config: str | None) -> str:
     return strategy if config is None else f"{strategy}:{config}"
 
 
+def _plan(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
+          coeffs: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+          bias: torch.Tensor | None = None, lookup_only: bool = False) -> planning.Plan:
+    """The plan of a Triton-path call: its facts read once (``planning.facts``), then the
+    forced strategy (``use_strategy``), the measured choice (``_gpu_choice``) or the
+    model's."""
+    call = planning.facts(x, weight, num_groups)
+    forced = _strategy()
+    if forced is not None:
+        return planning.plan(call, forced)
+    if measured.enabled():
+        strategy, config, was_measured = _gpu_choice(x, weight, num_groups, coeffs, offsets,
+                                                     bias, lookup_only, call=call)
+        if was_measured:
+            return planning.plan(call, strategy, config, "measured")
+    return planning.plan(call)
+
+
 def _gpu_choice(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
                 coeffs: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
-                bias: torch.Tensor | None = None, lookup_only: bool = False
-                ) -> tuple[str, str | None, bool]:
+                bias: torch.Tensor | None = None, lookup_only: bool = False,
+                call: planning.Call | None = None) -> tuple[str, str | None, bool]:
     """(strategy, config, measured) of a CUDA call with no forced strategy: the model's
-    candidates (``kernels.candidates``) timed once per key (``measured.choose``), the
+    candidates (``planning.candidates``) timed once per key (``measured.choose``), the
     model's pick where measuring is off, impossible (CUDA-graph capture: a cached choice
-    still applies) or ``lookup_only`` (``kernel_choice``)."""
-    cands = kernels.candidates(x, weight, num_groups)
-    prior = cands[0]
+    still applies) or ``lookup_only`` (``kernel_choice``). ``call``: the call's facts, when
+    the caller has read them."""
+    if call is None:
+        call = planning.facts(x, weight, num_groups)
     if not _compiled_kernels(x) or x.shape[0] == 0 or weight.shape[1] == 0 or x.shape[1] == 0:
-        return (*prior, False)
+        prior = planning.plan(call)
+        return prior.strategy, prior.config, False
+    cands = planning.candidates(call)
+    prior = cands[0]
     by_name = {_choice_name(*c): c for c in cands}
-    device, key = _gpu_device(x), _gpu_key(x, weight, num_groups)
+    device, key = _gpu_device(x), _gpu_key(call)
     if lookup_only:
         cached = measured.lookup(device, key) if measured.enabled() else None
         return (*by_name[cached], True) if cached in by_name else (*prior, False)
@@ -238,7 +234,7 @@ def _gpu_choice(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
                 scratch.append(torch.empty((x.shape[0], weight.shape[1]), dtype=x.dtype,
                                            device=x.device))
             kernels.interp_matmul(x, weight, coeffs, offsets, bias, strategy=strategy,
-                                  config=config, out=scratch[0])
+                                  config=config, out=scratch[0], call=call)
         return run
 
     runs = {name: runner(*c) for name, c in by_name.items()}
@@ -278,7 +274,8 @@ def check_inputs(
 
     Shape, dtype and device rules always; value rules (offsets start at 0, never
     decrease, end at the row count; coeffs finite) unless ``skip_value_checks`` is active,
-    the tensors are fake (tracing) or a CUDA graph is being captured. Under
+    the tensors are fake (tracing) or a CUDA graph is being captured; read once for the
+    same unchanged coeffs and offsets tensors (``_Validated``). Under
     ``torch.compile`` the value rules become asserts inside the graph (no host sync, no
     graph break): the same messages, raised as ``RuntimeError`` when the graph runs (on a
     GPU as a device-side assert). Returns the eager value check's ``OneHot`` (None when
@@ -291,7 +288,7 @@ def check_inputs(
     if torch.compiler.is_compiling():
         _assert_values(math.prod(x.shape[:-1]), coeffs, offsets)
         return None
-    return check_values(math.prod(x.shape[:-1]), coeffs, offsets)
+    return _validated.check(math.prod(x.shape[:-1]), coeffs, offsets)
 
 
 def _check_metadata(x, weight, coeffs, offsets, bias) -> None:
@@ -404,6 +401,60 @@ def check_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> 
     if not finite:
         raise ValueError("interp_linear: coeffs contain NaN or infinity")
     return OneHot(tuple(models), tuple(bounds)) if one_hot else None
+
+
+class _Validated:
+    """The coeffs/offsets pairs ``check_values`` passed, so that a model whose layers all
+    get the same tensors reads them to the host once per forward, not once per layer.
+
+    A pair is the same when both tensors are the same objects (or views of the same base
+    tensors, held by weak reference: a new tensor at a freed one's id is not it) with the
+    same data pointer, shape, strides and ``_version``: every in-place write to a tensor or
+    its views bumps the version, so such a write re-validates. Writes that bypass the
+    version counter (through ``.data``, NumPy or DLPack aliases) are not seen. Tensors
+    without a version counter (inference mode) are checked every time.
+    """
+
+    SIZE = 32
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple, tuple] = {}
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def _state(t: torch.Tensor) -> tuple[torch.Tensor, tuple] | None:
+        try:
+            version = t._version
+        except RuntimeError:  # inference tensors keep no version counter
+            return None
+        base = t if t._base is None else t._base
+        return base, (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device, version)
+
+    def check(self, num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor
+              ) -> OneHot | None:
+        """``check_values(num_rows, coeffs, offsets)``, read once per unchanged pair."""
+        c_state, o_state = self._state(coeffs), self._state(offsets)
+        if c_state is None or o_state is None:
+            return check_values(num_rows, coeffs, offsets)
+        key = (id(c_state[0]), id(o_state[0]), num_rows)
+        entry = self.entries.get(key)
+        if (entry is not None and entry[0]() is c_state[0] and entry[1]() is o_state[0]
+                and entry[2] == (c_state[1], o_state[1])):
+            return entry[3]
+        result = check_values(num_rows, coeffs, offsets)  # raises: nothing is cached
+        with self.lock:
+            if len(self.entries) >= self.SIZE:
+                self.entries.pop(next(iter(self.entries)))
+            self.entries[key] = (weakref.ref(c_state[0]), weakref.ref(o_state[0]),
+                                 (c_state[1], o_state[1]), result)
+        return result
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+_validated = _Validated()
 
 
 def check_bounds(bounds: list[int], num_rows: int, decreasing: bool | None = None) -> None:
@@ -735,12 +786,13 @@ def _interp_linear_op(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     if _use_triton(x):
-        strategy, config = _strategy(), None
-        if strategy is None and x.is_cuda and measured.enabled():
-            strategy, config, _ = _gpu_choice(x, weight, coeffs.shape[0], coeffs.float(),
-                                              offsets, bias)
-        return kernels.interp_matmul(x, weight, coeffs.float(), offsets, bias,
-                                     strategy=strategy, config=config)
+        coeffs = coeffs.float()
+        plan = _plan(x, weight, coeffs.shape[0], coeffs, offsets, bias)
+        # the plan's own key: the strategy and config asked for (none for the model's)
+        strategy = None if plan.how == "model" else plan.asked
+        config = plan.config if plan.how == "measured" else None
+        return kernels.interp_matmul(x, weight, coeffs, offsets, bias, strategy=strategy,
+                                     config=config, call=plan.call)
     return interp_linear_torch(x, weight, coeffs, offsets, bias)
 
 

@@ -201,14 +201,23 @@ def wstat_on_gluon(gluon: bool, x: torch.Tensor, weight: torch.Tensor, config: s
     return gluon and wstat_reason(x, weight, wstat_config(config)) is None
 
 
+def wstat_on_gluon_facts(gluon: bool, config: str, k_dim: int, dtype: torch.dtype) -> bool:
+    """``wstat_on_gluon`` from a call's facts: where ``gluon`` holds, the operands are
+    fp16/bf16 and TMA-addressable (``target_for``), so only the resident tile's fit to K
+    is left to check."""
+    return gluon and wstat_fits(wstat_config(config), k_dim, dtype.itemsize)
+
+
 def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor,
            offsets: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
-           config: str | None = None) -> torch.Tensor:
-    """Run "swapab", "epilogue" or "wstat" into ``y`` (rows, N and K > 0)."""
+           config: str | None = None, *, target: Target | None = None) -> torch.Tensor:
+    """Run "swapab", "epilogue" or "wstat" into ``y`` (rows, N and K > 0). ``target``: the
+    call's (``planning.facts``), else read here."""
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
     num_groups = coeffs.shape[0]
-    target = target_for(x, weight)
+    if target is None:
+        target = target_for(x, weight)
     if config is None:
         config = best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim,
                              x.dtype, target.smem_limit)
