@@ -1,6 +1,6 @@
 """``interp_linear``: the public fused-interpolation linear op.
 
-Contract (DESIGN §2)::
+Contract::
 
     y[r] = x[r] @ (sum_i coeffs[g, i] * weight[i])^T + sum_i coeffs[g, i] * bias[i]
 
@@ -91,8 +91,9 @@ def use_strategy(strategy: str | None) -> Iterator[None]:
     GPU a forced "rowscaled" (fp16/bf16/TF32) runs the "epilogue" kernel, with a warning
     that says why (its register-A wgmma hazard: ``kernel_choice`` reports it).
     """
-    if strategy is not None and strategy not in KERNEL_STRATEGIES:
-        raise ValueError(f"strategy must be one of {KERNEL_STRATEGIES} or None, got {strategy!r}")
+    names = kernels.registry.names()  # a strategy registered later is forced the same way
+    if strategy is not None and strategy not in names:
+        raise ValueError(f"strategy must be one of {names} or None, got {strategy!r}")
     previous = _strategy()
     _state.strategy = strategy
     try:
@@ -726,7 +727,7 @@ def _use_triton(x: torch.Tensor) -> bool:
     if x.is_cuda:
         return True
     # CPU tensors: Triton only through the interpreter, whose tl.dot returns garbage for
-    # bf16 (triton 3.8, DESIGN §3), so bf16 stays on the PyTorch path.
+    # bf16 (Triton 3.8), so bf16 stays on the PyTorch path.
     usable = kernels.interpreting() and x.dtype != torch.bfloat16
     if backend == "triton" and not usable:
         raise RuntimeError(

@@ -7,7 +7,8 @@ Computes, for rows grouped by ``offsets`` (rows ``offsets[g] .. offsets[g+1]-1``
 for all groups in one launch, without writing any interpolated weight to memory.
 Interpolation and accumulation run in float32; the output has x's dtype.
 
-Five strategies, one contract:
+One contract, several strategies (``registry``, one module each in ``kernels/strategies/``):
+this module holds two of their kernels, autotuned by Triton:
 
 * ``"combine"``: a schedule gives every row block one group id (blocks never straddle
   groups, like vLLM's fused_moe); each program interpolates its weight tile in registers
@@ -20,18 +21,13 @@ Five strategies, one contract:
   (fp16/bf16/TF32): its scaled x tile is wgmma's register A, which Triton's pipeliner
   rewrites while the wgmma may still read it (``dispatch.ROWSCALED_HAZARD``); there the
   default rule picks "epilogue" instead and a forced "rowscaled" runs "epilogue" with a
-  warning. Off Hopper (mma.sync) and for fp32 IEEE (CUDA cores) it runs as before.
-* ``"swapab"`` and ``"epilogue"`` (issue 11, ``dispatch``): the Gluon swap-AB
-  register-combine kernel for Hopper (its plain-Triton twin wherever Gluon cannot run), and
-  the epilogue-scaled multi-GEMM.
-* ``"wstat"`` (issue 24, ``dispatch``): the weight-stationary Gluon kernel for large groups
-  (combined tile resident in shared memory; its twin wherever Gluon cannot run or the
-  tile does not fit).
+  warning. Off Hopper (mma.sync) and for fp32 IEEE (CUDA cores) it runs.
 
-``plan_launch`` turns a combine/rowscaled call into the exact kernel arguments;
-``interp_matmul`` launches them, and the compile gate (``compile_variants`` below,
-``compile_gate``) compiles the same plans for sm_90a on a CPU (the issue-11 kernels plan
-theirs the same way and register their own ``compile_variants``). Autotune only sees configs
+The others (``"swapab"``, ``"epilogue"``, ``"wstat"``) have their kernels in their own
+modules and are launched by ``dispatch.launch``. ``interp_matmul`` reads the call's facts
+and launches its plan (``planning``); ``plan_launch`` turns a combine/rowscaled call into
+the exact kernel arguments, and the compile gate (``compile_variants`` below,
+``compile_gate``) compiles the same plans for sm_90a on a CPU. Autotune only sees configs
 whose modeled shared memory fits (``configs.fitting_configs``); ``choose_strategy`` never
 picks a kernel with none.
 
@@ -50,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import dispatch, planning
+from . import planning, registry
 from .common import bias_args, dot, tile_coords, use_ieee
 from .configs import (
     PRUNE_COMBINE,
@@ -69,7 +65,9 @@ from .planning import (  # noqa: F401  (the rules' public names, re-exported)
     gpu_combine_block_m,
 )
 
-STRATEGIES = planning.STRATEGIES
+#: The autotuned strategies by name, for benchmarks/first_contact.py and triton_cache.py,
+#: which do not walk ``registry`` yet (everything in kernels/ does).
+OLD_STRATEGIES = planning.RULE_STRATEGIES
 
 
 def candidates(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
@@ -377,9 +375,13 @@ def launch(plan: planning.Plan, x: torch.Tensor, weight: torch.Tensor, coeffs: t
         warnings.warn(plan.rerouted, stacklevel=3)
     if plan.error:
         raise ValueError(plan.error)
-    if plan.strategy in planning.FUSED:
-        return dispatch.launch(plan.strategy, x, weight, coeffs, offsets, bias, y,
-                               plan.config, target=plan.call.target)
+    return registry.get(plan.strategy).launch(plan, x, weight, coeffs, offsets, bias, y)
+
+
+def launch_autotuned(plan: planning.Plan, x: torch.Tensor, weight: torch.Tensor,
+                     coeffs: torch.Tensor, offsets: torch.Tensor, bias: torch.Tensor | None,
+                     y: torch.Tensor) -> torch.Tensor:
+    """The launcher of "combine" and "rowscaled": their autotuned kernel, planned here."""
     run = plan_launch(x, weight, coeffs, offsets, bias, y, plan.strategy)
     run.kernel[run.grid](*run.args, **run.kwargs)
     return y
@@ -443,7 +445,7 @@ def compile_variants() -> Iterator:
                        kwargs=launch.kwargs, shared_model=launch.shared_bytes,
                        allow=allow, core=core, allow_off_hopper=allow_off_hopper or {})
 
-    for strategy in planning.AUTOTUNED:  # the fused kernels register in their own modules
+    for strategy in planning.RULE_STRATEGIES:  # the other kernels' modules declare theirs
         for dtype, models in ((torch.bfloat16, (1, 2, 8, 16, 32)),
                               (torch.float16, (2, 8, 16, 32))):
             name = str(dtype).removeprefix("torch.")

@@ -21,16 +21,12 @@ import threading
 
 import torch
 
-from . import dispatch
+from . import dispatch, registry
 from .common import use_ieee
 from .configs import aligned, fitting_configs, interpreting
 
-#: Strategies with a config chosen by the cost model (``fused_configs``); the others
-#: autotune theirs.
-FUSED = dispatch.NEW_STRATEGIES
-#: Strategies whose configs Triton autotunes, and which have no cost model.
-AUTOTUNED = ("combine", "rowscaled")
-STRATEGIES = AUTOTUNED + FUSED
+#: The two kernels the rule below chooses between where the cost model does not apply.
+RULE_STRATEGIES = ("combine", "rowscaled")
 
 # Mean rows per group below which "rowscaled" is the default. From H100 probes (bf16,
 # M=2): row-scaled beat the combine kernel on every measured case with groups of 50-400
@@ -122,10 +118,10 @@ def choose_strategy(num_rows: int, num_groups: int, num_models: int, dtype: torc
     kernels keep their shared memory independent of M (``compiled.md``). The limit is
     ``target``'s (the device's), else the assumed target's (Hopper)."""
     first = default_strategy(num_rows, num_groups, num_models, n_dim, k_dim, target)
-    if first in FUSED:
+    if registry.get(first).modeled:
         return first
     limit = target.smem_limit if target is not None else None
-    for strategy in (first, *(s for s in AUTOTUNED if s != first)):
+    for strategy in (first, *(s for s in RULE_STRATEGIES if s != first)):
         if fits(strategy, num_rows, num_groups, num_models, dtype, ieee, is_aligned, limit):
             # Never "rowscaled" on Hopper (dispatch.ROWSCALED_HAZARD): its stand-in there.
             return dispatch.served_by(strategy, target, dtype, ieee)
@@ -147,31 +143,17 @@ class Plan:
     #: Why the launch must fail (a forced strategy with no config that fits), or "".
     error: str = ""
 
-    @property
-    def gluon(self) -> bool:
-        """Whether the Gluon implementation runs (else the plain-Triton twin): swapab
-        where the target allows Gluon; wstat where, besides, its resident tile fits K."""
-        target = self.call.target
-        if self.strategy == "swapab":
-            return target.gluon
-        if self.strategy == "wstat":
-            return dispatch.wstat_on_gluon_facts(target.gluon, self.config, self.call.k_dim,
-                                                 self.call.dtype)
-        return False
-
     def describe(self) -> str:
         """``kernel_choice``'s report: "combine [model]", "swapab:<config> (Gluon)
         [measured]", "epilogue:<config> (rowscaled rerouted: ...) [forced]", ..."""
-        note = (f" ({self.asked} rerouted: register-A hazard on sm_90)"
-                if self.rerouted else "")
-        if self.strategy not in FUSED:
+        note = f" ({self.asked} rerouted: register-A hazard on sm_90)" if self.rerouted else ""
+        if self.config is None:  # autotuned
             return f"{self.strategy} [{self.how}]"
         if self.call.interpreting:  # one pinned small config per kernel
             return f"{self.strategy} (interpreter){note} [{self.how}]"
-        if self.strategy in ("swapab", "wstat"):
-            return (f"{self.strategy}:{self.config} ({'Gluon' if self.gluon else 'twin'})"
-                    f"{note} [{self.how}]")
-        return f"{self.strategy}:{self.config}{note} [{self.how}]"
+        implementation = registry.get(self.strategy).implementation(self)
+        shown = f" ({implementation})" if implementation else ""
+        return f"{self.strategy}:{self.config}{shown}{note} [{self.how}]"
 
 
 def _decide(call: Call, asked: str | None, config: str | None, how: str) -> Plan:
@@ -179,23 +161,20 @@ def _decide(call: Call, asked: str | None, config: str | None, how: str) -> Plan
     if asked is None:
         strategy = choose_strategy(call.num_rows, call.num_groups, call.num_models, dtype,
                                    ieee, call.aligned, call.n_dim, call.k_dim, target)
-    elif asked not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {asked!r}")
     else:
-        strategy = asked
+        strategy = registry.get(asked).name  # raises for an unknown name
     served = dispatch.served_by(strategy, target, dtype, ieee)
     rerouted = dispatch.ROWSCALED_HAZARD if served != strategy else ""
     error = ""
-    if served in FUSED:
+    spec = registry.get(served)
+    if spec.modeled:
         if config is None or served != strategy:
             config = dispatch.best_config(served, call.num_rows, call.num_groups,
                                           call.num_models, call.n_dim, call.k_dim, dtype,
                                           target.smem_limit)
     else:
         config = None  # Triton autotunes it
-        if not call.interpreting and not fits(served, call.num_rows, call.num_groups,
-                                              call.num_models, dtype, ieee, call.aligned,
-                                              target.smem_limit):
+        if not call.interpreting and not spec.autotune_fits(call):
             error = (f"interp_matmul: strategy {served!r} has no config that fits in "
                      f"{target.smem_limit} B of shared memory for M={call.num_models}, "
                      f"{dtype}; use strategy=None to pick one that does")
@@ -235,6 +214,9 @@ def forget() -> None:
         _plans.clear()
 
 
+registry.on_change.append(forget)
+
+
 def candidates(call: Call, factor: float = MEASURE_FACTOR) -> list[tuple[str, str | None]]:
     """(strategy, config) pairs worth timing for this call on its device, the model's pick
     first (with its config for the fused kernels); then every autotuned kernel with a
@@ -244,13 +226,11 @@ def candidates(call: Call, factor: float = MEASURE_FACTOR) -> list[tuple[str, st
     prior = plan(call)
     out: list[tuple[str, str | None]] = [(prior.strategy, prior.config)]
     target = call.target
-    for strategy in AUTOTUNED:
+    for spec in registry.autotuned():
         # never "rowscaled" on Hopper (dispatch.ROWSCALED_HAZARD): it is not timed there
-        if (dispatch.served_by(strategy, target, call.dtype, call.ieee) == strategy
-                and fits(strategy, call.num_rows, call.num_groups, call.num_models,
-                         call.dtype, call.ieee, call.aligned, target.smem_limit)
-                and (strategy, None) not in out):
-            out.append((strategy, None))
+        if (dispatch.served_by(spec.name, target, call.dtype, call.ieee) == spec.name
+                and spec.autotune_fits(call) and (spec.name, None) not in out):
+            out.append((spec.name, None))
     for choice in dispatch.candidates(call.num_rows, call.num_groups, call.num_models,
                                       call.n_dim, call.k_dim, call.dtype, target, factor):
         if (choice.strategy, choice.config) not in out:

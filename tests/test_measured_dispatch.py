@@ -1,4 +1,4 @@
-"""The measured dispatch (issue 20): the cache (``dawin_fast.measured``) with an injected
+"""The measured dispatch: the cache (``dawin_fast.measured``) with an injected
 timer, the CPU path's loop vs row-scaled measurement, and what ``kernel_choice`` reports.
 
 No real timing: every timer here is a fake that returns fixed seconds per candidate and

@@ -103,7 +103,6 @@ import importlib
 import io
 import json
 import os
-import pkgutil
 import re
 import subprocess
 import sys
@@ -154,17 +153,14 @@ def build_label(version: str, arch_name: str) -> str:
 
 
 def discover(only: str | None = None) -> Iterator[Variant]:
-    """Every module's ``compile_variants()``, in module order; ``only`` filters by a
-    substring of "kernel case"."""
-    package = importlib.import_module("dawin_fast.kernels")
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"dawin_fast.kernels.{info.name}")
-        provider = getattr(module, "compile_variants", None)
-        if provider is None:
-            continue
-        for variant in provider():
-            if only is None or only in f"{variant.kernel} {variant.case}":
-                yield variant
+    """Every registered strategy's variants (``kernels.registry.compile_variants``: each
+    provider once, in its module's name order); ``only`` filters by a substring of
+    "kernel case"."""
+    from dawin_fast.kernels import registry
+
+    for variant in registry.compile_variants():
+        if only is None or only in f"{variant.kernel} {variant.case}":
+            yield variant
 
 
 # ---------------------------------------------------------------------- compile (worker)

@@ -1,4 +1,4 @@
-"""Routing of interp_matmul calls to the issue-11 kernels, checked on the CPU.
+"""Routing of interp_matmul calls to the modeled strategies' kernels, checked on the CPU.
 
 The Gluon kernel only runs on a Hopper GPU; here the device is faked (``Target``, a
 recording stand-in for the Gluon launcher) to check which kernel and config a call gets,
@@ -182,10 +182,10 @@ def test_target_on_cpu_tensors_has_no_gluon():
     x, weight, *_ = make_inputs([4], 16, 8, 2, torch.float16, "cpu")
     target = dispatch.target_for(x, weight)
     assert not target.cuda and not target.gluon and target.half
-    assert interp_matmul_module.STRATEGIES[-3:] == ("swapab", "epilogue", "wstat")
+    assert kernels.STRATEGIES[-3:] == ("swapab", "epilogue", "wstat")
 
 
-# ------------------------------------------------------- rowscaled on Hopper (issue 18)
+# ----------------------------------------- rowscaled on Hopper (its register-A hazard)
 
 HOPPER_NO_GLUON = dispatch.Target(cuda=True, half=True, gluon=False, hopper=True)
 
