@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import threading
 import weakref
@@ -164,6 +165,7 @@ def set_measured_dispatch(enabled: bool | None) -> None:
     measured.set_enabled(enabled)
 
 
+@functools.lru_cache(maxsize=4096)
 def _gpu_key(call: planning.Call) -> str:
     """The measured dispatch's key of a call (its facts, rows and groups bucketed)."""
     return (f"{str(call.dtype).removeprefix('torch.')} M={call.num_models} N={call.n_dim} "

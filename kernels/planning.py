@@ -212,12 +212,29 @@ def forget() -> None:
     """Drop every kept plan (after changing what a decision depends on, e.g. in tests)."""
     with _plans_lock:
         _plans.clear()
+        _candidates.clear()
 
 
 registry.on_change.append(forget)
 
 
+_candidates: dict[tuple[Call, float], tuple[tuple[str, str | None], ...]] = {}
+
+
 def candidates(call: Call, factor: float = MEASURE_FACTOR) -> list[tuple[str, str | None]]:
+    """``_rank_candidates``, kept per key like the plans (the measured dispatch asks at
+    every call)."""
+    found = _candidates.get((call, factor))
+    if found is None:
+        found = tuple(_rank_candidates(call, factor))
+        with _plans_lock:
+            if len(_candidates) >= PLANS_KEPT:
+                _candidates.pop(next(iter(_candidates)))
+            _candidates[(call, factor)] = found
+    return list(found)
+
+
+def _rank_candidates(call: Call, factor: float) -> list[tuple[str, str | None]]:
     """(strategy, config) pairs worth timing for this call on its device, the model's pick
     first (with its config for the fused kernels); then every autotuned kernel with a
     config that fits the device's shared memory (they have no cost model, and Triton

@@ -35,12 +35,13 @@ exceed the model by that much, never fall below it); ``wait``, ``a_regs`` and ``
 request. A variant may allow a failing check with a written reason
 (``allow={"wgmma": "why"}``): it passes, and the table shows the reason.
 
-**Registry.** Any module of ``dawin_fast.kernels`` contributes variants by defining
-``compile_variants()``, a generator of ``Variant``; the gate imports every module of the
-package and collects them (no list to edit). Today: ``interp_matmul`` (combine,
-rowscaled), ``swapab_gluon`` (the Gluon swap-AB kernel), ``swapab_twin`` (its plain-Triton
-twin, which ``dispatch`` runs on a GPU wherever Gluon cannot), ``epilogue_scaled``,
-``wstat_gluon`` (the Gluon weight-stationary kernel) and ``wstat_twin``::
+**Registry.** Every strategy of ``dawin_fast.kernels.registry`` names its kernel modules'
+``compile_variants()`` providers (generators of ``Variant``); the gate collects them, each
+provider once, in the order of its module's name (no list to edit here). Today:
+``interp_matmul`` (combine, rowscaled), ``swapab_gluon`` (the Gluon swap-AB kernel),
+``swapab_twin`` (its plain-Triton twin, which ``dispatch`` runs on a GPU wherever Gluon
+cannot), ``epilogue_scaled``, ``wstat_gluon`` (the Gluon weight-stationary kernel) and
+``wstat_twin``::
 
     def compile_variants():
         from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
