@@ -54,7 +54,7 @@ def test_model_picks_wstat_for_large_groups_swapab_for_groups_and_epilogue_for_r
     (dispatch.Target(cuda=True, half=True, gluon=False), "epilogue"),
     (dispatch.Target(cuda=True, half=True, gluon=False, hopper=False), "rowscaled"),
 ])
-def test_no_new_default_where_gluon_cannot_run(target, per_sample):
+def test_no_modeled_default_where_gluon_cannot_run(target, per_sample):
     assert dispatch.choose(12800, 1, 2, **B32_FC1, target=target) is None
     assert kernels.default_strategy(12800, 1, 2, 3072, 768, target) == "combine"
     assert kernels.default_strategy(256 * 50, 256, 2, 3072, 768, target) == per_sample
@@ -127,7 +127,7 @@ def _call(x, weight, coeffs, offsets, b, strategy=None):
 
 @pytest.mark.parametrize("strategy", ["swapab", "epilogue", "wstat"])
 @pytest.mark.parametrize("lengths", [[12, 0, 30, 5], [64]])
-def test_new_strategies_through_interp_matmul(strategy, lengths):
+def test_modeled_strategies_through_interp_matmul(strategy, lengths):
     if not kernels.interpreting():
         pytest.skip("CPU tensors need the interpreter")
     for dtype in (torch.float32, torch.float16):
