@@ -60,7 +60,7 @@ def test_dry_run_writes_every_stage(tmp_path, capsys):
     e2e = json.loads((tmp_path / "e2e.json").read_text())
     assert {r.get("method") for r in e2e["records"]} >= set(gpu_session_e2e_methods())
     results = (tmp_path / "RESULTS.md").read_text()
-    assert "## Targets (DESIGN §5, P1-P6)" in results and "CPU run (toy sizes)" in results
+    assert "## Targets (P1-P6, docs/design.md)" in results and "CPU run (toy sizes)" in results
     assert all(f"| P{i} |" in results for i in range(1, 7))
     assert "### toy-fc2-per_sample-M2-8x5" in results and "| merged_forward_k3 |" in results
 

@@ -91,7 +91,16 @@ def versions() -> dict[str, str]:
 
 def cache_file(device: str) -> Path:
     """The JSON file of one device and the current versions."""
-    tag = hashlib.sha256(json.dumps([device, versions()], sort_keys=True).encode())
+    env = os.environ
+    return _cache_file(device, tuple(sorted(versions().items())), env.get(ENV_CACHE_DIR),
+                       env.get("XDG_CACHE_HOME"), env.get("HOME"))
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_file(device: str, version_items: tuple, *folder_env: str | None) -> Path:
+    """``cache_file``'s path, built once per device, versions and the environment that
+    names the folder (every call of the measured dispatch looks its key up there)."""
+    tag = hashlib.sha256(json.dumps([device, dict(version_items)], sort_keys=True).encode())
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-")[:60] or "device"
     return cache_dir() / f"dispatch-{slug}-{tag.hexdigest()[:12]}.json"
 

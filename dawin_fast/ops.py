@@ -1,6 +1,6 @@
 """``interp_linear``: the public fused-interpolation linear op.
 
-Contract (DESIGN §2)::
+Contract::
 
     y[r] = x[r] @ (sum_i coeffs[g, i] * weight[i])^T + sum_i coeffs[g, i] * bias[i]
 
@@ -24,13 +24,17 @@ interpolate, so ``interp_linear`` runs each group through its own model's weight
 the value check's single host sync (``check_values`` returns a ``OneHot``), or from a
 routing validated once per forward (``dawin_fast.nn.Routing``), passed as ``one_hot=``:
 no extra synchronisation.
+
+This module holds the custom op and its autograd, the backend and strategy switches, the
+Triton path's plan and the reports (``kernel_choice``, ``predicted_times``); the input
+checks are ``op_checks``, the PyTorch path and its cost model ``torch_path``, the
+coefficient gradients ``coeff_grads``. Their public names are importable from here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import math
+import functools
 import threading
 from collections.abc import Iterator
 
@@ -38,8 +42,31 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels, measured
+from .coeff_grads import GRAD_STRATEGIES, coeff_grad, coeff_grad_strategy  # noqa: F401
+from .kernels import planning
+from .op_checks import (  # noqa: F401  (the checks' public names, re-exported)
+    SUPPORTED_DTYPES,
+    OneHot,
+    _coeff_summary,
+    _is_capturing,
+    _is_fake,
+    _validated,
+    check_bounds,
+    check_coeff_values,
+    check_inputs,
+    check_values,
+    skip_value_checks,
+)
+from .torch_path import (  # noqa: F401  (the PyTorch path's public names, re-exported)
+    CPU_MEASURE_FACTOR,
+    PATH_STRATEGIES,
+    _cpu_key,
+    _measured_cpu_strategy,
+    cpu_strategy,
+    interp_linear_torch,
+    per_group_cheaper,
+)
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKENDS = ("auto", "triton", "torch")
 #: The Triton kernel strategies ``use_strategy`` can force (``kernels.interp_matmul``).
 KERNEL_STRATEGIES = tuple(kernels.STRATEGIES)
@@ -49,10 +76,6 @@ _state = threading.local()
 
 def _backend() -> str:
     return getattr(_state, "backend", "auto")
-
-
-def _value_checks_enabled() -> bool:
-    return getattr(_state, "value_checks", True)
 
 
 @contextlib.contextmanager
@@ -89,8 +112,9 @@ def use_strategy(strategy: str | None) -> Iterator[None]:
     GPU a forced "rowscaled" (fp16/bf16/TF32) runs the "epilogue" kernel, with a warning
     that says why (its register-A wgmma hazard: ``kernel_choice`` reports it).
     """
-    if strategy is not None and strategy not in KERNEL_STRATEGIES:
-        raise ValueError(f"strategy must be one of {KERNEL_STRATEGIES} or None, got {strategy!r}")
+    names = kernels.registry.names()  # a strategy registered later is forced the same way
+    if strategy is not None and strategy not in names:
+        raise ValueError(f"strategy must be one of {names} or None, got {strategy!r}")
     previous = _strategy()
     _state.strategy = strategy
     try:
@@ -113,9 +137,6 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     (``use_strategy``). Ignores the one-hot shortcut (one-hot rows run cuBLAS); on the
     PyTorch path every group counts as non-empty.
     """
-    from .kernels import dispatch
-    from .kernels.common import use_ieee
-
     rows = x.reshape(-1, x.shape[-1])
     num_rows = rows.shape[0]
     num_models = weight.shape[0]
@@ -126,28 +147,7 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
         if measured.enabled() and cached is not None:
             return f"torch:{cached} [measured]"
         return f"torch:{prior} [model]"
-    target = dispatch.target_for(rows, weight)
-    strategy, config, how = _strategy(), None, "forced"
-    if strategy is None:
-        strategy, config, was_measured = _gpu_choice(rows, weight, num_groups, lookup_only=True)
-        how = "measured" if was_measured else "model"
-    served = dispatch.served_by(strategy, target, rows.dtype, use_ieee(rows.dtype))
-    note = f" ({strategy} rerouted: register-A hazard on sm_90)" if served != strategy else ""
-    strategy = served
-    if strategy not in dispatch.NEW_STRATEGIES:
-        return f"{strategy} [{how}]"
-    if kernels.interpreting():  # one pinned small config per kernel
-        return f"{strategy} (interpreter){note} [{how}]"
-    if config is None:
-        config = dispatch.best_config(strategy, num_rows, num_groups, num_models,
-                                      weight.shape[1], rows.shape[1], rows.dtype,
-                                      target.smem_limit)
-    if strategy == "swapab":
-        return f"swapab:{config} ({'Gluon' if target.gluon else 'twin'}) [{how}]"
-    if strategy == "wstat":
-        gluon = dispatch.wstat_on_gluon(target.gluon, rows, weight, config)
-        return f"wstat:{config} ({'Gluon' if gluon else 'twin'}) [{how}]"
-    return f"epilogue:{config}{note} [{how}]"
+    return _plan(rows, weight, num_groups, lookup_only=True).describe()
 
 
 def predicted_times(group_rows: int, num_groups: int, num_models: int, n_dim: int,
@@ -185,16 +185,13 @@ def set_measured_dispatch(enabled: bool | None) -> None:
     measured.set_enabled(enabled)
 
 
-def _gpu_key(x: torch.Tensor, weight: torch.Tensor, num_groups: int) -> str:
-    from .kernels import dispatch
-    from .kernels.common import use_ieee
-    from .kernels.interp_matmul import call_aligned
-
-    num_models, n_dim, k_dim = weight.shape
-    target = dispatch.target_for(x, weight)
-    return (f"{str(x.dtype).removeprefix('torch.')} M={num_models} N={n_dim} K={k_dim} "
-            f"rows~{measured.bucket(x.shape[0])} groups~{measured.bucket(num_groups)} "
-            f"aligned={call_aligned(x, weight)} ieee={use_ieee(x.dtype)} gluon={target.gluon}")
+@functools.lru_cache(maxsize=4096)
+def _gpu_key(call: planning.Call) -> str:
+    """The measured dispatch's key of a call (its facts, rows and groups bucketed)."""
+    return (f"{str(call.dtype).removeprefix('torch.')} M={call.num_models} N={call.n_dim} "
+            f"K={call.k_dim} rows~{measured.bucket(call.num_rows)} "
+            f"groups~{measured.bucket(call.num_groups)} aligned={call.aligned} "
+            f"ieee={call.ieee} gluon={call.target.gluon}")
 
 
 def _gpu_device(x: torch.Tensor) -> str:
@@ -213,20 +210,42 @@ def _choice_name(strategy: str, config: str | None) -> str:
     return strategy if config is None else f"{strategy}:{config}"
 
 
+def _plan(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
+          coeffs: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
+          bias: torch.Tensor | None = None, lookup_only: bool = False) -> planning.Plan:
+    """The plan of a Triton-path call: its facts read once (``planning.facts``), then the
+    forced strategy (``use_strategy``), the measured choice (``_gpu_choice``) or the
+    model's."""
+    call = planning.facts(x, weight, num_groups)
+    forced = _strategy()
+    if forced is not None:
+        return planning.plan(call, forced)
+    if measured.enabled():
+        strategy, config, was_measured = _gpu_choice(x, weight, num_groups, coeffs, offsets,
+                                                     bias, lookup_only, call=call)
+        if was_measured:
+            return planning.plan(call, strategy, config, "measured")
+    return planning.plan(call)
+
+
 def _gpu_choice(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
                 coeffs: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
-                bias: torch.Tensor | None = None, lookup_only: bool = False
-                ) -> tuple[str, str | None, bool]:
+                bias: torch.Tensor | None = None, lookup_only: bool = False,
+                call: planning.Call | None = None) -> tuple[str, str | None, bool]:
     """(strategy, config, measured) of a CUDA call with no forced strategy: the model's
-    candidates (``kernels.candidates``) timed once per key (``measured.choose``), the
+    candidates (``planning.candidates``) timed once per key (``measured.choose``), the
     model's pick where measuring is off, impossible (CUDA-graph capture: a cached choice
-    still applies) or ``lookup_only`` (``kernel_choice``)."""
-    cands = kernels.candidates(x, weight, num_groups)
-    prior = cands[0]
+    still applies) or ``lookup_only`` (``kernel_choice``). ``call``: the call's facts, when
+    the caller has read them."""
+    if call is None:
+        call = planning.facts(x, weight, num_groups)
     if not _compiled_kernels(x) or x.shape[0] == 0 or weight.shape[1] == 0 or x.shape[1] == 0:
-        return (*prior, False)
+        prior = planning.plan(call)
+        return prior.strategy, prior.config, False
+    cands = planning.candidates(call)
+    prior = cands[0]
     by_name = {_choice_name(*c): c for c in cands}
-    device, key = _gpu_device(x), _gpu_key(x, weight, num_groups)
+    device, key = _gpu_device(x), _gpu_key(call)
     if lookup_only:
         cached = measured.lookup(device, key) if measured.enabled() else None
         return (*by_name[cached], True) if cached in by_name else (*prior, False)
@@ -238,7 +257,7 @@ def _gpu_choice(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
                 scratch.append(torch.empty((x.shape[0], weight.shape[1]), dtype=x.dtype,
                                            device=x.device))
             kernels.interp_matmul(x, weight, coeffs, offsets, bias, strategy=strategy,
-                                  config=config, out=scratch[0])
+                                  config=config, out=scratch[0], call=call)
         return run
 
     runs = {name: runner(*c) for name, c in by_name.items()}
@@ -248,426 +267,6 @@ def _gpu_choice(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
     return (*by_name[choice], was_measured)
 
 
-@contextlib.contextmanager
-def skip_value_checks() -> Iterator[None]:
-    """Skip the checks that read tensor *values* (offsets, finiteness of coeffs).
-
-    Those checks synchronise with the GPU. Modules that validated their routing once
-    (``dawin_fast.nn.Routing``) run their layers inside this context. Shape, dtype and
-    device checks always run.
-    """
-    previous = _value_checks_enabled()
-    _state.value_checks = False
-    try:
-        yield
-    finally:
-        _state.value_checks = previous
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def check_inputs(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    coeffs: torch.Tensor,
-    offsets: torch.Tensor,
-    bias: torch.Tensor | None,
-) -> OneHot | None:
-    """Raise a ``ValueError``/``TypeError`` naming the first violated rule of the contract.
-
-    Shape, dtype and device rules always; value rules (offsets start at 0, never
-    decrease, end at the row count; coeffs finite) unless ``skip_value_checks`` is active,
-    the tensors are fake (tracing) or a CUDA graph is being captured. Under
-    ``torch.compile`` the value rules become asserts inside the graph (no host sync, no
-    graph break): the same messages, raised as ``RuntimeError`` when the graph runs (on a
-    GPU as a device-side assert). Returns the eager value check's ``OneHot`` (None when
-    the rows are not all one-hot, or when values were not checked on the host).
-    """
-    _check_metadata(x, weight, coeffs, offsets, bias)
-    if not _value_checks_enabled() or _is_fake(x) or _is_capturing(x) or _is_meta(
-            coeffs, offsets):
-        return None
-    if torch.compiler.is_compiling():
-        _assert_values(math.prod(x.shape[:-1]), coeffs, offsets)
-        return None
-    return check_values(math.prod(x.shape[:-1]), coeffs, offsets)
-
-
-def _check_metadata(x, weight, coeffs, offsets, bias) -> None:
-    for name, t in (("x", x), ("weight", weight), ("coeffs", coeffs), ("offsets", offsets)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"interp_linear: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if bias is not None and not isinstance(bias, torch.Tensor):
-        raise TypeError(
-            f"interp_linear: bias must be a torch.Tensor or None, got {type(bias).__name__}"
-        )
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"interp_linear: x must be float32, float16 or bfloat16, got {x.dtype}")
-    if x.dim() < 1:
-        raise ValueError("interp_linear: x must have at least 1 dimension [..., K]")
-    if weight.dim() != 3:
-        raise ValueError(
-            f"interp_linear: weight must be [M, N, K] (stacked nn.Linear weights), "
-            f"got shape {tuple(weight.shape)}"
-        )
-    num_models, out_features, in_features = weight.shape
-    if num_models < 1:
-        raise ValueError("interp_linear: weight must stack at least one model (M >= 1)")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"interp_linear: weight dtype {weight.dtype} != x dtype {x.dtype}")
-    if x.shape[-1] != in_features:
-        raise ValueError(
-            f"interp_linear: x has {x.shape[-1]} features, weight expects K={in_features}"
-        )
-    if bias is not None:
-        if bias.shape != (num_models, out_features):
-            raise ValueError(
-                f"interp_linear: bias must be [M, N] = [{num_models}, {out_features}], "
-                f"got {tuple(bias.shape)}"
-            )
-        if bias.dtype != x.dtype:
-            raise TypeError(f"interp_linear: bias dtype {bias.dtype} != x dtype {x.dtype}")
-    if coeffs.dim() != 2 or coeffs.shape[1] != num_models:
-        raise ValueError(
-            f"interp_linear: coeffs must be [G, M] with M={num_models}, got {tuple(coeffs.shape)}"
-        )
-    if not coeffs.is_floating_point():
-        raise TypeError(f"interp_linear: coeffs must be floating point, got {coeffs.dtype}")
-    if coeffs.shape[0] < 1:
-        raise ValueError("interp_linear: coeffs must have at least one group (G >= 1)")
-    if offsets.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"interp_linear: offsets must be int32 or int64, got {offsets.dtype}")
-    if offsets.dim() != 1 or offsets.numel() != coeffs.shape[0] + 1:
-        raise ValueError(
-            f"interp_linear: offsets must be [G+1] = [{coeffs.shape[0] + 1}] for "
-            f"{coeffs.shape[0]} coefficient rows, got shape {tuple(offsets.shape)}"
-        )
-    tensors = {"weight": weight, "coeffs": coeffs, "offsets": offsets}
-    if bias is not None:
-        tensors["bias"] = bias
-    for name, t in tensors.items():
-        if t.device != x.device:
-            raise ValueError(f"interp_linear: {name} is on {t.device}, x is on {x.device}")
-
-
-@dataclasses.dataclass(frozen=True)
-class OneHot:
-    """Every coefficient row is one-hot: rows ``bounds[g] .. bounds[g+1]-1`` run model
-    ``models[g]`` alone (host ints, known from a value check's one sync)."""
-
-    models: tuple[int, ...]
-    bounds: tuple[int, ...]
-
-    def scaled(self, factor: int) -> OneHot:
-        """The same groups over ``factor`` rows per sample (a layer's tokens)."""
-        return OneHot(self.models, tuple(b * factor for b in self.bounds))
-
-    def runs(self) -> list[tuple[int, int, int]]:
-        """(model, first row, end row) of every non-empty group."""
-        return [(model, self.bounds[g], self.bounds[g + 1])
-                for g, model in enumerate(self.models) if self.bounds[g] < self.bounds[g + 1]]
-
-
-def _coeff_summary(coeffs: torch.Tensor) -> torch.Tensor:
-    """[2 + G] int64 on coeffs' device, no sync: finite, every row one-hot, then each row's
-    argmax. A row is one-hot when one entry is exactly 1 and the others exactly 0."""
-    ones = coeffs == 1
-    one_hot = (ones | (coeffs == 0)).all() & (ones.sum(1) == 1).all()
-    flags = torch.stack([torch.isfinite(coeffs).all(), one_hot]).to(torch.int64)
-    return torch.cat([flags, ones.to(torch.int8).argmax(1).to(torch.int64)])
-
-
-def check_coeff_values(coeffs: torch.Tensor, who: str = "interp_linear") -> tuple[int, ...] | None:
-    """Raise if coeffs [G, M] are not all finite; return each row's model when every row is
-    one-hot, else None. One host sync."""
-    finite, one_hot, *models = _coeff_summary(coeffs).tolist()
-    if not finite:
-        raise ValueError(f"{who}: coeffs contain NaN or infinity")
-    return tuple(models) if one_hot else None
-
-
-def check_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> OneHot | None:
-    """Check offsets (start at 0, non-decreasing, end at ``num_rows``) and finite coeffs.
-
-    Returns a ``OneHot`` when every coefficient row is one-hot, else None; all of it from
-    one host sync.
-    """
-    values = torch.cat([
-        (offsets[1:] < offsets[:-1]).any().to(torch.int64).reshape(1),
-        _coeff_summary(coeffs), offsets.to(torch.int64),
-    ]).tolist()
-    decreasing, finite, one_hot = values[:3]
-    num_groups = coeffs.shape[0]
-    models, bounds = values[3:3 + num_groups], values[3 + num_groups:]
-    check_bounds(bounds, num_rows, decreasing=bool(decreasing))
-    if not finite:
-        raise ValueError("interp_linear: coeffs contain NaN or infinity")
-    return OneHot(tuple(models), tuple(bounds)) if one_hot else None
-
-
-def check_bounds(bounds: list[int], num_rows: int, decreasing: bool | None = None) -> None:
-    """The offsets rules on offsets already read to the host (``decreasing``: whether the
-    caller found them decreasing, None: compute it here)."""
-    if bounds[0] != 0:
-        raise ValueError(f"interp_linear: offsets must start at 0, got {bounds[0]}")
-    if decreasing is None:
-        decreasing = any(b < a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
-    if decreasing:
-        raise ValueError("interp_linear: offsets must be non-decreasing")
-    if bounds[-1] != num_rows:
-        raise ValueError(f"interp_linear: offsets must end at the row count {num_rows}, "
-                         f"got {bounds[-1]}")
-
-
-def _assert_values(num_rows: int, coeffs: torch.Tensor, offsets: torch.Tensor) -> None:
-    """``check_values`` as asserts that ``torch.compile`` traces into the graph: reading
-    the values on the host would be a data-dependent branch (a graph break)."""
-    torch._assert_async(offsets[0] == 0, "interp_linear: offsets must start at 0")
-    torch._assert_async((offsets[1:] >= offsets[:-1]).all(),
-                        "interp_linear: offsets must be non-decreasing")
-    torch._assert_async(offsets[-1] == num_rows,
-                        "interp_linear: offsets must end at the row count")
-    torch._assert_async(torch.isfinite(coeffs).all(),
-                        "interp_linear: coeffs contain NaN or infinity")
-
-
-def _is_fake(t: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-
-    return isinstance(t, FakeTensor)
-
-
-def _is_meta(*tensors: torch.Tensor) -> bool:
-    """Meta tensors carry shapes, no values: there is nothing to check (shape propagation)."""
-    return any(t.is_meta for t in tensors)
-
-
-def _is_capturing(t: torch.Tensor) -> bool:
-    return t.is_cuda and torch.cuda.is_current_stream_capturing()
-
-
-# ------------------------------------------------------------------------- PyTorch path
-
-# CPU cost model of the PyTorch path, in units of one row through one model's weight in a
-# large matmul (N*K multiply-adds). Per-row strategies ("rowscaled" forward, "rowwise"
-# coefficient gradient) cost M units per row. Per-group strategies ("loop" forward,
-# "pergroup" gradient) cost, per non-empty group, GROUP_COST_PER_MODEL * M +
-# GROUP_COST (streaming N*K weights: a merge, or dW_g and its contraction with the M
-# weights), plus GROUP_ROW_COST per row (a matmul on a group's few rows runs below peak).
-# Fitted on the developer CPU (one thread, fp32, K=768, N=3072, M in {2, 4, 9}, 1 to 100
-# rows per group; see docs/kernels.md, "CPU dispatch"): forward 11.2*M + 9 and 1.2 per row, gradient
-# 9.3*M + 8 and 1.2 per row.
-GROUP_COST_PER_MODEL = 10.0
-GROUP_COST = 9.0
-GROUP_ROW_COST = 1.2
-PATH_STRATEGIES = ("loop", "rowscaled")
-
-
-#: The PyTorch path measures loop against row-scaled where the cost model above puts them
-#: within this factor of each other (elsewhere the model's pick stands): at M = 2 from 17 to
-#: 217 rows per group, i.e. around the fitted crossover (36), where one machine's constants
-#: may be wrong on another.
-CPU_MEASURE_FACTOR = 1.5
-
-
-def _cpu_costs(num_rows: int, num_groups: int, num_models: int) -> tuple[float, float]:
-    """(per-group, per-row) cost of a call by the CPU cost model above."""
-    per_group = (num_groups * (GROUP_COST_PER_MODEL * num_models + GROUP_COST)
-                 + GROUP_ROW_COST * num_rows)
-    return per_group, float(num_models * num_rows)
-
-
-def per_group_cheaper(num_rows: int, num_groups: int, num_models: int) -> bool:
-    """Whether a per-group strategy beats a per-row one by the CPU cost model above."""
-    per_group, per_row = _cpu_costs(num_rows, num_groups, num_models)
-    return per_group <= per_row
-
-
-def _cpu_key(x: torch.Tensor, weight: torch.Tensor, num_groups: int) -> str:
-    num_models, n_dim, k_dim = weight.shape
-    return (f"torch {str(x.dtype).removeprefix('torch.')} M={num_models} N={n_dim} K={k_dim} "
-            f"rows~{measured.bucket(x.shape[0])} groups~{measured.bucket(num_groups)} "
-            f"{'contiguous' if weight.is_contiguous() else 'strided'}")
-
-
-def _measured_cpu_strategy(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor,
-                           offsets: torch.Tensor, bias: torch.Tensor | None,
-                           num_groups: int) -> str:
-    """``cpu_strategy``'s pick, or, where its two costs lie within ``CPU_MEASURE_FACTOR``,
-    the faster of loop and row-scaled as measured on this machine at the first call of
-    the key (``dawin_fast.measured``: cached in memory and on disk per CPU and versions)."""
-    num_rows, num_models = x.shape[0], weight.shape[0]
-    prior = cpu_strategy(num_rows, num_groups, num_models)
-    if not measured.enabled() or num_groups == 0 or _is_fake(x):
-        return prior
-    per_group, per_row = _cpu_costs(num_rows, num_groups, num_models)
-    if max(per_group, per_row) > CPU_MEASURE_FACTOR * min(per_group, per_row):
-        return prior
-    scratch: list[torch.Tensor] = []  # allocated only when measuring
-
-    def runner(strategy: str):
-        def run():
-            if not scratch:
-                scratch.append(torch.empty((num_rows, weight.shape[1]), dtype=x.dtype,
-                                           device=x.device))
-            interp_linear_torch(x, weight, coeffs, offsets, bias, out=scratch[0],
-                                strategy=strategy)
-        return run
-
-    runs = {s: runner(s) for s in PATH_STRATEGIES}
-    choice, _ = measured.choose(measured.cpu_name(), _cpu_key(x, weight, num_groups), runs,
-                                prior, torch_device=x.device)
-    return choice
-
-
-def cpu_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
-    """The PyTorch path's strategy for ``num_groups`` non-empty groups over ``num_rows``.
-
-    ``"loop"``: per group, merge the weight, then one matmul over its rows.
-    ``"rowscaled"``: y = sum_i diag(c_i) x W_i^T, M matmuls over all rows and no merge. Both
-    costs scale with N*K, so the choice depends on the rows per group and M only: the loop
-    from 36 rows per group at M=2, 18 at M=4, 13 at M=9.
-    """
-    if num_groups == 0 or per_group_cheaper(num_rows, num_groups, num_models):
-        return "loop"
-    return "rowscaled"
-
-
-def interp_linear_torch(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    coeffs: torch.Tensor,
-    offsets: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    out: torch.Tensor | None = None,
-    strategy: str | None = None,
-) -> torch.Tensor:
-    """Pure-PyTorch implementation of the contract for 2-D ``x`` (the CPU path).
-
-    Two strategies (``cpu_strategy`` picks by rows per group and M; ``strategy`` forces
-    one): ``"loop"`` merges one weight per non-empty group and runs one matmul over its
-    rows; ``"rowscaled"`` computes y = sum_i diag(c_i) x W_i^T, M matmuls over all rows and
-    no merged weight, which wins when groups are a few rows each. Both in float32.
-    ``out``: optional [T, N] tensor to write.
-    """
-    num_rows = x.shape[0]
-    num_models, out_features, _ = weight.shape
-    if out is None:
-        out = torch.empty((num_rows, out_features), dtype=x.dtype, device=x.device)
-    if num_rows == 0:
-        return out
-    coeffs = coeffs.float()
-    x32 = x.float()
-    bounds = offsets.tolist()
-    # Read anyway to loop over the groups: checked here even under skip_value_checks.
-    check_bounds(bounds, num_rows)
-    groups = [g for g in range(coeffs.shape[0]) if bounds[g + 1] > bounds[g]]
-    if strategy is None:
-        strategy = _measured_cpu_strategy(x, weight, coeffs, offsets, bias, len(groups))
-    if strategy not in PATH_STRATEGIES:
-        raise ValueError(f"strategy must be one of {PATH_STRATEGIES}, got {strategy!r}")
-    if strategy == "rowscaled":
-        lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
-        row_coeffs = torch.repeat_interleave(coeffs, lengths, dim=0, output_size=num_rows)
-        acc = torch.zeros((num_rows, out_features), dtype=torch.float32, device=x.device)
-        for i in range(num_models):
-            acc.addmm_(x32 * row_coeffs[:, i : i + 1], weight[i].float().t())
-        if bias is not None:
-            acc += row_coeffs @ bias.float()
-        return out.copy_(acc)
-    merge = _Merger(weight)
-    for g in groups:
-        start, end = bounds[g], bounds[g + 1]
-        merged_bias = coeffs[g] @ bias.float() if bias is not None else None
-        out[start:end] = torch.nn.functional.linear(x32[start:end], merge(coeffs[g]),
-                                                    merged_bias)
-    return out
-
-
-class _Merger:
-    """``row -> sum_i row[i] weight[i]`` [N, K] in float32: one GEMV over the flattened
-    weights into one reused buffer. Both choices measured on the developer CPU (one
-    thread, 3072x768): ``einsum("m,mnk->nk")`` took 6.3 ms at M=2 against 1.7 ms for the
-    GEMV, and a fresh 9 MB result per group cost up to 4 ms more in page faults (5.25 vs
-    1.15 ms at M=2). The backward's transposed weights (a view) merge untransposed."""
-
-    def __init__(self, weight: torch.Tensor) -> None:
-        num_models, rows, cols = weight.shape
-        self.transposed = weight.transpose(1, 2).is_contiguous() and not weight.is_contiguous()
-        source = weight.transpose(1, 2) if self.transposed else weight
-        self.flat = source.reshape(num_models, -1).float()
-        self.shape = source.shape[1:]
-        self.buffer = torch.empty((1, self.flat.shape[1]), dtype=torch.float32,
-                                  device=weight.device)
-
-    def __call__(self, row: torch.Tensor) -> torch.Tensor:
-        merged = torch.mm(row[None], self.flat, out=self.buffer).view(self.shape)
-        return merged.t() if self.transposed else merged
-
-
-# Coefficient gradient dc[g, i] = sum_{r in g} <dy_r, W_i x_r + b_i>, two ways:
-# "rowwise": M matmuls over all rows (M*T*N*K); "pergroup": dW_g = dy_g^T x_g for every
-# group (T*N*K, into one reused buffer), then <dW_g, W_i> (G*M*N*K). On a GPU the same
-# cost model decides (not measured there).
-GRAD_STRATEGIES = ("rowwise", "pergroup")
-
-
-def coeff_grad_strategy(num_rows: int, num_groups: int, num_models: int) -> str:
-    """``"pergroup"`` where the CPU cost model (``per_group_cheaper``) says it is cheaper:
-    the same boundaries as ``cpu_strategy`` (measured crossovers: about 30, 20 and 12 rows
-    per group at M = 2, 4, 9)."""
-    return "pergroup" if per_group_cheaper(num_rows, num_groups, num_models) else "rowwise"
-
-
-def coeff_grad(
-    x: torch.Tensor,
-    grad_out: torch.Tensor,
-    weight: torch.Tensor,
-    coeffs: torch.Tensor,
-    offsets: torch.Tensor,
-    bias: torch.Tensor | None,
-    strategy: str | None = None,
-) -> torch.Tensor:
-    """dL/dcoeffs [G, M] (float32) of ``interp_linear`` given dL/dy ``grad_out`` [T, N]."""
-    num_groups, num_models = coeffs.shape
-    num_rows = x.shape[0]
-    lengths = (offsets[1:] - offsets[:-1]).to(torch.int64)
-    grad = torch.zeros((num_groups, num_models), dtype=torch.float32, device=x.device)
-    if num_rows == 0:
-        return grad
-    dy = grad_out.float()
-    x32 = x.float()
-    row_group = torch.repeat_interleave(
-        torch.arange(num_groups, device=x.device), lengths, output_size=num_rows
-    )
-    if bias is not None:  # sum_{r in g} <dy_r, b_i> = <sum_{r in g} dy_r, b_i>
-        dy_sum = torch.zeros((num_groups, dy.shape[1]), dtype=torch.float32, device=x.device)
-        dy_sum.index_add_(0, row_group, dy)
-        grad += dy_sum @ bias.float().t()
-    if strategy is None:
-        # Tracing (fake tensors) cannot read the offsets the per-group path loops over.
-        strategy = "rowwise" if _is_fake(x) else coeff_grad_strategy(num_rows, num_groups,
-                                                                     num_models)
-    if strategy not in GRAD_STRATEGIES:
-        raise ValueError(f"strategy must be one of {GRAD_STRATEGIES}, got {strategy!r}")
-    if strategy == "rowwise":
-        per_row = torch.stack(
-            [(dy * (x32 @ weight[i].float().t())).sum(-1) for i in range(num_models)], dim=1
-        )
-        return grad.index_add_(0, row_group, per_row)
-    flat = weight.reshape(num_models, -1).float()  # [M, N*K]
-    d_w = torch.empty(weight.shape[1:], dtype=torch.float32, device=x.device)  # reused
-    bounds = offsets.tolist()
-    for g in range(num_groups):
-        start, end = bounds[g], bounds[g + 1]
-        if end > start:
-            torch.mm(dy[start:end].t(), x32[start:end], out=d_w)
-            grad[g] += flat @ d_w.reshape(-1)
-    return grad
-
-
 def _use_triton(x: torch.Tensor) -> bool:
     backend = _backend()
     if backend == "torch":
@@ -675,7 +274,7 @@ def _use_triton(x: torch.Tensor) -> bool:
     if x.is_cuda:
         return True
     # CPU tensors: Triton only through the interpreter, whose tl.dot returns garbage for
-    # bf16 (triton 3.8, DESIGN §3), so bf16 stays on the PyTorch path.
+    # bf16 (Triton 3.8), so bf16 stays on the PyTorch path.
     usable = kernels.interpreting() and x.dtype != torch.bfloat16
     if backend == "triton" and not usable:
         raise RuntimeError(
@@ -735,12 +334,13 @@ def _interp_linear_op(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     if _use_triton(x):
-        strategy, config = _strategy(), None
-        if strategy is None and x.is_cuda and measured.enabled():
-            strategy, config, _ = _gpu_choice(x, weight, coeffs.shape[0], coeffs.float(),
-                                              offsets, bias)
-        return kernels.interp_matmul(x, weight, coeffs.float(), offsets, bias,
-                                     strategy=strategy, config=config)
+        coeffs = coeffs.float()
+        plan = _plan(x, weight, coeffs.shape[0], coeffs, offsets, bias)
+        # the plan's own key: the strategy and config asked for (none for the model's)
+        strategy = None if plan.how == "model" else plan.asked
+        config = plan.config if plan.how == "measured" else None
+        return kernels.interp_matmul(x, weight, coeffs, offsets, bias, strategy=strategy,
+                                     config=config, call=plan.call)
     return interp_linear_torch(x, weight, coeffs, offsets, bias)
 
 

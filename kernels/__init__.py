@@ -62,14 +62,17 @@ if __name__ == "kernels":
 
     _hand_over_top_level_name()
 else:
+    from . import registry, strategies  # strategies: registers them
     from .configs import interpreting
     from .interp_matmul import (
-        STRATEGIES,
         candidates,
         choose_strategy,
         default_strategy,
         interp_matmul,
     )
 
+    #: The strategies registered at import (``registry.names()`` holds later ones too).
+    STRATEGIES = registry.names()
+
     __all__ = ["STRATEGIES", "candidates", "choose_strategy", "default_strategy",
-               "interp_matmul", "interpreting"]
+               "interp_matmul", "interpreting", "registry", "strategies"]

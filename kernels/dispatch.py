@@ -1,29 +1,22 @@
-"""Which of the issue-11 kernels runs a call, and launching it where it can run.
+"""The call's target, the cost model's ranking of the modeled strategies, and their launch.
 
-Two strategies join ``interp_matmul``'s "combine" and "rowscaled":
+``target_for`` reads what the device and the operands allow (``Target``); ``planning``
+calls it once per call. The modeled strategies (the registry's with a ``predict``:
+"swapab", "epilogue", "wstat", ``kernels/strategies/``) are costed by the traffic model
+(``cost_model``) for (rows per group, G, M, N, K): ``choose`` is the cheapest where the
+Gluon kernel can run (CUDA sm_90, fp16/bf16, TMA-addressable: the model is of the H100),
+``best_config`` a strategy's cheapest config that fits the device, ``candidates`` what the
+measured dispatch times. Every such choice is the model's, not a measurement: no GPU has
+timed these kernels yet. Elsewhere ``choose`` returns None and ``planning`` keeps the rule
+of "combine" and "rowscaled" (from H100 probes).
 
-* ``"swapab"``: the Gluon swap-AB register-combine kernel (``swapab_gluon``) on a Hopper
-  GPU; wherever Gluon cannot run (the interpreter, another GPU, a Triton without Gluon,
-  fp32, strides TMA cannot address, DAWIN_FAST_GLUON unset) its plain-Triton twin
-  (``swapab_twin``) with the same tiling and schedule (fp32 on a GPU: ``TWIN_FP32``'s);
-* ``"epilogue"``: the epilogue-scaled multi-GEMM (``epilogue_scaled``), anywhere (fp32 on
-  a GPU: its fp32 configs);
-* ``"wstat"`` (issue 24): the weight-stationary Gluon kernel (``wstat_gluon``) for large
-  groups, where its resident tile fits shared memory (``fused_configs.wstat_fits``: K <=
-  1280); elsewhere (K too large, fp32, no Gluon, the interpreter) its plain-Triton twin
-  (``wstat_twin``), which only an explicit strategy reaches.
-
-Every kernel and config ``launch`` can run on a GPU, the twin included, is compiled for
-sm_90a on Triton 3.6 and 3.8 by the compile gate (``compile_gate``; each kernel module's
-``compile_variants``), and ``tests/kernels/test_dispatch.py`` checks that the configs
-routed here are the gated ones.
-
-``choose`` is the default rule for CUDA fp16/bf16 calls that the Gluon kernel can run:
-every candidate (each swap-AB config, the epilogue kernel, each weight-stationary config
-that fits this K) is costed by the traffic model
-(``cost_model``) for (rows per group, G, M, N, K) and the cheapest wins. Every such
-choice is the model's, not a measurement: no GPU has timed these kernels yet. Elsewhere
-``choose`` returns None and ``interp_matmul`` keeps its measured rule for the old kernels.
+``launch`` runs "swapab", "epilogue" or "wstat": the Gluon kernel where it can run, else
+its plain-Triton twin with the same tiling (the interpreter, another GPU, a Triton without
+Gluon, fp32, strides TMA cannot address, DAWIN_FAST_GLUON unset; fp32 on a GPU takes the
+twin's fp32 tiles); "wstat"'s Gluon kernel also needs its resident tile to fit K
+(``fused_configs.wstat_fits``: K <= 1280). Every kernel and config it can run on a GPU is
+compiled for sm_90a on Triton 3.6 and 3.8 by the compile gate, and
+``tests/kernels/test_dispatch.py`` checks that the configs routed here are the gated ones.
 """
 
 from __future__ import annotations
@@ -34,17 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from . import arch, cost_model
+from . import arch, cost_model, registry
 from .common import use_ieee
 from .configs import interpreting
 from .epilogue_scaled import epilogue_scaled_matmul
 from .fused_configs import (
-    EPILOGUE_CONFIGS,
-    SWAPAB_CONFIGS,
-    TWIN_SPILLS_OFF_HOPPER,
-    WSTAT_CONFIGS,
     epilogue_config,
-    epilogue_fits,
     swapab_config,
     twin_config,
     wstat_config,
@@ -56,13 +44,14 @@ from .swapab_twin import swapab_twin_matmul
 from .wstat_gluon import wstat_gluon_matmul, wstat_reason
 from .wstat_twin import wstat_twin_matmul
 
+#: The modeled strategies by name, for benchmarks/first_contact.py, triton_cache.py and
+#: gpu_session.py, which do not walk ``registry`` yet (everything in kernels/ does).
 NEW_STRATEGIES = ("swapab", "epilogue", "wstat")
 
-#: The Gluon kernel runs only where DAWIN_FAST_GLUON=1 is set. Its numerics have never
-#: run (Gluon has no interpreter, and no GPU session has checked it yet: issue 12), so it
-#: is opt-in until the GPU tests (tests/kernels/test_new_kernels.py, which call it
-#: directly) pass on an H100. Without it, "swapab" runs the twin and the default rule
-#: ignores the new kernels.
+#: The Gluon kernels run only where DAWIN_FAST_GLUON=1 is set. Their numerics have never
+#: run (Gluon has no interpreter, and no GPU has checked them yet), so they are opt-in
+#: until the GPU tests that call them directly pass on an H100. Without it, "swapab" and
+#: "wstat" run their twins and the cost model's ranking is not the default rule.
 GLUON_ENABLED = os.environ.get("DAWIN_FAST_GLUON", "0") == "1"
 
 
@@ -127,22 +116,22 @@ class Choice:
 
 @functools.lru_cache(maxsize=4096)
 def _costed(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: int):
-    """Model predictions for every candidate, cheapest first (groups of equal length)."""
+    """Model predictions for every config of every modeled strategy (``registry``) that
+    can run this K, cheapest first (groups of equal length; ties: registration order)."""
     case = cost_model.Case("", (max(num_rows // num_groups, 1),), num_models, n_dim, k_dim,
                               repeat=num_groups)
-    out = [Choice("swapab", c.name, cost_model.swapab(case, c).seconds)
-           for c in SWAPAB_CONFIGS]
-    out += [Choice("epilogue", c.name, cost_model.epilogue(case, c).seconds)
-            for c in EPILOGUE_CONFIGS]
-    # Only where the resident tile fits in shared memory (16-bit: the Gluon kernel's types).
-    out += [Choice("wstat", c.name, cost_model.wstat(case, c).seconds)
-            for c in WSTAT_CONFIGS if wstat_fits(c, k_dim)]
+    out = [Choice(s.name, config, s.predict(case, config)) for s in registry.modeled()
+           for config in s.configs if s.fits_k(config, k_dim)]
     return sorted(out, key=lambda c: c.predicted_s)
+
+
+registry.on_change.append(_costed.cache_clear)
 
 
 def choose(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: int,
            target: Target) -> Choice | None:
-    """The new kernel (and config) for a call, or None to keep the old kernels' rule.
+    """The modeled strategy (and config) for a call, or None to keep the rule of the
+    autotuned kernels (``planning.default_strategy``).
 
     Model, not measured: the cheapest candidate of ``cost_model`` for groups of
     ``num_rows / num_groups`` rows. Only where the Gluon kernel can run (CUDA sm_90,
@@ -163,10 +152,11 @@ def best_config(strategy: str, num_rows: int, num_groups: int, num_models: int, 
     where no config fits this K: the one with the smallest resident tile (its twin runs)."""
     groups = min(max(num_groups, 1), max(num_rows, 1))
     ranked = _costed(max(num_rows, 1), groups, num_models, n_dim, k_dim)
+    spec = registry.get(strategy)
     fitting = [c.config for c in ranked if c.strategy == strategy
-               and (strategy != "epilogue" or epilogue_fits(c.config, dtype, limit))]
-    if not fitting and strategy == "wstat":
-        return min(WSTAT_CONFIGS, key=lambda c: c.block_n).name
+               and spec.fits_device(c.config, dtype, limit)]
+    if not fitting and spec.fallback is not None:
+        return spec.fallback()
     if not fitting:
         raise ValueError(f"{strategy}: no config fits {limit} B of shared memory")
     return fitting[0]
@@ -174,22 +164,18 @@ def best_config(strategy: str, num_rows: int, num_groups: int, num_models: int, 
 
 def candidates(num_rows: int, num_groups: int, num_models: int, n_dim: int, k_dim: int,
                dtype: torch.dtype, target: Target, factor: float) -> list[Choice]:
-    """The issue-11 kernels' configs worth timing on this target: the traffic model's
+    """The modeled strategies' configs worth timing on this target: the traffic model's
     ranking (a Hopper model: a prior and a pruner, not a prediction elsewhere), cut at
-    ``factor`` times its best, without configs that do not fit the device's shared
-    memory. Off Hopper without the epilogue kernel: with pointer loads and mma.sync every
-    16-bit and TF32 config the gate built there spills 8-36 B (``kernels/compiled.md``); an
-    explicit strategy="epilogue" still runs there. Empty off CUDA, for fp32 (only an
-    explicit strategy sends fp32 there) and for empty calls."""
+    ``factor`` times its best, keeping what each strategy's ``measurable`` allows there
+    (e.g. no epilogue kernel off Hopper: with pointer loads and mma.sync every 16-bit and
+    TF32 config the gate built there spills 8-36 B; an explicit strategy="epilogue" still
+    runs there). Empty off CUDA, for fp32 (only an explicit strategy sends fp32 there) and
+    for empty calls."""
     if not (target.cuda and target.half) or num_rows == 0:
         return []
     groups = min(max(num_groups, 1), num_rows)
     ranked = [c for c in _costed(num_rows, groups, num_models, n_dim, k_dim)
-              if (c.strategy != "epilogue" or (
-                  target.hopper and epilogue_fits(c.config, dtype, target.smem_limit)))
-              and (target.hopper or c.config not in TWIN_SPILLS_OFF_HOPPER)
-              # the model's wstat is the Gluon kernel; its twin is a correctness fallback
-              and (c.strategy != "wstat" or target.gluon)]
+              if registry.get(c.strategy).measurable(c.config, target, dtype)]
     if not ranked:
         return []
     return [c for c in ranked if c.predicted_s <= factor * ranked[0].predicted_s]
@@ -201,14 +187,23 @@ def wstat_on_gluon(gluon: bool, x: torch.Tensor, weight: torch.Tensor, config: s
     return gluon and wstat_reason(x, weight, wstat_config(config)) is None
 
 
+def wstat_on_gluon_facts(gluon: bool, config: str, k_dim: int, dtype: torch.dtype) -> bool:
+    """``wstat_on_gluon`` from a call's facts: where ``gluon`` holds, the operands are
+    fp16/bf16 and TMA-addressable (``target_for``), so only the resident tile's fit to K
+    is left to check."""
+    return gluon and wstat_fits(wstat_config(config), k_dim, dtype.itemsize)
+
+
 def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor,
            offsets: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
-           config: str | None = None) -> torch.Tensor:
-    """Run "swapab", "epilogue" or "wstat" into ``y`` (rows, N and K > 0)."""
+           config: str | None = None, *, target: Target | None = None) -> torch.Tensor:
+    """Run "swapab", "epilogue" or "wstat" into ``y`` (rows, N and K > 0). ``target``: the
+    call's (``planning.facts``), else read here."""
     num_rows, k_dim = x.shape
     num_models, n_dim, _ = weight.shape
     num_groups = coeffs.shape[0]
-    target = target_for(x, weight)
+    if target is None:
+        target = target_for(x, weight)
     if config is None:
         config = best_config(strategy, num_rows, num_groups, num_models, n_dim, k_dim,
                              x.dtype, target.smem_limit)

@@ -7,7 +7,8 @@ Computes, for rows grouped by ``offsets`` (rows ``offsets[g] .. offsets[g+1]-1``
 for all groups in one launch, without writing any interpolated weight to memory.
 Interpolation and accumulation run in float32; the output has x's dtype.
 
-Five strategies, one contract:
+One contract, several strategies (``registry``, one module each in ``kernels/strategies/``):
+this module holds two of their kernels, autotuned by Triton:
 
 * ``"combine"``: a schedule gives every row block one group id (blocks never straddle
   groups, like vLLM's fused_moe); each program interpolates its weight tile in registers
@@ -20,18 +21,13 @@ Five strategies, one contract:
   (fp16/bf16/TF32): its scaled x tile is wgmma's register A, which Triton's pipeliner
   rewrites while the wgmma may still read it (``dispatch.ROWSCALED_HAZARD``); there the
   default rule picks "epilogue" instead and a forced "rowscaled" runs "epilogue" with a
-  warning. Off Hopper (mma.sync) and for fp32 IEEE (CUDA cores) it runs as before.
-* ``"swapab"`` and ``"epilogue"`` (issue 11, ``dispatch``): the Gluon swap-AB
-  register-combine kernel for Hopper (its plain-Triton twin wherever Gluon cannot run), and
-  the epilogue-scaled multi-GEMM.
-* ``"wstat"`` (issue 24, ``dispatch``): the weight-stationary Gluon kernel for large groups
-  (combined tile resident in shared memory; its twin wherever Gluon cannot run or the
-  tile does not fit).
+  warning. Off Hopper (mma.sync) and for fp32 IEEE (CUDA cores) it runs.
 
-``plan_launch`` turns a combine/rowscaled call into the exact kernel arguments;
-``interp_matmul`` launches them, and the compile gate (``compile_variants`` below,
-``compile_gate``) compiles the same plans for sm_90a on a CPU (the issue-11 kernels plan
-theirs the same way and register their own ``compile_variants``). Autotune only sees configs
+The others (``"swapab"``, ``"epilogue"``, ``"wstat"``) have their kernels in their own
+modules and are launched by ``dispatch.launch``. ``interp_matmul`` reads the call's facts
+and launches its plan (``planning``); ``plan_launch`` turns a combine/rowscaled call into
+the exact kernel arguments, and the compile gate (``compile_variants`` below,
+``compile_gate``) compiles the same plans for sm_90a on a CPU. Autotune only sees configs
 whose modeled shared memory fits (``configs.fitting_configs``); ``choose_strategy`` never
 picks a kernel with none.
 
@@ -50,123 +46,35 @@ import torch
 import triton
 import triton.language as tl
 
-from . import dispatch
+from . import planning, registry
 from .common import bias_args, dot, tile_coords, use_ieee
 from .configs import (
     PRUNE_COMBINE,
     PRUNE_ROWSCALED,
-    aligned,
     combine_configs,
-    fitting_configs,
     interpreting,
     rows_bucket,
     rowscaled_configs,
     shared_bytes,
 )
+from .planning import (  # noqa: F401  (the rules' public names, re-exported)
+    call_aligned,
+    choose_strategy,
+    default_strategy,
+    fits,
+    gpu_combine_block_m,
+)
 
-OLD_STRATEGIES = ("combine", "rowscaled")
-STRATEGIES = OLD_STRATEGIES + dispatch.NEW_STRATEGIES
-
-# Mean rows per group below which "rowscaled" is the default. From the H100 probes in
-# DESIGN.md §4 (bf16, M=2): row-scaled beat the combine kernel on every measured case with
-# groups of 50-400 rows (e.g. ViT-B/32 fc1 per-sample: 0.257 ms vs 0.383 ms). Larger groups
-# were not measured yet; the combine kernel's per-block weight combine amortises over more
-# rows there while row-scaled keeps its M x FLOPs, so they default to "combine".
-ROWSCALED_MAX_MEAN_ROWS = 512
-
-
-def default_strategy(num_rows: int, num_groups: int, num_models: int,
-                     n_dim: int | None = None, k_dim: int | None = None,
-                     target: dispatch.Target | None = None) -> str:
-    """The strategy the call's shape favours (``choose_strategy`` adds the fit check).
-
-    Where the Gluon kernel can run (``target``: CUDA sm_90, fp16/bf16, TMA-addressable)
-    the traffic model picks among the issue-11 kernels (``dispatch.choose``: model, not
-    measured); elsewhere the rule below.
-    """
-    if target is not None and n_dim is not None and k_dim is not None:
-        choice = dispatch.choose(num_rows, num_groups, num_models, n_dim, k_dim, target)
-        if choice is not None:
-            return choice.strategy
-    if num_rows < ROWSCALED_MAX_MEAN_ROWS * max(num_groups, 1):
-        # On Hopper "rowscaled" is served by "epilogue" (dispatch.ROWSCALED_HAZARD); the
-        # fp32 IEEE distinction only matters for an explicit rowscaled, so none here.
-        return "epilogue" if target is not None and dispatch.rowscaled_hazard(
-            target, torch.float16, False) else "rowscaled"
-    return "combine"
-
-
-def fits(strategy: str, num_rows: int, num_groups: int, num_models: int,
-         dtype: torch.dtype, ieee: bool = False, is_aligned: bool = True,
-         limit: int | None = None) -> bool:
-    """Whether ``strategy`` has a GPU config within ``limit`` bytes of shared memory
-    (default: the assumed target's, ``arch.assumed()``) for this call."""
-    block_m = gpu_combine_block_m(num_rows, num_groups, dtype) if strategy == "combine" else None
-    return bool(fitting_configs(strategy, num_models, dtype, ieee, block_m, is_aligned,
-                                limit=limit))
-
-
-def choose_strategy(num_rows: int, num_groups: int, num_models: int, dtype: torch.dtype,
-                    ieee: bool = False, is_aligned: bool = True, n_dim: int | None = None,
-                    k_dim: int | None = None, target: dispatch.Target | None = None) -> str:
-    """The strategy ``interp_matmul`` uses when none is given: ``default_strategy``'s pick,
-    or the other kernel when the pick has no config that fits in shared memory (combine
-    runs out from M ~ 100 with 16-bit inputs; row-scaled fits at any M). The issue-11
-    kernels keep their shared memory independent of M (``compiled.md``). The limit is
-    ``target``'s (the device's), else the assumed target's (Hopper)."""
-    first = default_strategy(num_rows, num_groups, num_models, n_dim, k_dim, target)
-    if first in dispatch.NEW_STRATEGIES:
-        return first
-    limit = target.smem_limit if target is not None else None
-    for strategy in (first, *(s for s in OLD_STRATEGIES if s != first)):
-        if fits(strategy, num_rows, num_groups, num_models, dtype, ieee, is_aligned, limit):
-            # Never "rowscaled" on Hopper (dispatch.ROWSCALED_HAZARD): its stand-in there.
-            return dispatch.served_by(strategy, target, dtype, ieee)
-    raise ValueError(f"interp_matmul: no kernel has a config that fits in "
-                     f"{limit or 'the'} B of shared memory for M={num_models}, {dtype}")
-
-
-#: The traffic model's cut: the issue-11 configs it costs within this factor of its best are
-#: timed by the measured dispatch (a Hopper model: off Hopper only a coarse prior).
-MEASURE_FACTOR = 1.5
+#: The autotuned strategies by name, for benchmarks/first_contact.py and triton_cache.py,
+#: which do not walk ``registry`` yet (everything in kernels/ does).
+OLD_STRATEGIES = planning.RULE_STRATEGIES
 
 
 def candidates(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
-               factor: float = MEASURE_FACTOR) -> list[tuple[str, str | None]]:
-    """(strategy, config) pairs worth timing for this call on its device, the model's pick
-    (``choose_strategy``, with its config for the issue-11 kernels) first; then every old
-    kernel with a config that fits the device's shared memory (they have no cost model, and
-    Triton autotunes their configs), then the issue-11 configs the traffic model keeps
-    (``dispatch.candidates``). Config None: the model's or autotune's."""
-    num_rows, k_dim = x.shape
-    num_models, n_dim, _ = weight.shape
-    ieee = use_ieee(x.dtype)
-    is_aligned = call_aligned(x, weight)
-    target = dispatch.target_for(x, weight)
-    prior = choose_strategy(num_rows, num_groups, num_models, x.dtype, ieee, is_aligned,
-                            n_dim, k_dim, target)
-    out: list[tuple[str, str | None]] = [(prior, None)]
-    if prior in dispatch.NEW_STRATEGIES:
-        out = [(prior, dispatch.best_config(prior, num_rows, num_groups, num_models, n_dim,
-                                            k_dim, x.dtype, target.smem_limit))]
-    for strategy in OLD_STRATEGIES:
-        # never "rowscaled" on Hopper (dispatch.ROWSCALED_HAZARD): it is not timed there
-        if (dispatch.served_by(strategy, target, x.dtype, ieee) == strategy
-                and fits(strategy, num_rows, num_groups, num_models, x.dtype, ieee,
-                         is_aligned, target.smem_limit) and (strategy, None) not in out):
-            out.append((strategy, None))
-    for choice in dispatch.candidates(num_rows, num_groups, num_models, n_dim, k_dim,
-                                      x.dtype, target, factor):
-        if (choice.strategy, choice.config) not in out:
-            out.append((choice.strategy, choice.config))
-    return out
-
-
-def call_aligned(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a call's K-contiguous operands have 16-element rows (``configs.aligned``)."""
-    return (x.stride(1) == 1 and weight.stride(2) == 1 and aligned(
-        x.shape[1], (x.stride(0), weight.stride(1), weight.stride(0)),
-        (x.data_ptr(), weight.data_ptr())))
+               factor: float = planning.MEASURE_FACTOR) -> list[tuple[str, str | None]]:
+    """``planning.candidates`` of this call (the measured dispatch's (strategy, config)
+    pairs, the model's pick first)."""
+    return planning.candidates(planning.facts(x, weight, num_groups), factor)
 
 
 @triton.autotune(configs=combine_configs(), key=["N", "K", "M", "ROWS_BUCKET", "BLOCK_M"],
@@ -329,13 +237,6 @@ def row_groups(offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
     return torch.searchsorted(offsets[1:], rows, right=True).to(torch.int32)
 
 
-def gpu_combine_block_m(num_rows: int, num_groups: int, dtype: torch.dtype) -> int:
-    """Row-block height of the combine kernel on a GPU (fixed per call: the schedule
-    depends on it). fp32 always 64: its FMA dot spills at 128 rows (compiled.md)."""
-    mean_rows = num_rows / max(num_groups, 1)
-    return 64 if mean_rows <= 64 or dtype == torch.float32 else 128
-
-
 def combine_block_m(num_rows: int, num_groups: int, dtype: torch.dtype) -> int:
     """``gpu_combine_block_m``, or 16 under the interpreter (small tests, many blocks)."""
     if interpreting():
@@ -424,6 +325,7 @@ def interp_matmul(
     strategy: str | None = None,
     out: torch.Tensor | None = None,
     config: str | None = None,
+    call: planning.Call | None = None,
 ) -> torch.Tensor:
     """Launch the grouped fused-interpolation GEMM.
 
@@ -439,6 +341,8 @@ def interp_matmul(
         config: the config name of a "swapab"/"epilogue"/"wstat" call (``fused_configs``; the
             measured dispatch passes the one it timed), None for the model's; the old
             kernels autotune theirs.
+        call: ``planning.facts(x, weight, G)`` when the caller has it already (the
+            facts are read once per call).
 
     Returns:
         y: [T, N] in x's dtype.
@@ -458,27 +362,28 @@ def interp_matmul(
         return y
     if k_dim == 0:  # an empty reduction: only the interpolated bias remains
         return _bias_only(y, coeffs, offsets, bias)
-    ieee = use_ieee(x.dtype)
-    is_aligned = call_aligned(x, weight)
-    target = dispatch.target_for(x, weight)
-    if strategy is None:
-        strategy = choose_strategy(num_rows, num_groups, num_models, x.dtype, ieee, is_aligned,
-                                   n_dim, k_dim, target)
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if dispatch.served_by(strategy, target, x.dtype, ieee) != strategy:
+    if call is None:
+        call = planning.facts(x, weight, num_groups)
+    return launch(planning.plan(call, strategy, config), x, weight, coeffs, offsets, bias, y)
+
+
+def launch(plan: planning.Plan, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor,
+           offsets: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    """Run ``plan`` (``planning.plan`` of these tensors' call) into ``y``."""
+    if plan.rerouted:
         # A forced "rowscaled" on Hopper: rerouted, and said so (once per call site).
-        warnings.warn(dispatch.ROWSCALED_HAZARD, stacklevel=2)
-        strategy = dispatch.served_by(strategy, target, x.dtype, ieee)
-    if strategy in dispatch.NEW_STRATEGIES:
-        return dispatch.launch(strategy, x, weight, coeffs, offsets, bias, y, config)
-    if not interpreting() and not fits(strategy, num_rows, num_groups, num_models, x.dtype,
-                                       ieee, is_aligned, target.smem_limit):
-        raise ValueError(f"interp_matmul: strategy {strategy!r} has no config that fits in "
-                         f"{target.smem_limit} B of shared memory for M={num_models}, "
-                         f"{x.dtype}; use strategy=None to pick one that does")
-    launch = plan_launch(x, weight, coeffs, offsets, bias, y, strategy)
-    launch.kernel[launch.grid](*launch.args, **launch.kwargs)
+        warnings.warn(plan.rerouted, stacklevel=3)
+    if plan.error:
+        raise ValueError(plan.error)
+    return registry.get(plan.strategy).launch(plan, x, weight, coeffs, offsets, bias, y)
+
+
+def launch_autotuned(plan: planning.Plan, x: torch.Tensor, weight: torch.Tensor,
+                     coeffs: torch.Tensor, offsets: torch.Tensor, bias: torch.Tensor | None,
+                     y: torch.Tensor) -> torch.Tensor:
+    """The launcher of "combine" and "rowscaled": their autotuned kernel, planned here."""
+    run = plan_launch(x, weight, coeffs, offsets, bias, y, plan.strategy)
+    run.kernel[run.grid](*run.args, **run.kwargs)
     return y
 
 
@@ -540,7 +445,7 @@ def compile_variants() -> Iterator:
                        kwargs=launch.kwargs, shared_model=launch.shared_bytes,
                        allow=allow, core=core, allow_off_hopper=allow_off_hopper or {})
 
-    for strategy in OLD_STRATEGIES:  # the issue-11 kernels register in their own modules
+    for strategy in planning.RULE_STRATEGIES:  # the other kernels' modules declare theirs
         for dtype, models in ((torch.bfloat16, (1, 2, 8, 16, 32)),
                               (torch.float16, (2, 8, 16, 32))):
             name = str(dtype).removeprefix("torch.")

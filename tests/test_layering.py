@@ -29,7 +29,13 @@ ALLOWED = {
     "reference": set(),
     # measured: the measured dispatch's timing and cache (names and callables, no kernels).
     "measured": set(),
-    "ops": {"kernels", "measured"},
+    # ops: the custom op, its autograd, dispatch glue and reports, over three modules of
+    # its own: op_checks (input checks), torch_path (the PyTorch path and its cost model),
+    # coeff_grads (coefficient gradients).
+    "op_checks": set(),
+    "torch_path": {"measured", "op_checks"},
+    "coeff_grads": {"op_checks", "torch_path"},
+    "ops": {"kernels", "measured", "op_checks", "torch_path", "coeff_grads"},
     "algorithm": set(),
     "nn": {"ops", "algorithm"},
     # distributed: a thin layer over torch.distributed that knows nothing of DaWin; below

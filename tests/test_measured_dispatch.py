@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import dawin_fast
-from dawin_fast import measured, ops
+from dawin_fast import measured, ops, torch_path
 from dawin_fast.reference import error_ratio, interp_linear_reference
 
 
@@ -172,7 +172,8 @@ def record_strategies(monkeypatch):
         return original(x, weight, coeffs, offsets, bias, out=out, strategy=strategy)
 
     calls.clear()
-    monkeypatch.setattr(ops, "interp_linear_torch", spy)
+    monkeypatch.setattr(ops, "interp_linear_torch", spy)  # the op's call
+    monkeypatch.setattr(torch_path, "interp_linear_torch", spy)  # the timed runs
     return calls
 
 
@@ -220,24 +221,24 @@ def test_measuring_off_is_the_model(record_strategies):
 
 
 def test_cuda_calls_time_the_kernel_candidates_once(cache, monkeypatch):
-    """The op's CUDA path, with the GPU faked: ``kernels.candidates`` is timed through
+    """The op's CUDA path, with the GPU faked: ``planning.candidates`` is timed through
     ``interp_matmul`` (each into a scratch output, with its config), the winner runs the
     call, the second call reuses it, and inside CUDA-graph capture nothing is timed."""
     launched = []
 
     def fake_matmul(x, weight, coeffs, offsets, bias=None, *, strategy=None, config=None,
-                    out=None):
+                    out=None, call=None):
         launched.append((strategy, config, out is not None))
         y = torch.zeros(x.shape[0], weight.shape[1]) if out is None else out
         return y
 
     candidates = [("rowscaled", None), ("combine", None), ("swapab", "pack2x64")]
     monkeypatch.setattr(ops.kernels, "interp_matmul", fake_matmul)
-    monkeypatch.setattr(ops.kernels, "candidates", lambda x, w, g: candidates)
+    monkeypatch.setattr(ops.planning, "candidates", lambda call: candidates)
     monkeypatch.setattr(ops, "_compiled_kernels", lambda x: True)
     monkeypatch.setattr(ops, "_use_triton", lambda x: True)
     monkeypatch.setattr(ops, "_gpu_device", lambda x: "Fake GPU sm_89")
-    monkeypatch.setattr(ops, "_gpu_key", lambda x, w, g: f"key {x.shape[0]}")
+    monkeypatch.setattr(ops, "_gpu_key", lambda call: f"key {call.num_rows}")
     capturing = [False]
     monkeypatch.setattr(ops, "_is_capturing", lambda x: capturing[0])
     # The op checks x.is_cuda before measuring: run its body directly.

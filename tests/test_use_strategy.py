@@ -60,7 +60,7 @@ def test_kernel_choice_names_the_default_and_the_torch_path(device):
         default = kernel_choice(x, weight, coeffs)
     expected = kernels.choose_strategy(x.shape[0], coeffs.shape[0], 2, x.dtype, True, True,
                                        24, 40)
-    if device == "cpu":  # the interpreter: the mean-rows rule, not measured
+    if device == "cpu":  # the interpreter: the autotuned kernels' rule, not measured
         assert default == f"{expected} [model]"
     assert default.split(":")[0].split(" ")[0] in kernels.STRATEGIES
     with use_backend("torch"):

@@ -35,12 +35,13 @@ exceed the model by that much, never fall below it); ``wait``, ``a_regs`` and ``
 request. A variant may allow a failing check with a written reason
 (``allow={"wgmma": "why"}``): it passes, and the table shows the reason.
 
-**Registry.** Any module of ``dawin_fast.kernels`` contributes variants by defining
-``compile_variants()``, a generator of ``Variant``; the gate imports every module of the
-package and collects them (no list to edit). Today: ``interp_matmul`` (combine,
-rowscaled), ``swapab_gluon`` (the Gluon swap-AB kernel), ``swapab_twin`` (its plain-Triton
-twin, which ``dispatch`` runs on a GPU wherever Gluon cannot), ``epilogue_scaled``,
-``wstat_gluon`` (the Gluon weight-stationary kernel) and ``wstat_twin``::
+**Registry.** Every strategy of ``dawin_fast.kernels.registry`` names its kernel modules'
+``compile_variants()`` providers (generators of ``Variant``); the gate collects them, each
+provider once, in the order of its module's name (no list to edit here). Today:
+``interp_matmul`` (combine, rowscaled), ``swapab_gluon`` (the Gluon swap-AB kernel),
+``swapab_twin`` (its plain-Triton twin, which ``dispatch`` runs on a GPU wherever Gluon
+cannot), ``epilogue_scaled``, ``wstat_gluon`` (the Gluon weight-stationary kernel) and
+``wstat_twin``::
 
     def compile_variants():
         from .compile_gate import DEFAULT_CHECKS, Variant, grouping, stand_in_call
@@ -103,7 +104,6 @@ import importlib
 import io
 import json
 import os
-import pkgutil
 import re
 import subprocess
 import sys
@@ -154,17 +154,14 @@ def build_label(version: str, arch_name: str) -> str:
 
 
 def discover(only: str | None = None) -> Iterator[Variant]:
-    """Every module's ``compile_variants()``, in module order; ``only`` filters by a
-    substring of "kernel case"."""
-    package = importlib.import_module("dawin_fast.kernels")
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"dawin_fast.kernels.{info.name}")
-        provider = getattr(module, "compile_variants", None)
-        if provider is None:
-            continue
-        for variant in provider():
-            if only is None or only in f"{variant.kernel} {variant.case}":
-                yield variant
+    """Every registered strategy's variants (``kernels.registry.compile_variants``: each
+    provider once, in its module's name order); ``only`` filters by a substring of
+    "kernel case"."""
+    from dawin_fast.kernels import registry
+
+    for variant in registry.compile_variants():
+        if only is None or only in f"{variant.kernel} {variant.case}":
+            yield variant
 
 
 # ---------------------------------------------------------------------- compile (worker)

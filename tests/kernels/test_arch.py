@@ -1,4 +1,4 @@
-"""Every GPU our users have (Hopper, A100, Ada): configs filtered by each target's shared memory,
+"""Every GPU our users have: configs filtered by each target's shared memory,
 the device's limit queried once, and no Hopper-only kernel (Gluon, TMA) off sm_90.
 
 No GPU here: CUDA devices are faked by their properties (``torch.cuda.
@@ -93,7 +93,7 @@ def test_no_hopper_only_kernel_off_sm90(fake_gpu, monkeypatch, name):
     weight = torch.zeros(2, 48, 32, dtype=torch.bfloat16)
     coeffs, offsets = torch.zeros(1, 2), torch.tensor([0, 64])
     y = torch.empty(64, 48, dtype=torch.bfloat16)
-    for strategy in ("swapab", "epilogue", "wstat"):  # the kernels configured by rule
+    for strategy in ("swapab", "epilogue", "wstat"):
         dispatch.launch(strategy, x, weight, coeffs, offsets, None, y)
     assert launched == ([("gluon", None), ("epilogue", None), ("wstat gluon", None)] if hopper
                         else [("twin", None), ("epilogue", False), ("wstat twin", None)])

@@ -1,5 +1,4 @@
-"""Routing of interp_matmul calls to the kernels the traffic model ranks (swap-AB, epilogue,
-weight-stationary), checked on the CPU.
+"""Routing of interp_matmul calls to the modeled strategies' kernels, checked on the CPU.
 
 The Gluon kernel only runs on a Hopper GPU; here the device is faked (``Target``, a
 recording stand-in for the Gluon launcher) to check which kernel and config a call gets,
@@ -55,7 +54,7 @@ def test_model_picks_wstat_for_large_groups_swapab_for_groups_and_epilogue_for_r
     (dispatch.Target(cuda=True, half=True, gluon=False), "epilogue"),
     (dispatch.Target(cuda=True, half=True, gluon=False, hopper=False), "rowscaled"),
 ])
-def test_no_new_default_where_gluon_cannot_run(target, per_sample):
+def test_no_modeled_default_where_gluon_cannot_run(target, per_sample):
     assert dispatch.choose(12800, 1, 2, **B32_FC1, target=target) is None
     assert kernels.default_strategy(12800, 1, 2, 3072, 768, target) == "combine"
     assert kernels.default_strategy(256 * 50, 256, 2, 3072, 768, target) == per_sample
@@ -128,7 +127,7 @@ def _call(x, weight, coeffs, offsets, b, strategy=None):
 
 @pytest.mark.parametrize("strategy", ["swapab", "epilogue", "wstat"])
 @pytest.mark.parametrize("lengths", [[12, 0, 30, 5], [64]])
-def test_new_strategies_through_interp_matmul(strategy, lengths):
+def test_modeled_strategies_through_interp_matmul(strategy, lengths):
     if not kernels.interpreting():
         pytest.skip("CPU tensors need the interpreter")
     for dtype in (torch.float32, torch.float16):
@@ -183,10 +182,10 @@ def test_target_on_cpu_tensors_has_no_gluon():
     x, weight, *_ = make_inputs([4], 16, 8, 2, torch.float16, "cpu")
     target = dispatch.target_for(x, weight)
     assert not target.cuda and not target.gluon and target.half
-    assert interp_matmul_module.STRATEGIES[-3:] == ("swapab", "epilogue", "wstat")
+    assert kernels.STRATEGIES[-3:] == ("swapab", "epilogue", "wstat")
 
 
-# ------------------------------------------ rowscaled on Hopper (its register-A hazard)
+# ----------------------------------------- rowscaled on Hopper (its register-A hazard)
 
 HOPPER_NO_GLUON = dispatch.Target(cuda=True, half=True, gluon=False, hopper=True)
 
