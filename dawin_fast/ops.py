@@ -37,7 +37,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from . import kernels, measured
+from . import kernels, measured, verify
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 BACKENDS = ("auto", "triton", "torch")
@@ -131,6 +131,9 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     if strategy is None:
         strategy, config, was_measured = _gpu_choice(rows, weight, num_groups, lookup_only=True)
         how = "measured" if was_measured else "model"
+        if strategy == TORCH_PATH:
+            prior = cpu_strategy(num_rows, num_groups, num_models)
+            return f"torch:{prior} [every kernel failed verification]"
     served = dispatch.served_by(strategy, target, rows.dtype, use_ieee(rows.dtype))
     note = f" ({strategy} rerouted: register-A hazard on sm_90)" if served != strategy else ""
     strategy = served
@@ -198,10 +201,7 @@ def _gpu_key(x: torch.Tensor, weight: torch.Tensor, num_groups: int) -> str:
 
 
 def _gpu_device(x: torch.Tensor) -> str:
-    from .kernels import arch
-
-    major, minor = arch.capability(x.device)
-    return f"{arch.device_name(x.device)} sm_{major}{minor}"
+    return verify.cuda_device_name(x.device)
 
 
 def _compiled_kernels(x: torch.Tensor) -> bool:
@@ -213,6 +213,14 @@ def _choice_name(strategy: str, config: str | None) -> str:
     return strategy if config is None else f"{strategy}:{config}"
 
 
+#: Strategies from the plainest (plain Triton, no wgmma register operand, no TMA) to the
+#: most involved: the order in which the verifier's fallbacks are tried after the model's
+#: pick.
+PLAINEST_FIRST = ("combine", "rowscaled", "epilogue", "swapab", "wstat")
+#: What ``_gpu_choice`` returns when no kernel may serve a call: the PyTorch path does.
+TORCH_PATH = "torch"
+
+
 def _gpu_choice(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
                 coeffs: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
                 bias: torch.Tensor | None = None, lookup_only: bool = False
@@ -220,32 +228,107 @@ def _gpu_choice(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
     """(strategy, config, measured) of a CUDA call with no forced strategy: the model's
     candidates (``kernels.candidates``) timed once per key (``measured.choose``), the
     model's pick where measuring is off, impossible (CUDA-graph capture: a cached choice
-    still applies) or ``lookup_only`` (``kernel_choice``)."""
+    still applies) or ``lookup_only`` (``kernel_choice``). With verification on
+    (``dawin_fast.verify``) only verified candidates are chosen or timed; strategy
+    ``TORCH_PATH`` when every one failed."""
     cands = kernels.candidates(x, weight, num_groups)
     prior = cands[0]
     if not _compiled_kernels(x) or x.shape[0] == 0 or weight.shape[1] == 0 or x.shape[1] == 0:
         return (*prior, False)
+    cands = [prior, *sorted(cands[1:], key=lambda c: PLAINEST_FIRST.index(c[0])
+                            if c[0] in PLAINEST_FIRST else len(PLAINEST_FIRST))]
     by_name = {_choice_name(*c): c for c in cands}
     device, key = _gpu_device(x), _gpu_key(x, weight, num_groups)
     if lookup_only:
-        cached = measured.lookup(device, key) if measured.enabled() else None
-        return (*by_name[cached], True) if cached in by_name else (*prior, False)
+        return _looked_up(device, key, by_name, prior)
+
+    def launcher(strategy: str, config: str | None):
+        def launch(out: torch.Tensor) -> None:
+            kernels.interp_matmul(x, weight, coeffs, offsets, bias, strategy=strategy,
+                                  config=config, out=out)
+        return launch
+
+    launches = {name: launcher(*c) for name, c in by_name.items()}
     scratch: list[torch.Tensor] = []
 
-    def runner(strategy: str, config: str | None):
+    def runner(launch):
         def run():
             if not scratch:  # allocated only when measuring
                 scratch.append(torch.empty((x.shape[0], weight.shape[1]), dtype=x.dtype,
                                            device=x.device))
-            kernels.interp_matmul(x, weight, coeffs, offsets, bias, strategy=strategy,
-                                  config=config, out=scratch[0])
+            launch(scratch[0])
         return run
 
-    runs = {name: runner(*c) for name, c in by_name.items()}
+    runs = {name: runner(launch) for name, launch in launches.items()}
+    capturing = _is_capturing(x) or torch.compiler.is_compiling()
+    screen = _screen(x, weight, coeffs, offsets, bias, device, key, launches,
+                     can_run=not capturing) if verify.enabled() else None
     choice, was_measured = measured.choose(device, key, runs, _choice_name(*prior),
                                            torch_device=x.device,
-                                           can_measure=not _is_capturing(x))
+                                           can_measure=not capturing, screen=screen)
+    if choice is None:
+        return (*_unverified_fallback(x, weight, num_groups, device, key, cands, capturing),
+                False)
     return (*by_name[choice], was_measured)
+
+
+# ----------------------------------------------------- verification call sites (verify.py)
+
+
+def _call_label(x: torch.Tensor, weight: torch.Tensor, num_groups: int) -> str:
+    num_models, n_dim, k_dim = weight.shape
+    return (f"{str(x.dtype).removeprefix('torch.')} x[{x.shape[0]}, {k_dim}] "
+            f"W[{num_models}, {n_dim}, {k_dim}] {num_groups} groups")
+
+
+def _screen(x, weight, coeffs, offsets, bias, device, key, launches, can_run):
+    """The verifier's screen of one call: candidates run on its own tensors, held to the
+    merged-weight fp32 reference."""
+    from .kernels.common import use_ieee
+
+    return verify.Screen(device, key, launches,
+                         lambda: verify.reference_bound(x, weight, coeffs, offsets, bias,
+                                                        tf32=not use_ieee(x.dtype)),
+                         (x.shape[0], weight.shape[1]), x.dtype, x.device,
+                         _call_label(x, weight, coeffs.shape[0]), can_run=can_run)
+
+
+def _unverified_fallback(x, weight, num_groups, device, key, cands, capturing):
+    """No candidate passed. Eager: every one failed, the PyTorch path serves. Under capture
+    nothing was verified for this call (and the PyTorch path reads offsets on the host,
+    which capture forbids): the plainest candidate runs unverified, said once."""
+    label = _call_label(x, weight, num_groups)
+    if capturing:
+        plain = min(cands, key=lambda c: PLAINEST_FIRST.index(c[0])
+                    if c[0] in PLAINEST_FIRST else len(PLAINEST_FIRST))
+        verify.warn_once(device, key, "capture", (
+            f"dawin_fast: no kernel is verified on {device} for {label}, and none can be "
+            f"verified inside CUDA-graph capture or torch.compile tracing: running "
+            f"{_choice_name(*plain)} unverified (run the call once eagerly first)"))
+        return plain
+    verify.warn_once(device, key, "all failed", (
+        f"dawin_fast: every fused kernel candidate failed verification on {device} for "
+        f"{label}: the PyTorch path serves these calls"))
+    return TORCH_PATH, None
+
+
+def _looked_up(device, key, by_name, prior):
+    """``kernel_choice``'s view: the measured choice or the first candidate the cached
+    verdicts do not exclude (nothing is run)."""
+    cached = measured.lookup(device, key) if measured.enabled() else None
+
+    def excluded(name: str) -> bool:
+        if not verify.enabled():
+            return False
+        verdict = verify.lookup(device, key, name)
+        return verdict is not None and not verdict.passed
+
+    if cached in by_name and not excluded(cached):
+        return (*by_name[cached], True)
+    for name, cand in by_name.items():
+        if not excluded(name):
+            return (*cand, False)
+    return TORCH_PATH, None, False
 
 
 @contextlib.contextmanager
@@ -736,9 +819,11 @@ def _interp_linear_op(
 ) -> torch.Tensor:
     if _use_triton(x):
         strategy, config = _strategy(), None
-        if strategy is None and x.is_cuda and measured.enabled():
+        if strategy is None and x.is_cuda and (measured.enabled() or verify.enabled()):
             strategy, config, _ = _gpu_choice(x, weight, coeffs.shape[0], coeffs.float(),
                                               offsets, bias)
+        if strategy == TORCH_PATH:  # every kernel failed verification here
+            return interp_linear_torch(x, weight, coeffs, offsets, bias)
         return kernels.interp_matmul(x, weight, coeffs.float(), offsets, bias,
                                      strategy=strategy, config=config)
     return interp_linear_torch(x, weight, coeffs, offsets, bias)
