@@ -188,6 +188,19 @@ def set_measured_dispatch(enabled: bool | None) -> None:
     measured.set_enabled(enabled)
 
 
+def set_verification(enabled: bool | None) -> None:
+    """Verify each kernel strategy and config on the device before the dispatch uses it
+    (True), trust them unverified (False), or follow ``DAWIN_FAST_VERIFY`` (None, the
+    default: on unless "0"). ``dawin_fast.verify``."""
+    verify.set_verification(enabled)
+
+
+def clear_verdicts(disk: bool = True) -> None:
+    """Forget the verifier's verdicts (in memory, and on disk unless ``disk`` is False):
+    every kernel is verified again at its next use."""
+    verify.clear(disk)
+
+
 def _gpu_key(x: torch.Tensor, weight: torch.Tensor, num_groups: int) -> str:
     from .kernels import dispatch
     from .kernels.common import use_ieee
@@ -819,7 +832,8 @@ def _interp_linear_op(
 ) -> torch.Tensor:
     if _use_triton(x):
         strategy, config = _strategy(), None
-        if strategy is None and x.is_cuda and (measured.enabled() or verify.enabled()):
+        if strategy is None and _compiled_kernels(x) and (measured.enabled()
+                                                          or verify.enabled()):
             strategy, config, _ = _gpu_choice(x, weight, coeffs.shape[0], coeffs.float(),
                                               offsets, bias)
         if strategy == TORCH_PATH:  # every kernel failed verification here
