@@ -428,6 +428,16 @@ def iter_verdicts(device: str) -> Iterator[tuple[str, str, Verdict]]:
 # ------------------------------------------------------------------------- the self-check
 
 
+def versions() -> dict[str, str]:
+    """What verdicts depend on besides the device (``measured.versions``)."""
+    return measured.versions()
+
+
+def cpu_name() -> str:
+    """This CPU's name in the caches (``measured.cpu_name``)."""
+    return measured.cpu_name()
+
+
 def cuda_device_name(device: torch.device) -> str:
     """A CUDA device's name in the caches: its name and compute capability."""
     from .kernels import arch

@@ -100,12 +100,10 @@ def run_strategies(device: torch.device | str = "cuda",
 
 def report(device: str, strategies: list[dict], quick: list[dict]) -> dict:
     """The JSON of a run (for bug reports): environment, both tables."""
-    from ..measured import cpu_name, versions
-
     return dict(device=device,
                 device_name=(verify.cuda_device_name(torch.device(device))
-                             if device.startswith("cuda") else cpu_name()),
-                versions=versions(), python=platform.python_version(),
+                             if device.startswith("cuda") else verify.cpu_name()),
+                versions=verify.versions(), python=platform.python_version(),
                 failed=sum(not r["passed"] for r in strategies + quick),
                 strategies=strategies, quick=quick)
 
