@@ -111,8 +111,9 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     ``dawin_fast.measured``), " [model]" (the model's choice: measuring is off, or the
     first call has not measured yet, or the model left one candidate) or " [forced]"
     (``use_strategy``); "torch:<strategy> [every kernel failed verification]" where the
-    verifier's cached verdicts (``dawin_fast.verify``) exclude every candidate. Ignores the one-hot shortcut (one-hot rows run cuBLAS); on the
-    PyTorch path every group counts as non-empty.
+    verifier's cached verdicts (``dawin_fast.verify``) exclude every candidate. Ignores
+    the one-hot shortcut (one-hot rows run cuBLAS); on the PyTorch path every group counts
+    as non-empty.
     """
     from .kernels import dispatch
     from .kernels.common import use_ieee
