@@ -56,10 +56,12 @@ from .nn import (
 )
 from .ops import (
     clear_dispatch_cache,
+    clear_verdicts,
     interp_linear,
     interp_linear_torch,
     kernel_choice,
     set_measured_dispatch,
+    set_verification,
     skip_value_checks,
     use_backend,
     use_strategy,
@@ -89,6 +91,7 @@ __all__ = [
     "coefficients_multi",
     "coefficients_two",
     "clear_dispatch_cache",
+    "clear_verdicts",
     "cross_entropy",
     "dawinize",
     "dynamic_classifier_selection",
@@ -105,6 +108,7 @@ __all__ = [
     "offset_terms",
     "route",
     "set_measured_dispatch",
+    "set_verification",
     "single_group",
     "skip_value_checks",
     "task_vectors",

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -149,17 +149,26 @@ def lookup(device: str, key: str) -> str | None:
 
 
 def choose(device: str, key: str, candidates: Mapping[str, Callable[[], object]],
-           prior: str, *, torch_device: torch.device, can_measure: bool = True
-           ) -> tuple[str, bool]:
+           prior: str, *, torch_device: torch.device, can_measure: bool = True,
+           screen: Callable[[Sequence[str]], Collection[str]] | None = None
+           ) -> tuple[str | None, bool]:
     """(choice, measured) for a call: the cached measurement, else (when ``enabled()``,
     ``can_measure`` and there is more than one candidate) a new one, else ``prior``.
 
     ``candidates``: name -> a callable that runs the call that way (into a scratch
     output); ``prior`` must be one of them. A cached choice that is no longer a candidate
     is measured again.
+
+    ``screen``: names -> those that may run (the verifier, ``dawin_fast.verify.Screen``).
+    With one, nothing it rejects is chosen or timed: a rejected cached choice is measured
+    again among the rest; where nothing is measured, the choice is the first candidate it
+    accepts, ``prior`` first, then the candidates' order; None when it accepts none.
     """
     if prior not in candidates:
         raise ValueError(f"prior {prior!r} is not a candidate {sorted(candidates)}")
+    if screen is not None:
+        return _choose_screened(device, key, candidates, prior, torch_device, can_measure,
+                                screen)
     if not enabled() or len(candidates) < 2:
         return prior, False
     cached = lookup(device, key)
@@ -167,6 +176,29 @@ def choose(device: str, key: str, candidates: Mapping[str, Callable[[], object]]
         return cached, True
     if not can_measure:
         return prior, False
+    return _measure(device, key, candidates, prior, torch_device), True
+
+
+def _choose_screened(device, key, candidates, prior, torch_device, can_measure, screen):
+    if enabled() and len(candidates) > 1:
+        cached = lookup(device, key)
+        if cached in candidates and screen([cached]):
+            return cached, True
+        if can_measure:
+            allowed = set(screen(list(candidates)))
+            kept = {name: run for name, run in candidates.items() if name in allowed}
+            if len(kept) > 1:
+                first = prior if prior in kept else next(iter(kept))
+                return _measure(device, key, kept, first, torch_device), True
+            return (next(iter(kept)) if kept else None), False
+    for name in (prior, *(n for n in candidates if n != prior)):
+        if screen([name]):
+            return name, False
+    return None, False
+
+
+def _measure(device: str, key: str, candidates: Mapping[str, Callable[[], object]],
+             prior: str, torch_device: torch.device) -> str:
     timer = _timer or default_timer
     seconds = {name: float(timer(run, torch_device)) for name, run in candidates.items()}
     best = min(seconds, key=lambda name: (seconds[name], name != prior))
@@ -175,7 +207,7 @@ def choose(device: str, key: str, candidates: Mapping[str, Callable[[], object]]
         choices = _load(path)
         choices[key] = {"choice": best, "seconds": seconds}
         _save(path, device, choices)
-    return best, True
+    return best
 
 
 def default_timer(run: Callable[[], object], device: torch.device) -> float:

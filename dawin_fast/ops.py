@@ -41,7 +41,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from . import kernels, measured
+from . import kernels, measured, verify
 from .coeff_grads import GRAD_STRATEGIES, coeff_grad, coeff_grad_strategy  # noqa: F401
 from .kernels import planning
 from .op_checks import (  # noqa: F401  (the checks' public names, re-exported)
@@ -134,8 +134,10 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
     how it was chosen: " [measured]" (a measured choice is cached for this call's key,
     ``dawin_fast.measured``), " [model]" (the model's choice: measuring is off, or the
     first call has not measured yet, or the model left one candidate) or " [forced]"
-    (``use_strategy``). Ignores the one-hot shortcut (one-hot rows run cuBLAS); on the
-    PyTorch path every group counts as non-empty.
+    (``use_strategy``); "torch:<strategy> [every kernel failed verification]" where the
+    verifier's cached verdicts (``dawin_fast.verify``) exclude every candidate. Ignores
+    the one-hot shortcut (one-hot rows run cuBLAS); on the PyTorch path every group counts
+    as non-empty.
     """
     rows = x.reshape(-1, x.shape[-1])
     num_rows = rows.shape[0]
@@ -147,7 +149,11 @@ def kernel_choice(x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor) -
         if measured.enabled() and cached is not None:
             return f"torch:{cached} [measured]"
         return f"torch:{prior} [model]"
-    return _plan(rows, weight, num_groups, lookup_only=True).describe()
+    plan = _plan(rows, weight, num_groups, lookup_only=True)
+    if plan is None:
+        prior = cpu_strategy(num_rows, num_groups, num_models)
+        return f"torch:{prior} [every kernel failed verification]"
+    return plan.describe()
 
 
 def predicted_times(group_rows: int, num_groups: int, num_models: int, n_dim: int,
@@ -185,6 +191,19 @@ def set_measured_dispatch(enabled: bool | None) -> None:
     measured.set_enabled(enabled)
 
 
+def set_verification(enabled: bool | None) -> None:
+    """Verify each kernel strategy and config on the device before the dispatch uses it
+    (True), trust them unverified (False), or follow ``DAWIN_FAST_VERIFY`` (None, the
+    default: on unless "0"). ``dawin_fast.verify``."""
+    verify.set_verification(enabled)
+
+
+def clear_verdicts(disk: bool = True) -> None:
+    """Forget the verifier's verdicts (in memory, and on disk unless ``disk`` is False):
+    every kernel is verified again at its next use."""
+    verify.clear(disk)
+
+
 @functools.lru_cache(maxsize=4096)
 def _gpu_key(call: planning.Call) -> str:
     """The measured dispatch's key of a call (its facts, rows and groups bucketed)."""
@@ -195,10 +214,7 @@ def _gpu_key(call: planning.Call) -> str:
 
 
 def _gpu_device(x: torch.Tensor) -> str:
-    from .kernels import arch
-
-    major, minor = arch.capability(x.device)
-    return f"{arch.device_name(x.device)} sm_{major}{minor}"
+    return verify.cuda_device_name(x.device)
 
 
 def _compiled_kernels(x: torch.Tensor) -> bool:
@@ -210,21 +226,35 @@ def _choice_name(strategy: str, config: str | None) -> str:
     return strategy if config is None else f"{strategy}:{config}"
 
 
+#: Strategies from the plainest (plain Triton, no wgmma register operand, no TMA) to the
+#: most involved: the order in which the verifier's fallbacks are tried after the model's
+#: pick.
+PLAINEST_FIRST = ("combine", "rowscaled", "epilogue", "swapab", "wstat")
+#: What ``_gpu_choice`` returns when no kernel may serve a call: the PyTorch path does.
+TORCH_PATH = "torch"
+
+
 def _plan(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
           coeffs: torch.Tensor | None = None, offsets: torch.Tensor | None = None,
-          bias: torch.Tensor | None = None, lookup_only: bool = False) -> planning.Plan:
+          bias: torch.Tensor | None = None, lookup_only: bool = False) -> planning.Plan | None:
     """The plan of a Triton-path call: its facts read once (``planning.facts``), then the
-    forced strategy (``use_strategy``), the measured choice (``_gpu_choice``) or the
-    model's."""
+    forced strategy (``use_strategy``), the measured or verified choice (``_gpu_choice``)
+    or the model's. None: every kernel failed verification, the PyTorch path serves."""
     call = planning.facts(x, weight, num_groups)
     forced = _strategy()
     if forced is not None:
         return planning.plan(call, forced)
-    if measured.enabled():
+    if measured.enabled() or verify.enabled():
         strategy, config, was_measured = _gpu_choice(x, weight, num_groups, coeffs, offsets,
                                                      bias, lookup_only, call=call)
+        if strategy == TORCH_PATH:
+            return None
         if was_measured:
             return planning.plan(call, strategy, config, "measured")
+        model = planning.plan(call)
+        if (strategy, config) != (model.strategy, model.config):  # the pick failed verification
+            return planning.plan(call, strategy, config, "model")
+        return model
     return planning.plan(call)
 
 
@@ -235,8 +265,10 @@ def _gpu_choice(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
     """(strategy, config, measured) of a CUDA call with no forced strategy: the model's
     candidates (``planning.candidates``) timed once per key (``measured.choose``), the
     model's pick where measuring is off, impossible (CUDA-graph capture: a cached choice
-    still applies) or ``lookup_only`` (``kernel_choice``). ``call``: the call's facts, when
-    the caller has read them."""
+    still applies) or ``lookup_only`` (``kernel_choice``). With verification on
+    (``dawin_fast.verify``) only verified candidates are chosen or timed; strategy
+    ``TORCH_PATH`` when every one failed. ``call``: the call's facts, when the caller has
+    read them."""
     if call is None:
         call = planning.facts(x, weight, num_groups)
     if not _compiled_kernels(x) or x.shape[0] == 0 or weight.shape[1] == 0 or x.shape[1] == 0:
@@ -244,27 +276,100 @@ def _gpu_choice(x: torch.Tensor, weight: torch.Tensor, num_groups: int,
         return prior.strategy, prior.config, False
     cands = planning.candidates(call)
     prior = cands[0]
+    cands = [prior, *sorted(cands[1:], key=lambda c: PLAINEST_FIRST.index(c[0])
+                            if c[0] in PLAINEST_FIRST else len(PLAINEST_FIRST))]
     by_name = {_choice_name(*c): c for c in cands}
     device, key = _gpu_device(x), _gpu_key(call)
     if lookup_only:
-        cached = measured.lookup(device, key) if measured.enabled() else None
-        return (*by_name[cached], True) if cached in by_name else (*prior, False)
+        return _looked_up(device, key, by_name, prior)
+
+    def launcher(strategy: str, config: str | None):
+        def launch(out: torch.Tensor) -> None:
+            kernels.interp_matmul(x, weight, coeffs, offsets, bias, strategy=strategy,
+                                  config=config, out=out, call=call)
+        return launch
+
+    launches = {name: launcher(*c) for name, c in by_name.items()}
     scratch: list[torch.Tensor] = []
 
-    def runner(strategy: str, config: str | None):
+    def runner(launch):
         def run():
             if not scratch:  # allocated only when measuring
                 scratch.append(torch.empty((x.shape[0], weight.shape[1]), dtype=x.dtype,
                                            device=x.device))
-            kernels.interp_matmul(x, weight, coeffs, offsets, bias, strategy=strategy,
-                                  config=config, out=scratch[0], call=call)
+            launch(scratch[0])
         return run
 
-    runs = {name: runner(*c) for name, c in by_name.items()}
+    runs = {name: runner(launch) for name, launch in launches.items()}
+    capturing = _is_capturing(x) or torch.compiler.is_compiling()
+    screen = _screen(x, weight, coeffs, offsets, bias, device, key, launches,
+                     can_run=not capturing) if verify.enabled() else None
     choice, was_measured = measured.choose(device, key, runs, _choice_name(*prior),
                                            torch_device=x.device,
-                                           can_measure=not _is_capturing(x))
+                                           can_measure=not capturing, screen=screen)
+    if choice is None:
+        return (*_unverified_fallback(x, weight, num_groups, device, key, cands, capturing),
+                False)
     return (*by_name[choice], was_measured)
+
+
+# ----------------------------------------------------- verification call sites (verify.py)
+
+
+def _call_label(x: torch.Tensor, weight: torch.Tensor, num_groups: int) -> str:
+    num_models, n_dim, k_dim = weight.shape
+    return (f"{str(x.dtype).removeprefix('torch.')} x[{x.shape[0]}, {k_dim}] "
+            f"W[{num_models}, {n_dim}, {k_dim}] {num_groups} groups")
+
+
+def _screen(x, weight, coeffs, offsets, bias, device, key, launches, can_run):
+    """The verifier's screen of one call: candidates run on its own tensors, held to the
+    merged-weight fp32 reference."""
+    from .kernels.common import use_ieee
+
+    return verify.Screen(device, key, launches,
+                         lambda: verify.reference_bound(x, weight, coeffs, offsets, bias,
+                                                        tf32=not use_ieee(x.dtype)),
+                         (x.shape[0], weight.shape[1]), x.dtype, x.device,
+                         _call_label(x, weight, coeffs.shape[0]), can_run=can_run)
+
+
+def _unverified_fallback(x, weight, num_groups, device, key, cands, capturing):
+    """No candidate passed. Eager: every one failed, the PyTorch path serves. Under capture
+    nothing was verified for this call (and the PyTorch path reads offsets on the host,
+    which capture forbids): the plainest candidate runs unverified, said once."""
+    label = _call_label(x, weight, num_groups)
+    if capturing:
+        plain = min(cands, key=lambda c: PLAINEST_FIRST.index(c[0])
+                    if c[0] in PLAINEST_FIRST else len(PLAINEST_FIRST))
+        verify.warn_once(device, key, "capture", (
+            f"dawin_fast: no kernel is verified on {device} for {label}, and none can be "
+            f"verified inside CUDA-graph capture or torch.compile tracing: running "
+            f"{_choice_name(*plain)} unverified (run the call once eagerly first)"))
+        return plain
+    verify.warn_once(device, key, "all failed", (
+        f"dawin_fast: every fused kernel candidate failed verification on {device} for "
+        f"{label}: the PyTorch path serves these calls"))
+    return TORCH_PATH, None
+
+
+def _looked_up(device, key, by_name, prior):
+    """``kernel_choice``'s view: the measured choice or the first candidate the cached
+    verdicts do not exclude (nothing is run)."""
+    cached = measured.lookup(device, key) if measured.enabled() else None
+
+    def excluded(name: str) -> bool:
+        if not verify.enabled():
+            return False
+        verdict = verify.lookup(device, key, name)
+        return verdict is not None and not verdict.passed
+
+    if cached in by_name and not excluded(cached):
+        return (*by_name[cached], True)
+    for name, cand in by_name.items():
+        if not excluded(name):
+            return (*cand, False)
+    return TORCH_PATH, None, False
 
 
 def _use_triton(x: torch.Tensor) -> bool:
@@ -336,9 +441,12 @@ def _interp_linear_op(
     if _use_triton(x):
         coeffs = coeffs.float()
         plan = _plan(x, weight, coeffs.shape[0], coeffs, offsets, bias)
-        # the plan's own key: the strategy and config asked for (none for the model's)
-        strategy = None if plan.how == "model" else plan.asked
-        config = plan.config if plan.how == "measured" else None
+        if plan is None:  # every kernel failed verification here
+            return interp_linear_torch(x, weight, coeffs, offsets, bias)
+        # the plan's own key: the strategy and config asked for (none for the model's own
+        # pick; a forced strategy's config is its default)
+        strategy = plan.asked
+        config = None if plan.how == "forced" or plan.asked is None else plan.config
         return kernels.interp_matmul(x, weight, coeffs, offsets, bias, strategy=strategy,
                                      config=config, call=plan.call)
     return interp_linear_torch(x, weight, coeffs, offsets, bias)

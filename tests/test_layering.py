@@ -35,7 +35,11 @@ ALLOWED = {
     "op_checks": set(),
     "torch_path": {"measured", "op_checks"},
     "coeff_grads": {"op_checks", "torch_path"},
-    "ops": {"kernels", "measured", "op_checks", "torch_path", "coeff_grads"},
+    # verify: the verifier of kernels on the user's device (the element-wise bound of
+    # reference, the measured dispatch's cache location and versions; kernels only to
+    # list and launch them for the self-check).
+    "verify": {"kernels", "measured", "reference"},
+    "ops": {"kernels", "measured", "op_checks", "torch_path", "coeff_grads", "verify"},
     "algorithm": set(),
     "nn": {"ops", "algorithm"},
     # distributed: a thin layer over torch.distributed that knows nothing of DaWin; below
@@ -48,8 +52,8 @@ ALLOWED = {
     # bench times GPU work with triton.testing.do_bench (CUDA events, L2 flush): a timer,
     # not kernel internals.
     "bench": {"ops", "reference", "algorithm", "nn", "pipeline", "third:triton"},
-    "app": {"ops", "reference", "algorithm", "nn", "pipeline", "pipeline_lm", "distributed",
-            "bench", "integrations", "_launch"},
+    "app": {"ops", "reference", "verify", "algorithm", "nn", "pipeline", "pipeline_lm",
+            "distributed", "bench", "integrations", "_launch"},
     # The package root re-exports the public API (never the application).
     "root": {"ops", "reference", "algorithm", "nn", "pipeline", "pipeline_lm", "distributed",
              "integrations", "_launch"},
@@ -63,6 +67,8 @@ IO_FLOORS = {"app", "kernel_tools"}
 IO_MODULES = {
     "dawin_fast.measured": "the measured dispatch's cache: one JSON file per device and "
                            "versions, like Triton's autotune cache",
+    "dawin_fast.verify": "the verifier's verdicts and in-flight markers, beside the measured "
+                         "dispatch's cache",
 }
 
 

@@ -201,7 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "model's predictions)")
     bench.add_argument("--output", metavar="MD", help="also write the markdown tables here")
 
-    command("selfcheck", "the fused op against a float64 reference")
+    check = command("selfcheck", "every kernel strategy and config against the reference "
+                                 "on this GPU, and the fused op against a float64 reference")
+    check.add_argument("--device", type=options.device, metavar="DEVICE",
+                       help="cuda or cuda:N: every kernel strategy and config at ViT-B/32 "
+                            "shapes, then the fused op; cpu: the fused op's PyTorch path "
+                            "(default: cuda if available, else cpu)")
+    check.add_argument("--json", metavar="FILE",
+                       help="also write the results as JSON (send it with a bug report)")
     return parser
 
 
@@ -358,9 +365,11 @@ def _print_table(table: str, output: str | None) -> int:
 
 
 def cmd_selfcheck(args: argparse.Namespace) -> int:
-    from .selfcheck import main
+    from .selfcheck import run
 
-    return main()
+    if args.json:
+        check_writable(args.json, "--json")
+    return run(args.device or options.default_device(), args.json)
 
 
 def _write_json(report: dict, path: str) -> None:

@@ -15,25 +15,12 @@ tests (K, N <= 70, a norm-wise tolerance) would absorb that; this check would no
   element-wise bound (``error_bound``) that one corrupted k16 slice exceeds;
 * 10 launches into outputs poisoned with NaN before each: bitwise identical, all finite.
 
-The bound (derivation, per output element y[r, n] = sum_k x[r, k] w[n, k] + b[n]):
-the kernels accumulate in fp32 and round at most one operand of each product to the
-16-bit type (the combined weight in combine / swap-AB, the coefficient-scaled x in
-row-scaled, neither in the epilogue kernel), then round the output. With u the 16-bit
-unit roundoff (bf16 2^-8, fp16 2^-11) and s[r, n] = sqrt(sum_k (x[r, k] w[n, k])^2):
-
-* output rounding: <= u |y| (taken as u |ref|, a 1 + u factor absorbed);
-* operand rounding: each term errs by at most u |x_k w_k|, independently, so the sum's
-  standard deviation is at most u s / sqrt(3) = 0.58 u s; over ~4e7 elements the largest is
-  about 5.5 standard deviations (3.2 u s); the bound allows 6 u s;
-* fp32 accumulation: ~K 2^-24 s, negligible.
-
-So |y - ref| <= u |ref| + 6 u s  (``error_bound``). A corrupted k16 slice (zeroed, or taken
-from another k-step or another group) adds to each element of its tile an error whose RMS is
-at least the slice's own share of s: 4 s / sqrt(K) = 0.072 s at K = 3072 (0.144 s at 768),
-against the bound's s-term 6 u s = 0.023 s (bf16) and 0.0029 s (fp16). A wgmma tile holds
-at least 64 x 8 outputs, so its largest error exceeds the bound with near certainty
-(``tests``: ``benchmarks/test_gpu_session.py`` corrupts one slice of one 64 x 16 patch at
-K = 3072 and checks that the bound catches it, and that honest bf16 rounding passes).
+The bound (``dawin_fast.reference``, where it is derived): |y - ref| <= u |ref| + 6 u s,
+with u the 16-bit unit roundoff and s[r, n] = sqrt(sum_k (x[r, k] w[n, k])^2); one
+corrupted k16 slice exceeds it (``tests``: ``benchmarks/test_gpu_session.py`` corrupts one
+slice of one 64 x 16 patch at K = 3072 and checks that the bound catches it, and that
+honest bf16 rounding passes). The verifier of the dispatch (``dawin_fast.verify``) holds
+every kernel to the same bound on the user's device.
 """
 
 from __future__ import annotations
@@ -43,13 +30,11 @@ import math
 from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 
 from ..ops import KERNEL_STRATEGIES, interp_linear, kernel_choice, skip_value_checks, use_backend
 from ..ops import use_strategy as _use_strategy
+from ..reference import SIGMAS, UNIT_ROUNDOFF, compare, error_bound, merged_reference
 
-UNIT_ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}
-SIGMAS = 6.0  # the operand-rounding term of the bound, in units of u * s
 REPEATS = 10
 SHAPES = ((768, 3072), (3072, 768))  # (K, N): ViT-B/32 fc1 and fc2
 ROWS = (3200, 12800)
@@ -167,47 +152,8 @@ def make_inputs(case: NumericsCase, seed: int = 0) -> Inputs:
 def reference(inputs: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
     """(ref, s): fp32 ``F.linear`` on each group's merged weight (merged in fp32 from the
     16-bit weights, TF32 off), and s[r, n] = sqrt(sum_k (x[r, k] w[n, k])^2)."""
-    x, w, b = inputs.x.float(), inputs.weight.float(), inputs.bias.float()
-    c, bounds = inputs.coeffs.float(), inputs.offsets.tolist()
-    ref = torch.empty(x.shape[0], w.shape[1], device=x.device)
-    scale = torch.empty_like(ref)
-    previous = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        for g in range(c.shape[0]):
-            rows = slice(bounds[g], bounds[g + 1])
-            if bounds[g] == bounds[g + 1]:
-                continue
-            merged = torch.einsum("m,mnk->nk", c[g], w)
-            ref[rows] = F.linear(x[rows], merged, c[g] @ b)
-            scale[rows] = F.linear(x[rows].square(), merged.square()).sqrt()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-    return ref, scale
-
-
-def error_bound(ref: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Element-wise bound on |y - ref| (module docstring): u |ref| + 6 u s."""
-    u = UNIT_ROUNDOFF[dtype]
-    return u * ref.abs() + SIGMAS * u * scale + 1e-30
-
-
-def compare(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor) -> dict:
-    """How ``out`` stands against the bound: the worst |err| / bound (pass iff <= 1 and
-    every element finite), how many elements exceed it, where the worst one is, and the
-    norm-wise relative error (for comparison with the benchmarks' check)."""
-    err = (out.float() - ref).abs()
-    finite = torch.isfinite(out)
-    ratio = torch.where(finite, err / bound, torch.full_like(err, math.inf))
-    worst = int(ratio.argmax()) if ratio.numel() else 0
-    worst_ratio = float(ratio.flatten()[worst]) if ratio.numel() else 0.0
-    over = int((ratio > 1).sum())
-    rel = float(torch.where(finite, err, 0).norm() / ref.norm().clamp_min(1e-30))
-    n_dim = out.shape[1] if out.dim() == 2 and out.shape[1] else 1
-    return dict(max_err_over_bound=worst_ratio, elements_over_bound=over,
-                nonfinite=int((~finite).sum()), worst_row=worst // n_dim,
-                worst_col=worst % n_dim, rel_err=rel,
-                passed=bool(over == 0 and bool(finite.all())))
+    return merged_reference(inputs.x, inputs.weight, inputs.coeffs, inputs.offsets,
+                            inputs.bias)
 
 
 def _run(case: NumericsCase, inputs: Inputs) -> torch.Tensor:
