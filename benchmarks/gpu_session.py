@@ -85,7 +85,7 @@ CORE_TESTS = ["tests/test_interp_linear.py", "tests/test_use_strategy.py",
               "tests/test_pipeline_batches.py", "tests/test_bad_inputs.py"]
 CORE_GLUON_TESTS = ["tests/test_interp_linear.py", "tests/test_one_hot.py", "tests/nn",
                     "tests/test_pipeline.py"]
-GLUON_TESTS = ["tests/kernels/test_new_kernels.py", "tests/kernels/test_dispatch.py"]
+GLUON_TESTS = ["tests/kernels/test_swapab_epilogue.py", "tests/kernels/test_dispatch.py"]
 # Share of the stage budget each correctness run may use at most (the rest gets the rest).
 CORRECTNESS_CAPS = {"gluon": 0.30, "core": 0.40, "core_gluon": 0.25}
 DRY_CORRECTNESS = {"gluon": ["tests/kernels/test_dispatch.py", "-k", "cheapest or closed_form"],

@@ -140,6 +140,8 @@ CLI = [
     ("bench", ["--e2e", "--suite", "lm"], ["--suite", "layer cases"]),
     ("bench", ["--output", "{f}/nodir/b.md"], ["--output", "does not exist"]),
     ("selfcheck", ["--fast"], ["unrecognized arguments: --fast"]),
+    ("selfcheck", ["--device", "tpu"], ["--device", "expected cpu, cuda or cuda:N"]),
+    ("selfcheck", ["--json"], ["--json", "expected one argument"]),
 ]
 if not torch.cuda.is_available():
     CLI += [

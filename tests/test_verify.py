@@ -54,7 +54,7 @@ class FakeKernels:
         self.flaky = 0
 
     def __call__(self, x, weight, coeffs, offsets, bias=None, *, strategy=None, config=None,
-                 out=None):
+                 out=None, call=None):
         name = ops._choice_name(strategy, config)
         self.launched.append(name)
         y = torch.empty(x.shape[0], weight.shape[1], dtype=x.dtype) if out is None else out
@@ -90,10 +90,10 @@ def fake_gpu(tmp_path, monkeypatch):
     fake = FakeKernels()
     fake.candidates = RIGHT + BAD
     monkeypatch.setattr(ops.kernels, "interp_matmul", fake)
-    monkeypatch.setattr(ops.kernels, "candidates", lambda x, w, g: list(fake.candidates))
+    monkeypatch.setattr(ops.planning, "candidates", lambda call: list(fake.candidates))
     monkeypatch.setattr(ops, "_compiled_kernels", lambda x: True)
     monkeypatch.setattr(ops, "_gpu_device", lambda x: fake.device)
-    monkeypatch.setattr(ops, "_gpu_key", lambda x, w, g: f"key {x.shape[0]}")
+    monkeypatch.setattr(ops, "_gpu_key", lambda call: f"key {call.num_rows}")
     fake.device = DEVICE
     fake.capturing = False
     monkeypatch.setattr(ops, "_is_capturing", lambda x: fake.capturing)
