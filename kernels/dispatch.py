@@ -194,6 +194,14 @@ def wstat_on_gluon_facts(gluon: bool, config: str, k_dim: int, dtype: torch.dtyp
     return gluon and wstat_fits(wstat_config(config), k_dim, dtype.itemsize)
 
 
+def launcher(strategy: str):
+    """A fused strategy's ``Strategy.launch``: ``launch`` with the plan's config and target."""
+    def run(plan, x, weight, coeffs, offsets, bias, y) -> torch.Tensor:
+        return launch(strategy, x, weight, coeffs, offsets, bias, y, plan.config,
+                      target=plan.call.target)
+    return run
+
+
 def launch(strategy: str, x: torch.Tensor, weight: torch.Tensor, coeffs: torch.Tensor,
            offsets: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
            config: str | None = None, *, target: Target | None = None) -> torch.Tensor:

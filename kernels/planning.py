@@ -99,6 +99,14 @@ def default_strategy(num_rows: int, num_groups: int, num_models: int,
     return "combine"
 
 
+def autotune_fits(strategy: str):
+    """An autotuned strategy's ``Strategy.autotune_fits``: ``fits`` on the call's facts."""
+    def fits_call(call: Call) -> bool:
+        return fits(strategy, call.num_rows, call.num_groups, call.num_models, call.dtype,
+                    call.ieee, call.aligned, call.target.smem_limit)
+    return fits_call
+
+
 def fits(strategy: str, num_rows: int, num_groups: int, num_models: int,
          dtype: torch.dtype, ieee: bool = False, is_aligned: bool = True,
          limit: int | None = None) -> bool:

@@ -13,16 +13,10 @@ from .. import planning
 from ..interp_matmul import compile_variants, launch_autotuned
 from ..registry import Strategy
 
-
-def _fits(call: planning.Call) -> bool:
-    return planning.fits("combine", call.num_rows, call.num_groups, call.num_models,
-                         call.dtype, call.ieee, call.aligned, call.target.smem_limit)
-
-
 STRATEGY = Strategy(
     name="combine",
     summary="per-block weight combine in registers, then one dot (autotuned)",
     launch=launch_autotuned,
-    autotune_fits=_fits,
+    autotune_fits=planning.autotune_fits("combine"),
     compile_variants=(compile_variants,),
 )

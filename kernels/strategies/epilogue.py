@@ -10,8 +10,6 @@ only (off Hopper its compiled tiles spill).
 
 from __future__ import annotations
 
-import torch
-
 from .. import cost_model, dispatch, epilogue_scaled
 from ..fused_configs import EPILOGUE_CONFIGS, epilogue_fits
 from ..registry import Strategy
@@ -19,15 +17,10 @@ from ..registry import Strategy
 _CONFIGS = {c.name: c for c in EPILOGUE_CONFIGS}
 
 
-def _launch(plan, x, weight, coeffs, offsets, bias, y) -> torch.Tensor:
-    return dispatch.launch("epilogue", x, weight, coeffs, offsets, bias, y, plan.config,
-                           target=plan.call.target)
-
-
 STRATEGY = Strategy(
     name="epilogue",
     summary="epilogue-scaled multi-GEMM (TMA on Hopper, pointer loads elsewhere)",
-    launch=_launch,
+    launch=dispatch.launcher("epilogue"),
     configs=tuple(_CONFIGS),
     predict=lambda case, config: cost_model.epilogue(case, _CONFIGS[config]).seconds,
     fits_device=epilogue_fits,

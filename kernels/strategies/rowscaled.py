@@ -14,16 +14,10 @@ from .. import planning
 from ..interp_matmul import compile_variants, launch_autotuned
 from ..registry import Strategy
 
-
-def _fits(call: planning.Call) -> bool:
-    return planning.fits("rowscaled", call.num_rows, call.num_groups, call.num_models,
-                         call.dtype, call.ieee, call.aligned, call.target.smem_limit)
-
-
 STRATEGY = Strategy(
     name="rowscaled",
     summary="row-scaled x tiles, one GEMM over M x K (autotuned; not on Hopper)",
     launch=launch_autotuned,
-    autotune_fits=_fits,
+    autotune_fits=planning.autotune_fits("rowscaled"),
     compile_variants=(compile_variants,),
 )

@@ -9,8 +9,6 @@ spill there (``fused_configs.TWIN_SPILLS_OFF_HOPPER``) are not timed.
 
 from __future__ import annotations
 
-import torch
-
 from .. import cost_model, dispatch, swapab_gluon, swapab_twin
 from ..fused_configs import SWAPAB_CONFIGS, TWIN_SPILLS_OFF_HOPPER
 from ..registry import Strategy
@@ -18,15 +16,10 @@ from ..registry import Strategy
 _CONFIGS = {c.name: c for c in SWAPAB_CONFIGS}
 
 
-def _launch(plan, x, weight, coeffs, offsets, bias, y) -> torch.Tensor:
-    return dispatch.launch("swapab", x, weight, coeffs, offsets, bias, y, plan.config,
-                           target=plan.call.target)
-
-
 STRATEGY = Strategy(
     name="swapab",
     summary="swap-AB register combine (Gluon on Hopper, its twin elsewhere)",
-    launch=_launch,
+    launch=dispatch.launcher("swapab"),
     configs=tuple(_CONFIGS),
     predict=lambda case, config: cost_model.swapab(case, _CONFIGS[config]).seconds,
     measurable=lambda config, target, dtype: (target.hopper

@@ -9,18 +9,11 @@ strategy reaches: the model ranks the Gluon kernel, and only where its tile fits
 
 from __future__ import annotations
 
-import torch
-
 from .. import cost_model, dispatch, wstat_gluon, wstat_twin
 from ..fused_configs import WSTAT_CONFIGS, wstat_fits
 from ..registry import Strategy
 
 _CONFIGS = {c.name: c for c in WSTAT_CONFIGS}
-
-
-def _launch(plan, x, weight, coeffs, offsets, bias, y) -> torch.Tensor:
-    return dispatch.launch("wstat", x, weight, coeffs, offsets, bias, y, plan.config,
-                           target=plan.call.target)
 
 
 def _implementation(plan) -> str:
@@ -32,7 +25,7 @@ def _implementation(plan) -> str:
 STRATEGY = Strategy(
     name="wstat",
     summary="weight-stationary, combined tile resident in shared memory (Gluon; twin)",
-    launch=_launch,
+    launch=dispatch.launcher("wstat"),
     configs=tuple(_CONFIGS),
     predict=lambda case, config: cost_model.wstat(case, _CONFIGS[config]).seconds,
     fits_k=lambda config, k_dim: wstat_fits(_CONFIGS[config], k_dim),
